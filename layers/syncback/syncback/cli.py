@@ -1,0 +1,267 @@
+"""``syncback [--project DIR] COMMAND``: validate, plan, run, runs, dlq, schema, sandbox.
+
+Exit codes: 0 every planned record delivered; 1 the run finished with rejected records;
+2 a configuration error; 3 the run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from syncback.batches import LocalBatchStore
+from syncback.errors import ConfigError, SecretError, SyncbackError
+from syncback.planner import Planner
+from syncback.runner import Progress, Runtime, new_run_id, replay, run_sync
+from syncback.spec import Project, json_schemas, load_project
+from syncback.state import LocalStateStore, RunRecord
+
+OK, REJECTED, CONFIG, FAILED = 0, 1, 2, 3
+SCHEMA_DIR = Path(__file__).resolve().parents[3] / "schema"
+
+
+class Bar(Progress):
+    """A one-line progress bar on stderr, redrawn in place on a terminal, every 10% otherwise."""
+
+    def __init__(self, out: TextIO = sys.stderr) -> None:
+        self.out, self.total, self.done, self._shown, self._start = out, 0, 0, -1, time.monotonic()
+
+    def start(self, total: int) -> None:
+        self.total, self._start = total, time.monotonic()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        tenth = self.done * 10 // max(self.total, 1)
+        if self.out.isatty() or tenth != self._shown:
+            self._shown = tenth
+            self._draw("\r" if self.out.isatty() else "")
+
+    def finish(self) -> None:
+        if self.total and self.out.isatty():
+            self.out.write("\n")
+
+    def _draw(self, prefix: str) -> None:
+        share = min(self.done / max(self.total, 1), 1.0)
+        rate = self.done / max(time.monotonic() - self._start, 1e-6)
+        bar = "#" * int(share * 30)
+        end = "" if self.out.isatty() else "\n"
+        self.out.write(f"{prefix}  [{bar:<30}] {self.done:>8,}/{self.total:,} records  {rate:,.0f}/s{end}")
+        self.out.flush()
+
+
+def _runtime(project: Project) -> Runtime:
+    root = project.state_path
+    return Runtime(project, LocalBatchStore(root), LocalStateStore(root))
+
+
+def summary(record: RunRecord) -> dict[str, Any]:
+    """Return the run summary that ``run --json`` prints."""
+    return {
+        "sync": record.sync,
+        "run_id": record.run_id,
+        "status": record.status,
+        "planned": record.planned,
+        "delivered": record.delivered,
+        "rejected": record.rejected,
+        "skipped": record.skipped,
+        "undelivered": record.undelivered,
+        "duration_s": record.duration_s,
+        "error": record.error,
+        "invalid_sample": record.invalid_sample,
+        "rejected_sample": record.rejected_sample,
+    }
+
+
+def _print_summary(record: RunRecord) -> None:
+    p = record.planned
+    print(f"sync {record.sync}  run {record.run_id}  {record.status.upper()}  in {record.duration_s:.1f}s")
+    if p:
+        print(
+            f"  planned    added {p['added']:,}  changed {p['changed']:,}  removed {p['removed']:,}  "
+            f"unchanged {p['unchanged']:,}  invalid {p['invalid']:,}"
+        )
+    print(
+        f"  outcome    delivered {record.delivered:,}  rejected {record.rejected:,}  skipped {record.skipped:,}"
+        + (f"  not delivered {record.undelivered:,}" if record.undelivered else "")
+    )
+    for item in record.invalid_sample[:5]:
+        print(f"  invalid    {item['key']}: {item['reason']}")
+    for item in record.rejected_sample[:5]:
+        print(f"  rejected   {item['key']}: {item['reason']}")
+    if record.rejected:
+        print(
+            f"  the rejected records are planned again next run; see them with: syncback dlq list {record.sync}"
+        )
+    if record.error:
+        print(f"  error      {record.error}")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    project = load_project(args.project)
+    print(f"{len(project.syncs)} sync(s) valid: {', '.join(sorted(project.syncs)) or 'none'}")
+    return OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    project = load_project(args.project)
+    rt = _runtime(project)
+    sync = project.sync(args.sync)
+    with rt.warehouse(sync) as warehouse:
+        plan = Planner(sync, warehouse, project.config.state.schema_).plan(
+            new_run_id(), None, args.full_resync, sample_changes=args.sample
+        )
+    if args.json:
+        print(json.dumps(plan.to_json(), default=str))
+        return OK
+    c = plan.counts
+    print(f"plan for {sync.name} (dry run: nothing is sent)")
+    print(
+        f"  added {c.added:,}  changed {c.changed:,}  removed {c.removed:,}  unchanged {c.unchanged:,}  "
+        f"invalid {c.invalid:,}  (snapshot holds {plan.snapshot_size:,})"
+    )
+    for row in plan.invalid_sample:
+        print(f"  invalid  {row.key}: {row.reason}")
+    for change in plan.change_sample:
+        print(
+            f"  {change['kind']:<8} {change['key']}: {change['action']} {json.dumps(change['record'])[:200]}"
+        )
+    return OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    project = load_project(args.project)
+    bar = None if args.json else Bar()
+    record = run_sync(_runtime(project), args.sync, args.full_resync, bar)
+    if args.json:
+        print(json.dumps(summary(record)))
+    else:
+        _print_summary(record)
+    return {"succeeded": OK, "partial": REJECTED}.get(record.status, FAILED)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    project = load_project(args.project)
+    records = LocalStateStore(project.state_path).runs(args.sync, args.limit)
+    print(
+        f"{'run':<26} {'sync':<28} {'status':<10} {'delivered':>9} {'rejected':>8} {'skipped':>8} {'seconds':>8}"
+    )
+    for r in records:
+        print(
+            f"{r.run_id:<26} {r.sync:<28} {r.status:<10} {r.delivered:>9,} {r.rejected:>8,} "
+            f"{r.skipped:>8,} {r.duration_s:>8.1f}"
+        )
+    return OK
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    project = load_project(args.project)
+    project.sync(args.sync)
+    letters = LocalStateStore(project.state_path).dead_letters(args.sync)
+    print(f"{len(letters)} dead letter(s) for {args.sync}")
+    for d in letters:
+        print(f"  {d.key:<24} {d.action:<8} run {d.run_id}  {d.reason}")
+    return OK
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    project = load_project(args.project)
+    rt = _runtime(project)
+    letters = rt.state.dead_letters(args.sync)
+    result = replay(rt, args.sync, letters)
+    print(
+        f"replayed {len(letters)}: delivered {result.delivered}, rejected again {result.rejected}, "
+        f"skipped as stale {result.stale}"
+    )
+    return REJECTED if result.rejected else OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    out = Path(args.dir)
+    stale = []
+    for name, schema in json_schemas().items():
+        text = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+        path = out / name
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path))
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        print(f"out of date: {', '.join(stale)}; run: syncback schema", file=sys.stderr)
+        return CONFIG
+    return OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="syncback", description="Reverse ETL: sync warehouse models to your tools."
+    )
+    p.add_argument("--project", default=".", help="the project folder (syncback.yaml, syncs/); default: here")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("validate", help="check syncback.yaml and every sync spec").set_defaults(func=cmd_validate)
+    plan = sub.add_parser("plan", help="dry run: what a run would send")
+    plan.add_argument("sync")
+    plan.add_argument("--full-resync", action="store_true")
+    plan.add_argument("--sample", type=int, default=5, help="how many changes to show")
+    plan.add_argument("--json", action="store_true")
+    plan.set_defaults(func=cmd_plan)
+    run = sub.add_parser("run", help="run one sync now")
+    run.add_argument("sync")
+    run.add_argument("--full-resync", action="store_true", help="send every record again (no deletes)")
+    run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    run.set_defaults(func=cmd_run)
+    runs = sub.add_parser("runs", help="run history, newest first")
+    runs.add_argument("sync", nargs="?")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.set_defaults(func=cmd_runs)
+    dlq = sub.add_parser("dlq", help="dead letters: records the destination rejected").add_subparsers(
+        dest="dlq_command", required=True
+    )
+    dlq_list = dlq.add_parser("list")
+    dlq_list.add_argument("sync")
+    dlq_list.set_defaults(func=cmd_dlq_list)
+    dlq_replay = dlq.add_parser("replay")
+    dlq_replay.add_argument("sync")
+    dlq_replay.set_defaults(func=cmd_dlq_replay)
+    schema = sub.add_parser("schema", help="write (or --check) the JSON Schemas of the spec files")
+    schema.add_argument("--dir", default=str(SCHEMA_DIR))
+    schema.add_argument("--check", action="store_true")
+    schema.set_defaults(func=cmd_schema)
+    sandbox = sub.add_parser("sandbox", help="local destination sandboxes", add_help=False)
+    sandbox.add_argument("kind", choices=["hubspot"])
+    sandbox.set_defaults(func=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "sandbox" in argv[:3]:
+        # the sandbox parses its own options; it is a fake of a vendor, imported only here
+        from syncback.sandbox.hubspot import main as sandbox_main
+
+        rest = argv[argv.index("sandbox") + 2 :]
+        return sandbox_main(rest)
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return CONFIG
+    except SecretError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return CONFIG
+    except SyncbackError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Delivering one batch: API-sized chunks, a shared rate budget, short retries, and a receipt.
+
+Failures are sorted here into the receipt: a record the destination refused is rejected with its
+reason; a whole request refused for its content is split in halves until the records at fault are
+isolated; transient failures are retried with backoff (honouring Retry-After), and if they persist
+the records they held are rejected with the reason, so they reach the dead letters and are
+planned again by the next run. Authentication failures stop the run.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from syncback.destinations.base import Change, Destination, Outcome
+from syncback.errors import RateLimited, RequestRejected, TransientError
+
+Sleep = Callable[[float], None]
+Clock = Callable[[], float]
+
+
+class RateBudget:
+    """At most ``requests`` request starts in any rolling window of ``per_seconds``, across threads.
+
+    A sliding log rather than a token bucket: a bucket refilled at N per window lets 2N through in
+    one window after a quiet spell, which a rolling-window limit such as HubSpot's answers with 429s.
+    ``margin`` widens the window a little to absorb the time between our clock and theirs.
+    """
+
+    def __init__(
+        self,
+        requests: int,
+        per_seconds: float,
+        margin: float = 0.02,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = time.sleep,
+    ) -> None:
+        self.requests = requests
+        self.window = per_seconds * (1 + margin) + 0.01
+        self._sent: deque[float] = deque()
+        self._paused_until = 0.0
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._sleep = sleep
+
+    def acquire(self) -> None:
+        """Block until one more request fits in the window, then count it."""
+        while True:
+            with self._lock:
+                now = self._clock()
+                while self._sent and now - self._sent[0] >= self.window:
+                    self._sent.popleft()
+                wait = self._paused_until - now
+                if wait <= 0 and len(self._sent) < self.requests:
+                    self._sent.append(now)
+                    return
+                if wait <= 0:
+                    wait = self.window - (now - self._sent[0])
+            self._sleep(max(wait, 0.001))
+
+    def pause(self, seconds: float) -> None:
+        """Hold every sender for ``seconds``: the destination said 429 despite the budget."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter: short, in-process retries of transient errors."""
+
+    attempts: int = 6
+    base_s: float = 0.5
+    cap_s: float = 20.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """Return how long to wait before retry number ``attempt`` (1-based)."""
+        if retry_after is not None:
+            return min(retry_after, self.cap_s * 3)
+        return random.uniform(0, min(self.cap_s, self.base_s * 2 ** (attempt - 1)))
+
+
+_NOT_SENT = {
+    "forget": "removed from the model; this mode does not delete, so the snapshot forgets it",
+    "keep": "changed in the model; mode insert writes new records only",
+}
+
+
+class Delivery:
+    """Delivers changes through one destination, sharing one rate budget."""
+
+    def __init__(
+        self,
+        destination: Destination,
+        budget: RateBudget | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+        sleep: Sleep = time.sleep,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.destination = destination
+        self.budget = budget
+        self.retry = retry
+        self._sleep = sleep
+        self._on_progress = on_progress or (lambda n: None)
+
+    def deliver(self, changes: Sequence[Change]) -> list[Outcome]:
+        """Return one outcome per change; raise only DestinationAuthError (or a bug)."""
+        outcomes = [
+            Outcome(c.key, "skipped", reason=_NOT_SENT[c.action]) for c in changes if c.action in _NOT_SENT
+        ]
+        self._on_progress(len(outcomes))
+        size = self.destination.max_batch_size
+        for action in ("upsert", "archive"):
+            todo = [c for c in changes if c.action == action]
+            for start in range(0, len(todo), size):
+                chunk = todo[start : start + size]
+                outcomes += self._send(chunk)
+                self._on_progress(len(chunk))
+        return outcomes
+
+    def _send(self, chunk: Sequence[Change]) -> list[Outcome]:
+        try:
+            outcomes = self._with_retries(chunk)
+        except RequestRejected as exc:
+            if len(chunk) == 1:
+                return [Outcome(chunk[0].key, "rejected", reason=str(exc))]
+            middle = len(chunk) // 2
+            return self._send(chunk[:middle]) + self._send(chunk[middle:])
+        except TransientError as exc:
+            reason = f"gave up after {self.retry.attempts} attempts: {exc}"
+            return [Outcome(c.key, "rejected", reason=reason) for c in chunk]
+        return _one_per_change(chunk, outcomes)
+
+    def _with_retries(self, chunk: Sequence[Change]) -> list[Outcome]:
+        for attempt in range(1, self.retry.attempts + 1):
+            if self.budget is not None:
+                self.budget.acquire()
+            try:
+                return self.destination.write(chunk)
+            except TransientError as exc:
+                if attempt == self.retry.attempts:
+                    raise
+                wait = self.retry.delay(attempt, exc.retry_after)
+                if isinstance(exc, RateLimited) and self.budget is not None:
+                    self.budget.pause(wait)
+                self._sleep(wait)
+        raise AssertionError("unreachable")
+
+
+def _one_per_change(chunk: Sequence[Change], outcomes: list[Outcome]) -> list[Outcome]:
+    by_key = {o.key: o for o in outcomes}
+    return [
+        by_key.get(c.key)
+        or Outcome(c.key, "rejected", reason="the destination did not acknowledge this record")
+        for c in chunk
+    ]
+
+
+def receipt(batch: str, outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """Return the receipt document of a delivered batch."""
+    return {"batch": batch, "outcomes": [[o.key, o.status, o.destination_id, o.reason] for o in outcomes]}
+
+
+def outcomes_from_receipt(document: dict[str, Any]) -> list[Outcome]:
+    return [Outcome(k, s, d, r) for k, s, d, r in document["outcomes"]]

@@ -1,0 +1,193 @@
+"""HubSpot CRM v3 objects: batch upsert / create / update / archive, at most 100 inputs a request.
+
+Every input carries an ``objectWriteTraceId`` (the record's key), which turns on HubSpot's
+multi-status answers and ties each result and each error back to its record.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import requests
+
+from syncback.destinations.base import Change, Outcome
+from syncback.errors import (
+    DestinationAuthError,
+    DestinationUnavailable,
+    RateLimited,
+    RequestRejected,
+)
+from syncback.spec import HubSpotDestinationConfig, Mode
+
+MAX_INPUTS = 100
+_EXISTING_ID = re.compile(r"Existing ID: ?(\d+)")
+_WRITE_ENDPOINT = {"upsert": "upsert", "mirror": "upsert", "update": "update", "insert": "create"}
+
+
+class HubSpotDestination:
+    """Writes one sync's records to one HubSpot object type."""
+
+    max_batch_size = MAX_INPUTS
+
+    def __init__(
+        self,
+        config: HubSpotDestinationConfig,
+        token: str,
+        mode: Mode,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.config = config
+        self.mode = mode
+        self._session = session or requests.Session()
+        self._session.headers.update({"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        self._base = f"{config.base_url.rstrip('/')}/crm/v3/objects/{config.object}/batch"
+
+    def write(self, changes: Sequence[Change]) -> list[Outcome]:
+        if not changes:
+            return []
+        if len(changes) > MAX_INPUTS:
+            raise ValueError(f"HubSpot takes at most {MAX_INPUTS} inputs a request, got {len(changes)}")
+        if changes[0].action == "archive":
+            return self._archive(changes)
+        endpoint = _WRITE_ENDPOINT[self.mode]
+        body = {"inputs": [self._input(change, endpoint) for change in changes]}
+        response = self._post(endpoint, body)
+        if response.status_code == 409 and endpoint == "create":
+            return self._conflict(changes, response)
+        self._raise_for_request(response)
+        return self._outcomes(changes, response)
+
+    def close(self) -> None:
+        self._session.close()
+
+    # ---- requests ----------------------------------------------------------------------
+
+    def _input(self, change: Change, endpoint: str) -> dict[str, Any]:
+        # HubSpot clears a property when given "", and documents no meaning for null
+        properties = {k: "" if v is None else v for k, v in change.record.items()}
+        item: dict[str, Any] = {"properties": properties, "objectWriteTraceId": change.key}
+        if endpoint != "create":
+            item["id"] = str(change.record[self.config.id_property])
+            item["idProperty"] = self.config.id_property
+        return item
+
+    def _archive(self, changes: Sequence[Change]) -> list[Outcome]:
+        known = [c for c in changes if c.destination_id]
+        outcomes = [
+            Outcome(c.key, "skipped", reason="no HubSpot id was recorded for this record; nothing to archive")
+            for c in changes
+            if not c.destination_id
+        ]
+        if known:
+            response = self._post("archive", {"inputs": [{"id": c.destination_id} for c in known]})
+            self._raise_for_request(response)
+            # archive answers 204 with no body: every input was archived (unknown ids are ignored)
+            outcomes += [Outcome(c.key, "delivered", c.destination_id) for c in known]
+        return outcomes
+
+    def _post(self, endpoint: str, body: dict[str, Any]) -> requests.Response:
+        try:
+            return self._session.post(f"{self._base}/{endpoint}", json=body, timeout=self.config.timeout_s)
+        except requests.Timeout as exc:
+            raise DestinationUnavailable(
+                f"HubSpot {endpoint}: no answer within {self.config.timeout_s}s"
+            ) from exc
+        except requests.ConnectionError as exc:
+            raise DestinationUnavailable(
+                f"HubSpot {endpoint}: connection failed ({type(exc).__name__})"
+            ) from exc
+
+    # ---- responses: classified here and nowhere else -------------------------------------------
+
+    def _raise_for_request(self, response: requests.Response) -> None:
+        """Raise the error a whole-request failure means; return for 2xx."""
+        status = response.status_code
+        if status < 300:
+            return
+        body = _json(response)
+        message = str(body.get("message", ""))[:300]
+        retry_after = _retry_after(response)
+        if status in (401, 403):
+            raise DestinationAuthError(
+                f"HubSpot answered {status} {body.get('category', '')}: {message}. Check the token and its scopes"
+            )
+        if status == 429:
+            policy = body.get("policyName", "")
+            raise RateLimited(f"HubSpot rate limit {policy or ''} reached", retry_after)
+        if status == 423:
+            # HubSpot: "Locks will last for 2 seconds ... include a delay of at least 2 seconds"
+            raise RateLimited("HubSpot locked the records (423)", retry_after or 2.0)
+        if status >= 500 or status == 477:
+            raise DestinationUnavailable(f"HubSpot answered {status}: {message}", retry_after)
+        raise RequestRejected(f"HubSpot answered {status} {body.get('category', '')}: {message}")
+
+    def _conflict(self, changes: Sequence[Change], response: requests.Response) -> list[Outcome]:
+        if len(changes) > 1:
+            # HubSpot names only the first conflict: let the delivery split the request
+            raise RequestRejected(
+                f"HubSpot answered 409 CONFLICT: {_json(response).get('message', '')}"[:300]
+            )
+        found = _EXISTING_ID.search(str(_json(response).get("message", "")))
+        return [
+            Outcome(
+                changes[0].key,
+                "skipped",
+                found.group(1) if found else None,
+                "already in HubSpot; mode insert creates new records only",
+            )
+        ]
+
+    def _outcomes(self, changes: Sequence[Change], response: requests.Response) -> list[Outcome]:
+        body = _json(response)
+        by_key: dict[str, Outcome] = {}
+        by_id_value = {_normal(c.record.get(self.config.id_property)): c.key for c in changes}
+        for result in body.get("results", []):
+            key = result.get("objectWriteTraceId") or by_id_value.get(
+                _normal(result.get("properties", {}).get(self.config.id_property))
+            )
+            if key is not None:
+                by_key[key] = Outcome(key, "delivered", str(result.get("id")))
+        for error in body.get("errors", []):
+            for key in _error_keys(error):
+                by_key[key] = self._error_outcome(key, error)
+        return [
+            by_key.get(c.key) or Outcome(c.key, "rejected", reason="HubSpot did not acknowledge this record")
+            for c in changes
+        ]
+
+    def _error_outcome(self, key: str, error: dict[str, Any]) -> Outcome:
+        category = str(error.get("category", "ERROR"))
+        message = str(error.get("message", ""))[:500]
+        if category == "OBJECT_NOT_FOUND" and self.mode == "update":
+            return Outcome(key, "skipped", reason="not in HubSpot; mode update changes existing records only")
+        return Outcome(key, "rejected", reason=f"{category}: {message}")
+
+
+def _error_keys(error: dict[str, Any]) -> list[str]:
+    trace = error.get("objectWriteTraceId")
+    if trace:
+        return [str(trace)]
+    context = error.get("context") or {}
+    return [str(t) for t in context.get("objectWriteTraceId", [])]
+
+
+def _normal(value: Any) -> str:
+    return str(value).strip().lower()
+
+
+def _json(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None

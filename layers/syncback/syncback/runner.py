@@ -1,0 +1,295 @@
+"""The use cases of a run, plan → deliver → commit, and replay; and one local run that chains them.
+
+The Lambda handlers call ``plan_run``, ``deliver_batch``, ``commit_run`` and ``replay`` one step
+at a time (the state machine chains them); ``run_sync`` chains them in-process for local use, with
+batches delivered by a pool of threads sharing one rate budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import secrets as random_tokens
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from syncback.batches import BatchStore, plan_key, receipt_key
+from syncback.delivery import Delivery, RateBudget, RetryPolicy, outcomes_from_receipt, receipt
+from syncback.destinations import build_destination, request_budget
+from syncback.destinations.base import Change, Destination, Outcome
+from syncback.errors import SyncbackError
+from syncback.planner import Planner, PlanResult, change_from_json
+from syncback.secrets import SecretResolver
+from syncback.snapshot import SnapshotTables, advance_snapshot, read_snapshot
+from syncback.spec import Project, SyncSpec
+from syncback.state import DeadLetter, RunRecord, StateStore
+from syncback.warehouses import connect
+from syncback.warehouses.base import Warehouse
+
+SAMPLE = 20
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    """Return a run id that sorts by start time: ``20261123T101500Z-3f9a1c``."""
+    return f"{(now or utcnow()):%Y%m%dT%H%M%SZ}-{random_tokens.token_hex(3)}"
+
+
+@dataclass
+class Runtime:
+    """What the use cases run against: the project and the stores, injected."""
+
+    project: Project
+    store: BatchStore
+    state: StateStore
+    secrets: SecretResolver = field(default_factory=SecretResolver)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    destination_factory: Callable[[SyncSpec], Destination] | None = None
+    budgets: dict[str, RateBudget] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def warehouse(self, sync: SyncSpec) -> Iterator[Warehouse]:
+        warehouse = connect(self.project.config.warehouses[sync.warehouse], self.project.root, self.secrets)
+        try:
+            yield warehouse
+        finally:
+            warehouse.close()
+
+    def tables(self, sync: SyncSpec) -> SnapshotTables:
+        return SnapshotTables(self.project.config.state.schema_, sync.name)
+
+    def destination(self, sync: SyncSpec) -> Destination:
+        if self.destination_factory is not None:
+            return self.destination_factory(sync)
+        return build_destination(sync, self.secrets)
+
+    def budget(self, sync: SyncSpec) -> RateBudget | None:
+        """Return the one rate budget every delivery of this destination shares."""
+        limit = request_budget(sync)
+        if limit is None:
+            return None
+        return self.budgets.setdefault(sync.name, RateBudget(*limit))
+
+
+# ---- the steps -----------------------------------------------------------------------------
+
+
+def plan_run(rt: Runtime, sync_name: str, run_id: str, full_resync: bool = False) -> PlanResult:
+    """Plan a run and write its batches; the snapshot is untouched."""
+    sync = rt.project.sync(sync_name)
+    with rt.warehouse(sync) as warehouse:
+        return Planner(sync, warehouse, rt.project.config.state.schema_).plan(run_id, rt.store, full_resync)
+
+
+def deliver_batch(
+    rt: Runtime, sync_name: str, batch: str, on_progress: Callable[[int], None] | None = None
+) -> list[Outcome]:
+    """Deliver one stored batch and store its receipt; return the outcomes."""
+    sync = rt.project.sync(sync_name)
+    changes = [change_from_json(item) for item in rt.store.get_json(batch)["changes"]]
+    destination = rt.destination(sync)
+    try:
+        outcomes = Delivery(destination, rt.budget(sync), rt.retry, on_progress=on_progress).deliver(changes)
+    finally:
+        destination.close()
+    rt.store.put_json(receipt_key(batch), receipt(batch, outcomes))
+    return outcomes
+
+
+def commit_run(rt: Runtime, sync_name: str, run_id: str, error: str | None = None) -> RunRecord:
+    """Advance the snapshot by what was delivered, keep the dead letters, record the run."""
+    sync = rt.project.sync(sync_name)
+    plan = PlanResult.from_json(rt.store.get_json(plan_key(sync_name, run_id)))
+    now = utcnow()
+    puts: list[tuple[str, str, str | None]] = []
+    deletes: list[str] = []
+    settled: list[str] = []
+    letters: list[DeadLetter] = []
+    record = RunRecord(sync_name, run_id, "succeeded", plan.started_at, planned=_planned(plan), error=error)
+    record.invalid_sample = [{"key": r.key, "reason": r.reason} for r in plan.invalid_sample]
+    for ref in plan.batches:
+        if not rt.store.exists(receipt_key(ref.key)):
+            record.undelivered += ref.count  # the run failed before this batch: planned again next run
+            continue
+        changes = {c.key: c for c in map(change_from_json, rt.store.get_json(ref.key)["changes"])}
+        for outcome in outcomes_from_receipt(rt.store.get_json(receipt_key(ref.key))):
+            change = changes[outcome.key]
+            if outcome.status == "rejected":
+                record.rejected += 1
+                letters.append(_dead_letter(sync_name, run_id, change, outcome, now))
+                continue
+            settled.append(change.key)
+            if outcome.status == "delivered":
+                record.delivered += 1
+            else:
+                record.skipped += 1
+            if change.action in ("archive", "forget"):
+                deletes.append(change.key)
+            elif outcome.status == "delivered" or change.action == "keep" or outcome.destination_id:
+                assert change.row_hash is not None
+                puts.append((change.key, change.row_hash, outcome.destination_id))
+    with rt.warehouse(sync) as warehouse:
+        advance_snapshot(warehouse, rt.tables(sync), run_id, puts, deletes, now)
+    rt.state.put_dead_letters(sync_name, letters)
+    rt.state.resolve_dead_letters(sync_name, settled)
+    record.rejected_sample = [{"key": d.key, "reason": d.reason} for d in letters[:SAMPLE]]
+    if error is not None:
+        record.status = "failed"
+    elif record.rejected:
+        record.status = "partial"
+    _finish(record, now)
+    rt.state.record_run(record)
+    return record
+
+
+def _planned(plan: PlanResult) -> dict[str, int]:
+    c = plan.counts
+    return {
+        "added": c.added,
+        "changed": c.changed,
+        "removed": c.removed,
+        "unchanged": c.unchanged,
+        "invalid": c.invalid,
+    }
+
+
+def _dead_letter(sync: str, run_id: str, change: Change, outcome: Outcome, now: dt.datetime) -> DeadLetter:
+    return DeadLetter(
+        sync,
+        run_id,
+        change.key,
+        change.action,
+        change.row_hash,
+        change.destination_id,
+        change.record,
+        outcome.reason or "rejected",
+        now.isoformat(),
+    )
+
+
+def _finish(record: RunRecord, now: dt.datetime) -> None:
+    record.finished_at = now.isoformat()
+    if record.started_at:
+        record.duration_s = round((now - dt.datetime.fromisoformat(record.started_at)).total_seconds(), 3)
+
+
+# ---- one local run -------------------------------------------------------------------------
+
+
+class Progress:
+    """Receives progress while a run delivers; the CLI draws a bar with it."""
+
+    def start(self, total: int) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+def run_sync(
+    rt: Runtime, sync_name: str, full_resync: bool = False, progress: Progress | None = None
+) -> RunRecord:
+    """Run one sync here and now: plan, deliver every batch in parallel, commit."""
+    sync = rt.project.sync(sync_name)
+    progress = progress or Progress()
+    with rt.state.lock(sync_name):
+        started = utcnow()
+        run_id = new_run_id(started)
+        try:
+            plan = plan_run(rt, sync_name, run_id, full_resync)
+        except SyncbackError as exc:
+            failed = RunRecord(sync_name, run_id, "failed", started.isoformat(), error=str(exc))
+            _finish(failed, utcnow())
+            rt.state.record_run(failed)
+            raise
+        progress.start(plan.counts.changes)
+        error = _deliver_all(rt, sync, [b.key for b in plan.batches], progress)
+        progress.finish()
+        return commit_run(rt, sync_name, run_id, error)
+
+
+def _deliver_all(rt: Runtime, sync: SyncSpec, batches: list[str], progress: Progress) -> str | None:
+    """Deliver every batch; return the error that stopped the run, or None."""
+    if not batches:
+        return None
+    lock = threading.Lock()
+
+    def advance(n: int) -> None:
+        with lock:
+            progress.advance(n)
+
+    with ThreadPoolExecutor(max_workers=sync.destination.concurrency) as pool:
+        futures = [pool.submit(deliver_batch, rt, sync.name, key, advance) for key in batches]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        errors = [f.exception() for f in done if f.exception() is not None]
+        # let the batches already in flight finish and store their receipts
+        wait([f for f in pending if not f.cancelled()])
+    if errors:
+        first = errors[0]
+        if isinstance(first, SyncbackError):
+            return f"{type(first).__name__}: {first}"
+        raise first  # type: ignore[misc]
+    return None
+
+
+# ---- replay --------------------------------------------------------------------------------
+
+
+@dataclass
+class ReplayResult:
+    delivered: int = 0
+    rejected: int = 0
+    stale: int = 0
+
+
+def replay(rt: Runtime, sync_name: str, letters: list[DeadLetter]) -> ReplayResult:
+    """Deliver dead letters again, skipping any whose record a later run already delivered."""
+    sync = rt.project.sync(sync_name)
+    result = ReplayResult()
+    now = utcnow()
+    with rt.warehouse(sync) as warehouse:
+        current = read_snapshot(warehouse, rt.tables(sync), [d.key for d in letters])
+        fresh: list[DeadLetter] = []
+        for letter in letters:
+            entry = current.get(letter.key)
+            rejected_at = dt.datetime.fromisoformat(letter.rejected_at)
+            committed = entry.committed_at.replace(tzinfo=dt.UTC) if entry else None
+            if entry and (entry.row_hash == letter.row_hash or (committed and committed > rejected_at)):
+                result.stale += 1
+            else:
+                fresh.append(letter)
+        changes = [_as_change(d) for d in fresh]
+        destination = rt.destination(sync)
+        try:
+            outcomes = Delivery(destination, rt.budget(sync), rt.retry).deliver(changes)
+        finally:
+            destination.close()
+        by_key = {d.key: d for d in fresh}
+        puts, deletes, settled, again = [], [], [d.key for d in letters if d not in fresh], []
+        for outcome in outcomes:
+            letter = by_key[outcome.key]
+            if outcome.status == "rejected":
+                result.rejected += 1
+                again.append(_dead_letter(sync_name, letter.run_id, _as_change(letter), outcome, now))
+                continue
+            result.delivered += outcome.status == "delivered"
+            settled.append(letter.key)
+            if letter.action == "archive":
+                deletes.append(letter.key)
+            elif letter.row_hash is not None:
+                puts.append((letter.key, letter.row_hash, outcome.destination_id))
+        advance_snapshot(warehouse, rt.tables(sync), f"replay-{new_run_id(now)}", puts, deletes, now)
+    rt.state.resolve_dead_letters(sync_name, settled)
+    rt.state.put_dead_letters(sync_name, again)
+    return result
+
+
+def _as_change(letter: DeadLetter) -> Change:
+    return Change(letter.key, letter.action, letter.row_hash, letter.record, letter.destination_id)  # type: ignore[arg-type]

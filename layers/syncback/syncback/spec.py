@@ -1,0 +1,408 @@
+"""The sync spec (``syncs/*.yaml``) and the project config (``syncback.yaml``), and their loading.
+
+Loading never stops at the first mistake: every file is read and every problem is reported as
+``file: field: message`` with what to do about it, then ``ConfigError`` carries them all.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from syncback.errors import ConfigError, Problem
+
+SECRET_REF = re.compile(r"^(env|secret):[A-Za-z_][A-Za-z0-9_./+=@-]*$")
+SYNC_NAME = r"^[a-z][a-z0-9_]{0,62}$"
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*){0,2}$"
+TRANSFORMS = ("lower", "upper", "trim", "string", "integer", "float", "boolean", "iso_date", "sha256")
+Transform = Literal["lower", "upper", "trim", "string", "integer", "float", "boolean", "iso_date", "sha256"]
+Mode = Literal["upsert", "update", "insert", "mirror"]
+
+_RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
+_CRON = re.compile(r"^cron\(([^()]+)\)$")
+
+
+def _secret_ref(value: str) -> str:
+    if not SECRET_REF.match(value):
+        raise ValueError(
+            "secrets are never written in the file: use env:NAME (an environment variable) "
+            "or secret:NAME (an AWS Secrets Manager secret)"
+        )
+    return value
+
+
+SecretRef = Annotated[str, Field(description="env:NAME or secret:NAME; never the secret itself")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# ---- project config ---------------------------------------------------------------------------
+
+
+class DuckDBWarehouseConfig(_Strict):
+    """The embedded default: a DuckDB file, relative to the project folder."""
+
+    type: Literal["duckdb"]
+    path: str = Field("warehouse.duckdb", description="DuckDB file, relative to the project folder")
+
+
+class SnowflakeWarehouseConfig(_Strict):
+    """Snowflake through snowflake-connector-python, with key-pair (preferred) or password auth."""
+
+    type: Literal["snowflake"]
+    account: str
+    user: str
+    private_key: SecretRef | None = Field(None, description="PEM private key, as env:NAME or secret:NAME")
+    private_key_passphrase: SecretRef | None = None
+    password: SecretRef | None = None
+    role: str | None = None
+    warehouse: str | None = None
+    database: str | None = None
+    schema_: str | None = Field(None, alias="schema")
+
+    _check_refs = field_validator("private_key", "private_key_passphrase", "password")(
+        lambda v: None if v is None else _secret_ref(v)
+    )
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> SnowflakeWarehouseConfig:
+        if (self.private_key is None) == (self.password is None):
+            raise ValueError("give exactly one of private_key (key-pair auth, preferred) or password")
+        return self
+
+
+WarehouseConfig = Annotated[DuckDBWarehouseConfig | SnowflakeWarehouseConfig, Field(discriminator="type")]
+
+
+class StateConfig(_Strict):
+    """Where syncback keeps its state: snapshots in a warehouse schema, history in local files."""
+
+    warehouse: str = Field(description="which warehouse holds the snapshot tables")
+    schema_: str = Field("syncback", alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    path: str = Field(".syncback", description="local run history and dead letters, relative to the project")
+
+
+class ProjectConfig(_Strict):
+    """``syncback.yaml``: the warehouses syncs may read, and where state lives."""
+
+    warehouses: dict[str, WarehouseConfig] = Field(min_length=1)
+    state: StateConfig
+
+    @model_validator(mode="after")
+    def _state_warehouse_exists(self) -> ProjectConfig:
+        if self.state.warehouse not in self.warehouses:
+            known = ", ".join(sorted(self.warehouses))
+            raise ValueError(f"state.warehouse {self.state.warehouse!r} is not defined; known: {known}")
+        return self
+
+
+# ---- sync spec --------------------------------------------------------------------------------
+
+
+class FieldMapping(_Strict):
+    """One destination field: a column (optionally transformed) or a constant value."""
+
+    column: str | None = None
+    value: str | int | float | bool | None = None
+    transform: Transform | list[Transform] | None = None
+    on_null: Literal["send", "skip"] = Field(
+        "send", description="send: write null (clears the field); skip: leave the destination's value"
+    )
+
+    @model_validator(mode="after")
+    def _column_or_value(self) -> FieldMapping:
+        if (self.column is None) == ("value" not in self.model_fields_set):
+            raise ValueError("give exactly one of column (a model column) or value (a constant)")
+        return self
+
+    @property
+    def transforms(self) -> list[str]:
+        if self.transform is None:
+            return []
+        return [self.transform] if isinstance(self.transform, str) else list(self.transform)
+
+
+class RateLimit(_Strict):
+    """A request budget: at most ``requests`` in any rolling ``per_seconds``."""
+
+    requests: int = Field(100, gt=0)
+    per_seconds: float = Field(10.0, gt=0)
+
+
+class HubSpotDestinationConfig(_Strict):
+    """HubSpot CRM v3 objects (contacts, companies, deals, custom objects)."""
+
+    type: Literal["hubspot"]
+    object: str = Field("contacts", pattern=r"^[A-Za-z0-9_-]+$")
+    id_property: str = Field("email", description="a unique property that identifies records")
+    token: SecretRef
+    base_url: str = Field("https://api.hubapi.com", pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    rate_limit: RateLimit = RateLimit(requests=100, per_seconds=10.0)
+    concurrency: int = Field(4, ge=1, le=64, description="batches delivered in parallel")
+    timeout_s: float = Field(30.0, gt=0)
+
+    _check_token = field_validator("token")(lambda v: _secret_ref(v))
+
+
+class WebhookDestinationConfig(_Strict):
+    """Any HTTPS endpoint: records POSTed as JSON in batches, optionally signed (Standard Webhooks)."""
+
+    type: Literal["webhook"]
+    url: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    batch_size: int = Field(100, ge=1, le=10_000)
+    secret: SecretRef | None = Field(
+        None, description="signing secret (whsec_...), as env:NAME or secret:NAME"
+    )
+    rate_limit: RateLimit | None = None
+    concurrency: int = Field(4, ge=1, le=64)
+    timeout_s: float = Field(30.0, gt=0)
+
+    _check_secret = field_validator("secret")(lambda v: None if v is None else _secret_ref(v))
+
+
+DestinationConfig = Annotated[
+    HubSpotDestinationConfig | WebhookDestinationConfig, Field(discriminator="type")
+]
+
+
+class Guards(_Strict):
+    """Safety guards checked on every plan."""
+
+    max_delete_pct: float = Field(
+        ge=0, le=100, description="stop a plan deleting more than this % of the snapshot"
+    )
+
+
+class SyncSpec(_Strict):
+    """One sync: a model, its primary key, a destination, a mode and a mapping."""
+
+    name: str = Field(pattern=SYNC_NAME)
+    description: str | None = None
+    owner: str | None = Field(None, description="who owns this sync's logic (a team or a person)")
+    warehouse: str
+    model: str | None = Field(None, description="a SELECT whose rows are synced")
+    table: str | None = Field(None, pattern=IDENTIFIER, description="or a table or view name")
+    primary_key: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$]*$")
+    mode: Mode = "upsert"
+    destination: DestinationConfig
+    mapping: dict[str, FieldMapping] = Field(
+        min_length=1, description="destination field: a column name, or a field mapping"
+    )
+    schedule: str | None = Field(None, description="rate(1 hour), cron(0 6 * * ? *), or left out")
+    guards: Guards | None = None
+    batch_size: int = Field(1000, ge=1, le=50_000, description="changes per batch (one delivery unit)")
+
+    @field_validator("mapping", mode="before")
+    @classmethod
+    def _column_shorthand(cls, value: Any) -> Any:
+        # `email: email_address` is short for `email: {column: email_address}`
+        if isinstance(value, dict):
+            return {k: {"column": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_schedule(value)
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> SyncSpec:
+        if (self.model is None) == (self.table is None):
+            raise ValueError("give exactly one of model (a SELECT) or table (a table name)")
+        id_property = getattr(self.destination, "id_property", None)
+        if id_property and self.mode != "insert" and id_property not in self.mapping:
+            raise ValueError(
+                f"destination.id_property is {id_property!r} but the mapping has no field {id_property!r}; "
+                f"map the column that identifies records to it, e.g. {id_property}: {id_property}"
+            )
+        if self.mode == "mirror" and self.guards is None:
+            raise ValueError("mirror mode deletes records: add guards: {max_delete_pct: 10} (or your limit)")
+        return self
+
+    @property
+    def model_sql(self) -> str:
+        """The model as one SELECT."""
+        return self.model.strip().rstrip(";") if self.model else f"select * from {self.table}"
+
+    @property
+    def columns(self) -> list[str]:
+        """The model columns the mapping reads: the only ones that leave the warehouse."""
+        return list(dict.fromkeys(m.column for m in self.mapping.values() if m.column is not None))
+
+
+def check_schedule(value: str) -> None:
+    """Raise ValueError unless ``value`` is an EventBridge ``rate(...)`` or ``cron(...)`` expression."""
+    rate = _RATE.match(value)
+    if rate:
+        amount, unit = int(rate.group(1)), rate.group(2)
+        if amount < 1 or (amount == 1) == unit.endswith("s"):
+            raise ValueError(f"{value!r}: write rate(1 hour) or rate(5 minutes): singular unit for 1 only")
+        return
+    cron = _CRON.match(value)
+    if not cron:
+        raise ValueError(f"{value!r} is neither rate(N unit) nor cron(min hour day month weekday year)")
+    fields = cron.group(1).split()
+    if len(fields) != 6:
+        raise ValueError(
+            f"{value!r} has {len(fields)} fields; EventBridge cron takes 6: min hour day-of-month month "
+            "day-of-week year, e.g. cron(0 6 * * ? *)"
+        )
+    ok = re.compile(r"^[0-9A-Za-z*?/,#L-]+$")
+    bad = [f for f in fields if not ok.match(f)]
+    if bad:
+        raise ValueError(f"{value!r}: {bad[0]!r} is not a cron field")
+    if "?" not in (fields[2], fields[4]):
+        raise ValueError(f"{value!r}: day-of-month or day-of-week must be '?', e.g. cron(0 6 * * ? *)")
+    for pos, (lo, hi) in ((0, (0, 59)), (1, (0, 23))):
+        if fields[pos].isdigit() and not lo <= int(fields[pos]) <= hi:
+            raise ValueError(f"{value!r}: {fields[pos]} is out of range {lo}-{hi}")
+
+
+# ---- loading ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Project:
+    """A loaded project: its folder, its config and its syncs by name."""
+
+    root: Path
+    config: ProjectConfig
+    syncs: dict[str, SyncSpec]
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / self.config.state.path
+
+    def sync(self, name: str) -> SyncSpec:
+        """Return the sync called ``name``, or raise ConfigError listing the known ones."""
+        if name not in self.syncs:
+            known = ", ".join(sorted(self.syncs)) or "none"
+            raise ConfigError(
+                [Problem(f"syncs/{name}.yaml", "name", f"no sync called {name!r}; known: {known}")]
+            )
+        return self.syncs[name]
+
+
+_BRANCHES = {"hubspot", "webhook", "duckdb", "snowflake"}
+_HINTS = {
+    "extra_forbidden": "unknown field; remove it or check its spelling",
+    "missing": "required; add it",
+}
+
+
+def _problems(file: str, error: ValidationError, model: type[BaseModel]) -> list[Problem]:
+    out = []
+    for item in error.errors():
+        # drop the union branch names pydantic puts in the location ("hubspot", "literal[...]")
+        loc = [str(p) for p in item["loc"] if "[" not in str(p) and str(p) not in _BRANCHES]
+        where = ".".join(loc) or "(top level)"
+        message = _HINTS.get(item["type"], item["msg"].removeprefix("Value error, "))
+        if item["type"] == "string_pattern_mismatch" and loc[-1:] == ["name"]:
+            message = "use lower-case letters, digits and _, starting with a letter, e.g. contacts_to_hubspot"
+        if item["type"] == "extra_forbidden":
+            message += f" (allowed: {', '.join(_allowed(model, loc[:-1]))})"
+        out.append(Problem(file, where, message))
+    # one problem per field is enough: union branches repeat themselves
+    return list({p.field: p for p in reversed(out)}.values())[::-1]
+
+
+def _allowed(model: type[BaseModel], path: list[str]) -> list[str]:
+    current: Any = model
+    for part in path:
+        info = getattr(current, "model_fields", {}).get(part)
+        if info is None:
+            return _names(current)
+        current = _model_of(info.annotation)
+    return _names(current)
+
+
+def _model_of(annotation: Any) -> Any:
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
+
+
+def _names(model: Any) -> list[str]:
+    fields = getattr(model, "model_fields", {})
+    return sorted(info.alias or name for name, info in fields.items())
+
+
+def _read_yaml(path: Path, rel: str) -> tuple[Any, list[Problem]]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(file)"
+        return None, [Problem(rel, where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]
+    if not isinstance(data, dict):
+        return None, [Problem(rel, "(top level)", "must be a mapping of field: value")]
+    return data, []
+
+
+def load_project(root: Path | str) -> Project:
+    """Read ``syncback.yaml`` and every ``syncs/*.yaml`` under ``root``; raise ConfigError on any problem."""
+    root = Path(root)
+    problems: list[Problem] = []
+    config: ProjectConfig | None = None
+    config_file = root / "syncback.yaml"
+    if not config_file.exists():
+        raise ConfigError(
+            [Problem(str(config_file), "(file)", "missing; create it (see README: project config)")]
+        )
+    data, found = _read_yaml(config_file, "syncback.yaml")
+    problems += found
+    if data is not None:
+        try:
+            config = ProjectConfig.model_validate(data)
+        except ValidationError as exc:
+            problems += _problems("syncback.yaml", exc, ProjectConfig)
+
+    syncs: dict[str, SyncSpec] = {}
+    for path in sorted((root / "syncs").glob("*.y*ml")):
+        rel = f"syncs/{path.name}"
+        data, found = _read_yaml(path, rel)
+        problems += found
+        if data is None:
+            continue
+        warehouse = data.get("warehouse")
+        if config is not None and isinstance(warehouse, str) and warehouse not in config.warehouses:
+            known = ", ".join(sorted(config.warehouses))
+            problems.append(
+                Problem(rel, "warehouse", f"{warehouse!r} is not in syncback.yaml; known: {known}")
+            )
+        try:
+            sync = SyncSpec.model_validate(data)
+        except ValidationError as exc:
+            problems += _problems(rel, exc, SyncSpec)
+            continue
+        if sync.name != path.stem:
+            problems.append(Problem(rel, "name", f"{sync.name!r} differs from the file name; rename one"))
+        if sync.name in syncs:
+            problems.append(Problem(rel, "name", f"{sync.name!r} is used by another sync file"))
+        syncs[sync.name] = sync
+    if problems or config is None:
+        raise ConfigError(problems)
+    return Project(root=root, config=config, syncs=syncs)
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """Return the JSON Schemas for editor completion, by file name."""
+    sync = SyncSpec.model_json_schema(by_alias=True)
+    sync["title"] = "syncback sync spec (syncs/*.yaml)"
+    entry = sync["properties"]["mapping"]["additionalProperties"]
+    sync["properties"]["mapping"]["additionalProperties"] = {
+        "anyOf": [{"type": "string", "description": "a model column, sent as it is"}, entry]
+    }
+    project = ProjectConfig.model_json_schema(by_alias=True)
+    project["title"] = "syncback project config (syncback.yaml)"
+    return {"sync.schema.json": sync, "syncback.schema.json": project}

@@ -1,0 +1,149 @@
+"""Run history, dead letters and the per-sync run lock; local files here, DynamoDB and SQS on AWS.
+
+The snapshot itself lives in the warehouse (``snapshot.py``), beside the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from syncback.errors import RunInProgress
+
+
+@dataclass
+class RunRecord:
+    """One run of one sync, as the history keeps it and the summary shows it."""
+
+    sync: str
+    run_id: str
+    status: str  # succeeded | partial (some records rejected) | failed | skipped
+    started_at: str
+    finished_at: str = ""
+    duration_s: float = 0.0
+    planned: dict[str, int] = field(default_factory=dict)
+    delivered: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    undelivered: int = 0
+    error: str | None = None
+    invalid_sample: list[dict[str, Any]] = field(default_factory=list)
+    rejected_sample: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DeadLetter:
+    """A record the destination rejected, with its reason; enough to deliver it again."""
+
+    sync: str
+    run_id: str
+    key: str
+    action: str
+    row_hash: str | None
+    destination_id: str | None
+    record: dict[str, Any]
+    reason: str
+    rejected_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class StateStore(Protocol):
+    """Where run history and dead letters live."""
+
+    def record_run(self, run: RunRecord) -> None: ...
+
+    def runs(self, sync: str | None = None, limit: int = 20) -> list[RunRecord]: ...
+
+    def put_dead_letters(self, sync: str, letters: Iterable[DeadLetter]) -> None: ...
+
+    def resolve_dead_letters(self, sync: str, keys: Iterable[str]) -> None: ...
+
+    def dead_letters(self, sync: str) -> list[DeadLetter]: ...
+
+    def lock(self, sync: str) -> contextlib.AbstractContextManager[None]: ...
+
+
+class LocalStateStore:
+    """JSON files under the project's state folder (``.syncback`` by default)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # ---- run history: one JSON line per finished run -------------------------------------------
+
+    def record_run(self, run: RunRecord) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / "runs.jsonl").open("a", encoding="utf-8") as out:
+            out.write(json.dumps(run.to_json(), ensure_ascii=False) + "\n")
+
+    def runs(self, sync: str | None = None, limit: int = 20) -> list[RunRecord]:
+        path = self.root / "runs.jsonl"
+        if not path.exists():
+            return []
+        lines = path.read_text(encoding="utf-8").splitlines()
+        records = [RunRecord(**json.loads(line)) for line in reversed(lines) if line.strip()]
+        return [r for r in records if sync is None or r.sync == sync][:limit]
+
+    # ---- dead letters: the latest rejection of each key ---------------------------------------
+
+    def _letters_path(self, sync: str) -> Path:
+        return self.root / "dlq" / f"{sync}.json"
+
+    def _load(self, sync: str) -> dict[str, dict[str, Any]]:
+        path = self._letters_path(sync)
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+    def _save(self, sync: str, letters: dict[str, dict[str, Any]]) -> None:
+        path = self._letters_path(sync)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(letters, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def put_dead_letters(self, sync: str, letters: Iterable[DeadLetter]) -> None:
+        current = self._load(sync)
+        before = len(current)
+        for letter in letters:
+            current[letter.key] = letter.to_json()
+        if len(current) != before or current:
+            self._save(sync, current)
+
+    def resolve_dead_letters(self, sync: str, keys: Iterable[str]) -> None:
+        current = self._load(sync)
+        if not current:
+            return
+        for key in keys:
+            current.pop(key, None)
+        self._save(sync, current)
+
+    def dead_letters(self, sync: str) -> list[DeadLetter]:
+        return [DeadLetter(**item) for item in self._load(sync).values()]
+
+    # ---- one run of a sync at a time ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, sync: str) -> Iterator[None]:
+        path = self.root / "locks" / f"{sync}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunInProgress(
+                    f"sync {sync}: another run is in progress; this one was not started"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,24 @@
+"""Warehouse connections: the protocol in ``base`` and one module per engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from syncback.secrets import SecretResolver
+from syncback.spec import DuckDBWarehouseConfig, SnowflakeWarehouseConfig
+from syncback.warehouses.base import Warehouse
+
+
+def connect(
+    config: DuckDBWarehouseConfig | SnowflakeWarehouseConfig, root: Path, secrets: SecretResolver
+) -> Warehouse:
+    """Open the warehouse ``config`` describes; DuckDB paths are relative to the project ``root``."""
+    if isinstance(config, DuckDBWarehouseConfig):
+        from syncback.warehouses.duckdb import DuckDBWarehouse
+
+        duck: Warehouse = DuckDBWarehouse(root / config.path)
+        return duck
+    from syncback.warehouses.snowflake import SnowflakeWarehouse
+
+    snow: Warehouse = SnowflakeWarehouse(config, secrets)
+    return snow

@@ -1,0 +1,39 @@
+"""The Warehouse protocol: the few things the planner and the commit need from a warehouse.
+
+Every implementation runs plain SQL that DuckDB and Snowflake both accept, streams results in
+chunks (a model of millions of rows never sits in memory at once) and maps its driver's errors
+onto ``ModelError`` (the SQL is wrong) or ``WarehouseUnavailable`` (try again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+
+class Warehouse(Protocol):
+    """A connection to one warehouse."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run a statement that returns nothing we need."""
+        ...
+
+    def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a query whose result is small (counts, samples) and return every row."""
+        ...
+
+    def stream(self, sql: str, chunk_size: int = 10_000) -> Iterator[list[tuple[Any, ...]]]:
+        """Run a query and yield its rows in chunks of at most ``chunk_size``."""
+        ...
+
+    def columns(self, sql: str) -> list[tuple[str, str]]:
+        """Return the (name, type) of each column the query would produce, without running it in full."""
+        ...
+
+    def load_rows(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert many rows into an existing table quickly."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection."""
+        ...

@@ -1,0 +1,81 @@
+"""DuckDB, the embedded default warehouse: one file beside the project."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from syncback.errors import ModelError, WarehouseUnavailable
+
+
+class DuckDBWarehouse:
+    """A connection to a DuckDB database file (or ``:memory:``)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        try:
+            self._con = duckdb.connect(self.path)
+        except duckdb.IOException as exc:
+            # another process holds the file's write lock
+            raise WarehouseUnavailable(f"cannot open DuckDB file {self.path}: {exc}") from exc
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self._run(sql, params)
+
+    def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._run(sql, params).fetchall()
+
+    def stream(self, sql: str, chunk_size: int = 10_000) -> Iterator[list[tuple[Any, ...]]]:
+        cursor = self._con.cursor()
+        try:
+            cursor.execute(sql)
+        except duckdb.Error as exc:
+            raise _classify(exc) from exc
+        while rows := cursor.fetchmany(chunk_size):
+            yield rows
+        cursor.close()
+
+    def columns(self, sql: str) -> list[tuple[str, str]]:
+        cursor = self._run(f"select * from ({sql}) as model limit 0", ())
+        return [(d[0], str(d[1])) for d in cursor.description or []]
+
+    def load_rows(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        # executemany is slow in DuckDB; a newline-delimited JSON file is read at full speed
+        fd, path = tempfile.mkstemp(suffix=".jsonl")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                for row in rows:
+                    out.write(json.dumps(dict(zip(columns, row, strict=True)), default=str))
+                    out.write("\n")
+            spec = ", ".join(f"'{c}': 'VARCHAR'" for c in columns)
+            cols = ", ".join(columns)
+            self._run(
+                f"insert into {table} ({cols}) select {cols} from "
+                f"read_json(?, format='newline_delimited', columns={{{spec}}})",
+                [path],
+            )
+        finally:
+            os.unlink(path)
+
+    def close(self) -> None:
+        self._con.close()
+
+    def _run(self, sql: str, params: Sequence[Any]) -> duckdb.DuckDBPyConnection:
+        try:
+            return self._con.execute(sql, list(params))
+        except duckdb.Error as exc:
+            raise _classify(exc) from exc
+
+
+def _classify(exc: duckdb.Error) -> Exception:
+    if isinstance(exc, duckdb.IOException):
+        return WarehouseUnavailable(f"DuckDB I/O error: {exc}")
+    return ModelError(f"DuckDB: {exc}")

@@ -1,0 +1,83 @@
+"""Shared fixtures: a small project on a DuckDB warehouse, written to a temporary folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import yaml
+from syncback.spec import Project, load_project
+
+BASE_SYNC: dict[str, Any] = {
+    "name": "contacts",
+    "warehouse": "local",
+    "table": "analytics.contacts",
+    "primary_key": "customer_id",
+    "mode": "upsert",
+    "destination": {
+        "type": "hubspot",
+        "object": "contacts",
+        "id_property": "email",
+        "token": "env:HUBSPOT_TOKEN",
+        "base_url": "http://127.0.0.1:9",
+        "rate_limit": {"requests": 1000, "per_seconds": 1},
+    },
+    "mapping": {
+        "email": "email",
+        "firstname": "first_name",
+        "lead_score": {"column": "lead_score", "transform": "integer"},
+        "ltv": {"column": "lifetime_value", "on_null": "skip"},
+        "source": {"value": "warehouse"},
+    },
+    "batch_size": 50,
+}
+
+
+def contacts_rows(n: int, start: int = 1) -> list[tuple[Any, ...]]:
+    return [
+        (i, f"user{i}@example.com", f"First{i}", i % 100, None if i % 7 == 0 else i * 1.5)
+        for i in range(start, start + n)
+    ]
+
+
+def write_contacts(path: Path, rows: list[tuple[Any, ...]]) -> None:
+    """Replace analytics.contacts in the DuckDB file at ``path`` with ``rows``."""
+    con = duckdb.connect(str(path))
+    con.execute("create schema if not exists analytics")
+    con.execute(
+        "create or replace table analytics.contacts (customer_id integer, email varchar, first_name varchar, "
+        "lead_score integer, lifetime_value double)"
+    )
+    if rows:
+        con.executemany("insert into analytics.contacts values (?, ?, ?, ?, ?)", rows)
+    con.close()
+
+
+ProjectFactory = Callable[..., Project]
+
+
+@pytest.fixture
+def make_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ProjectFactory:
+    """Return a factory: ``make_project(rows=..., **sync_overrides)`` writes and loads a project."""
+    monkeypatch.setenv("HUBSPOT_TOKEN", "test-token")
+
+    def factory(rows: list[tuple[Any, ...]] | None = None, **overrides: Any) -> Project:
+        (tmp_path / "syncs").mkdir(exist_ok=True)
+        (tmp_path / "syncback.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "warehouses": {"local": {"type": "duckdb", "path": "wh.duckdb"}},
+                    "state": {"warehouse": "local", "schema": "syncback"},
+                }
+            )
+        )
+        spec = {**BASE_SYNC, **overrides}
+        (tmp_path / "syncs" / "contacts.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True))
+        if rows is not None:
+            write_contacts(tmp_path / "wh.duckdb", rows)
+        return load_project(tmp_path)
+
+    return factory

@@ -1,0 +1,49 @@
+"""An in-memory destination for unit tests: records what it was sent, fails as scripted."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from syncback.destinations.base import Change, Outcome
+
+
+class RecordingDestination:
+    """Accepts everything except what it is told to refuse.
+
+    ``reject_keys``: rejected per record (like a 207); ``poison_keys``: any request holding one is
+    refused whole with ``RequestRejected`` (like a 400 for the batch); ``failures``: exceptions
+    raised by the next calls, in order, before anything is stored.
+    """
+
+    def __init__(self, max_batch_size: int = 100) -> None:
+        self.max_batch_size = max_batch_size
+        self.records: dict[str, dict[str, Any]] = {}
+        self.requests: list[list[str]] = []
+        self.reject_keys: set[str] = set()
+        self.poison_keys: set[str] = set()
+        self.failures: list[Exception] = []
+        self.closed = False
+
+    def write(self, changes: Sequence[Change]) -> list[Outcome]:
+        from syncback.errors import RequestRejected
+
+        self.requests.append([c.key for c in changes])
+        if self.failures:
+            raise self.failures.pop(0)
+        if any(c.key in self.poison_keys for c in changes):
+            raise RequestRejected("400 VALIDATION_ERROR: one input is not valid")
+        outcomes = []
+        for change in changes:
+            if change.key in self.reject_keys:
+                outcomes.append(Outcome(change.key, "rejected", reason="VALIDATION_ERROR: not valid"))
+            elif change.action == "archive":
+                self.records.pop(change.key, None)
+                outcomes.append(Outcome(change.key, "delivered", change.destination_id))
+            else:
+                self.records[change.key] = dict(change.record)
+                outcomes.append(Outcome(change.key, "delivered", f"id-{change.key}"))
+        return outcomes
+
+    def close(self) -> None:
+        self.closed = True

@@ -1,0 +1,258 @@
+"""A whole local run on DuckDB: plan in SQL, deliver, commit; and the invariants that hold across runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+from syncback.batches import LocalBatchStore
+from syncback.delivery import RetryPolicy
+from syncback.errors import DestinationAuthError, GuardError, ModelError, RunInProgress
+from syncback.planner import Planner
+from syncback.runner import Runtime, replay, run_sync
+from syncback.spec import Project
+from syncback.state import LocalStateStore
+from syncback.warehouses.duckdb import DuckDBWarehouse
+
+from tests.conftest import ProjectFactory, contacts_rows, write_contacts
+from tests.fakes.recording import RecordingDestination
+
+
+def runtime(project: Project, destination: RecordingDestination) -> Runtime:
+    root = project.state_path
+    return Runtime(
+        project,
+        LocalBatchStore(root),
+        LocalStateStore(root),
+        retry=RetryPolicy(attempts=2, base_s=0, cap_s=0),
+        destination_factory=lambda sync: destination,
+    )
+
+
+def snapshot(project: Project) -> dict[str, str]:
+    con = duckdb.connect(str(project.root / "wh.duckdb"))
+    rows = con.execute("select key, row_hash from syncback.snapshot__contacts").fetchall()
+    con.close()
+    return dict(rows)
+
+
+def test_first_run_adds_everything_and_a_second_plans_nothing(make_project: ProjectFactory) -> None:
+    # Given 120 rows and an empty destination
+    project = make_project(rows=contacts_rows(120))
+    destination = RecordingDestination()
+    # When the sync runs twice
+    first = run_sync(runtime(project, destination), "contacts")
+    second = run_sync(runtime(project, destination), "contacts")
+    # Then the first sends all 120 in 3 batches and the second sends nothing
+    assert first.status == "succeeded" and first.planned["added"] == 120 and first.delivered == 120
+    assert second.planned == {"added": 0, "changed": 0, "removed": 0, "unchanged": 120, "invalid": 0}
+    assert len(destination.records) == 120 and sum(map(len, destination.requests)) == 120
+    # and only mapped fields left the warehouse; null ltv was skipped, not sent
+    assert destination.records["7"] == {
+        "email": "user7@example.com",
+        "firstname": "First7",
+        "lead_score": 7,
+        "source": "warehouse",
+    }
+
+
+def test_only_changed_rows_are_sent_and_removed_ones_forgotten_in_upsert_mode(
+    make_project: ProjectFactory,
+) -> None:
+    project = make_project(rows=contacts_rows(100))
+    destination = RecordingDestination()
+    run_sync(runtime(project, destination), "contacts")
+    # Given 3 rows changed, 2 removed and 4 added
+    rows = [r for r in contacts_rows(100) if r[0] not in (10, 20)]
+    rows = [(i, e, f + "!" if i in (1, 2, 3) else f, s, v) for i, e, f, s, v in rows] + contacts_rows(
+        4, start=500
+    )
+    write_contacts(project.root / "wh.duckdb", rows)
+    destination.requests.clear()
+    # When it runs again
+    record = run_sync(runtime(project, destination), "contacts")
+    # Then exactly those were planned, the 7 writes sent, and the removed keys forgotten
+    assert record.planned == {"added": 4, "changed": 3, "removed": 2, "unchanged": 95, "invalid": 0}
+    assert sorted(k for r in destination.requests for k in r) == sorted(
+        ["1", "2", "3", "500", "501", "502", "503"]
+    )
+    assert record.delivered == 7 and record.skipped == 2
+    assert "10" not in snapshot(project) and len(snapshot(project)) == 102
+
+
+def test_null_and_duplicate_keys_and_bad_values_are_invalid_never_sent(make_project: ProjectFactory) -> None:
+    rows = contacts_rows(10) + [(None, "nokey@x.io", "N", 1, 1.0), (3, "dup@x.io", "D", 1, 1.0)]
+    project = make_project(
+        rows=rows, mapping={"email": "email", "score": {"column": "first_name", "transform": "integer"}}
+    )
+    destination = RecordingDestination()
+    record = run_sync(runtime(project, destination), "contacts")
+    # every row is invalid: null key 1, duplicate key 3 (2 rows), and 9 names that are not integers
+    assert record.planned["invalid"] == 12 and record.delivered == 0
+    reasons = [item["reason"] for item in record.invalid_sample]
+    assert any("is null (1 rows)" in r for r in reasons) and any(
+        "duplicate primary key (2 rows" in r for r in reasons
+    )
+    assert any(
+        r.startswith("field score (column first_name): value is text that is not an integer") for r in reasons
+    )
+    assert destination.requests == []
+
+
+def test_rejected_records_are_dead_letters_and_planned_again_until_fixed(
+    make_project: ProjectFactory,
+) -> None:
+    # Given a destination rejecting two records
+    project = make_project(rows=contacts_rows(60))
+    destination = RecordingDestination()
+    destination.reject_keys = {"5", "42"}
+    rt = runtime(project, destination)
+    # When it runs: Then the run is partial, the two are dead letters with the reason, not in the snapshot
+    first = run_sync(rt, "contacts")
+    assert (first.status, first.delivered, first.rejected) == ("partial", 58, 2)
+    letters = {d.key: d for d in rt.state.dead_letters("contacts")}
+    assert set(letters) == {"5", "42"} and letters["5"].reason == "VALIDATION_ERROR: not valid"
+    assert letters["5"].record["email"] == "user5@example.com"
+    assert "5" not in snapshot(project)
+    # When the cause is fixed, the next run delivers just them and clears the dead letters
+    destination.reject_keys = set()
+    second = run_sync(rt, "contacts")
+    assert (second.status, second.planned["added"], second.delivered) == ("succeeded", 2, 2)
+    assert rt.state.dead_letters("contacts") == []
+    # and a further run plans zero changes
+    assert run_sync(rt, "contacts").planned["unchanged"] == 60
+
+
+def test_replay_delivers_dead_letters_but_never_overwrites_a_newer_delivery(
+    make_project: ProjectFactory,
+) -> None:
+    project = make_project(rows=contacts_rows(20))
+    destination = RecordingDestination()
+    destination.reject_keys = {"4", "8"}
+    rt = runtime(project, destination)
+    run_sync(rt, "contacts")
+    stale_letters = rt.state.dead_letters("contacts")
+    # Given a later run delivered key 4 with a newer value (8 still rejected)
+    rows = [(i, e, "Newer" if i == 4 else f, s, v) for i, e, f, s, v in contacts_rows(20)]
+    write_contacts(project.root / "wh.duckdb", rows)
+    destination.reject_keys = {"8"}
+    run_sync(rt, "contacts")
+    assert destination.records["4"]["firstname"] == "Newer"
+    # When the old dead letters are replayed with the cause fixed
+    destination.reject_keys = set()
+    result = replay(rt, "contacts", stale_letters)
+    # Then 4's stale version is skipped, 8 is delivered, and the snapshot now holds 8
+    assert (result.delivered, result.stale, result.rejected) == (1, 1, 0)
+    assert destination.records["4"]["firstname"] == "Newer"
+    assert "8" in snapshot(project)
+    assert run_sync(rt, "contacts").planned["unchanged"] == 20
+
+
+def test_mirror_archives_what_left_the_model_within_the_guard(make_project: ProjectFactory) -> None:
+    project = make_project(rows=contacts_rows(50), mode="mirror", guards={"max_delete_pct": 10})
+    destination = RecordingDestination()
+    rt = runtime(project, destination)
+    run_sync(rt, "contacts")
+    write_contacts(project.root / "wh.duckdb", contacts_rows(47))
+    record = run_sync(rt, "contacts")
+    assert record.planned["removed"] == 3 and record.delivered == 3
+    assert set(destination.records) == {str(i) for i in range(1, 48)}
+
+
+def test_mirror_guard_stops_a_plan_deleting_too_much(make_project: ProjectFactory) -> None:
+    project = make_project(rows=contacts_rows(50), mode="mirror", guards={"max_delete_pct": 10})
+    destination = RecordingDestination()
+    rt = runtime(project, destination)
+    run_sync(rt, "contacts")
+    write_contacts(project.root / "wh.duckdb", contacts_rows(40))
+    with pytest.raises(GuardError, match="deletes 10 of 50 records \\(20.0%\\)"):
+        run_sync(rt, "contacts")
+    assert len(destination.records) == 50 and rt.state.runs("contacts")[0].status == "failed"
+
+
+def test_an_empty_model_never_deletes_everything(make_project: ProjectFactory) -> None:
+    project = make_project(rows=contacts_rows(5), mode="mirror", guards={"max_delete_pct": 100})
+    destination = RecordingDestination()
+    rt = runtime(project, destination)
+    run_sync(rt, "contacts")
+    write_contacts(project.root / "wh.duckdb", [])
+    with pytest.raises(GuardError, match="no valid rows"):
+        run_sync(rt, "contacts")
+    assert len(destination.records) == 5
+
+
+def test_full_resync_sends_everything_again_without_deleting(make_project: ProjectFactory) -> None:
+    project = make_project(rows=contacts_rows(30), mode="mirror", guards={"max_delete_pct": 50})
+    destination = RecordingDestination()
+    rt = runtime(project, destination)
+    run_sync(rt, "contacts")
+    write_contacts(project.root / "wh.duckdb", contacts_rows(28))
+    record = run_sync(rt, "contacts", full_resync=True)
+    assert record.planned == {"added": 0, "changed": 28, "removed": 0, "unchanged": 0, "invalid": 0}
+    assert len(destination.records) == 30
+
+
+def test_insert_mode_sends_new_records_only(make_project: ProjectFactory) -> None:
+    project = make_project(rows=contacts_rows(10), mode="insert")
+    destination = RecordingDestination()
+    rt = runtime(project, destination)
+    run_sync(rt, "contacts")
+    write_contacts(project.root / "wh.duckdb", [(i, e, "X", s, v) for i, e, f, s, v in contacts_rows(10)])
+    destination.requests.clear()
+    record = run_sync(rt, "contacts")
+    assert record.planned["changed"] == 10 and record.skipped == 10 and destination.requests == []
+    assert run_sync(rt, "contacts").planned["unchanged"] == 10
+
+
+def test_an_auth_failure_fails_the_run_without_advancing_the_snapshot(make_project: ProjectFactory) -> None:
+    project = make_project(rows=contacts_rows(10))
+    destination = RecordingDestination()
+    destination.failures = [DestinationAuthError("HubSpot answered 401")]
+    record = run_sync(runtime(project, destination), "contacts")
+    assert record.status == "failed" and "DestinationAuthError" in (record.error or "")
+    assert record.undelivered == 10 and len(destination.requests) == 1
+    assert snapshot(project) == {}
+
+
+def test_a_model_missing_a_mapped_column_is_a_clear_error(make_project: ProjectFactory) -> None:
+    project = make_project(rows=contacts_rows(3), mapping={"email": "email", "x": "no_such_column"})
+    with pytest.raises(ModelError, match="no column no_such_column .*fix the model or the spec"):
+        run_sync(runtime(project, RecordingDestination()), "contacts")
+
+
+def test_a_model_whose_sql_fails_is_a_model_error(make_project: ProjectFactory) -> None:
+    project = make_project(rows=contacts_rows(3), table=None, model="select * from analytics.nope")
+    with pytest.raises(ModelError, match="nope"):
+        run_sync(runtime(project, RecordingDestination()), "contacts")
+
+
+def test_a_column_whose_type_changes_resends_its_rows(make_project: ProjectFactory) -> None:
+    # Given lead_score stored as integers, synced once
+    project = make_project(rows=contacts_rows(10))
+    destination = RecordingDestination()
+    rt = runtime(project, destination)
+    run_sync(rt, "contacts")
+    # When the column becomes a double with the same values
+    con = duckdb.connect(str(project.root / "wh.duckdb"))
+    con.execute("alter table analytics.contacts alter lead_score type double")
+    con.close()
+    record = run_sync(rt, "contacts")
+    # Then every row counts as changed and is sent again (documented: a type change re-sends)
+    assert record.planned["changed"] == 10 and destination.records["3"]["lead_score"] == 3
+
+
+def test_two_runs_of_one_sync_never_overlap(make_project: ProjectFactory) -> None:
+    project = make_project(rows=contacts_rows(3))
+    rt = runtime(project, RecordingDestination())
+    with rt.state.lock("contacts"), pytest.raises(RunInProgress):
+        run_sync(rt, "contacts")
+
+
+def test_plan_is_a_dry_run(make_project: ProjectFactory, tmp_path: Path) -> None:
+    project = make_project(rows=contacts_rows(10))
+    warehouse = DuckDBWarehouse(project.root / "wh.duckdb")
+    plan = Planner(project.sync("contacts"), warehouse, "syncback").plan("r1", None, sample_changes=2)
+    warehouse.close()
+    assert plan.counts.added == 10 and len(plan.change_sample) == 2
+    assert snapshot(project) == {} and not (project.state_path / "runs").exists()
