@@ -108,7 +108,7 @@ class Delivery:
         self._on_progress = on_progress or (lambda n: None)
 
     def deliver(self, changes: Sequence[Change]) -> list[Outcome]:
-        """Return one outcome per change; raise only DestinationAuthError (or a bug)."""
+        """Return one outcome per change; raise only the errors that stop a run (auth, 410 Gone)."""
         outcomes = [
             Outcome(c.key, "skipped", reason=_NOT_SENT[c.action]) for c in changes if c.action in _NOT_SENT
         ]

@@ -12,6 +12,7 @@
         ├── GuardError            the plan breaks a safety guard (mirror deletes) and was stopped
         ├── RunInProgress         another run of the same sync holds the lock
         ├── DestinationAuthError  401/403: the token is wrong or lacks a scope
+        ├── DestinationGone       410: the receiver asked us to stop sending
         └── RequestRejected       the destination refused a whole request (400/409); the
                                   delivery splits the batch to isolate the records at fault
 
@@ -91,6 +92,10 @@ class RunInProgress(PermanentError):
 
 class DestinationAuthError(PermanentError):
     """The destination refused our credentials (401/403)."""
+
+
+class DestinationGone(PermanentError):
+    """The destination answered 410 Gone: it no longer wants what this sync sends."""
 
 
 class RequestRejected(PermanentError):

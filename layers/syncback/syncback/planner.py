@@ -84,9 +84,14 @@ class PlanResult:
         )
 
 
-def mapping_fingerprint(sync: SyncSpec) -> str:
-    """Return a digest of everything that shapes a record, so that changing it re-sends all."""
+def mapping_fingerprint(sync: SyncSpec, column_types: list[str]) -> str:
+    """Return a digest of everything that shapes a record, so that changing it re-sends all.
+
+    The mapped columns' types are part of it: a column whose type changes (an integer becoming
+    text) may keep its text form but not its JSON form, so every row is sent again.
+    """
     shape = {
+        "types": column_types,
         "mapping": {k: v.model_dump(mode="json") for k, v in sync.mapping.items()},
         "destination": [
             sync.destination.type,
@@ -116,9 +121,9 @@ class Planner:
         self, run_id: str, store: BatchStore | None, full_resync: bool = False, sample_changes: int = 0
     ) -> PlanResult:
         """Diff the model against the snapshot; write batches to ``store`` (None: a dry run)."""
-        columns = self._check_columns()
+        columns, types = self._check_columns()
         ensure_snapshot(self.warehouse, self.tables)
-        self._materialise(columns)
+        self._materialise(columns, types)
         try:
             result = self._count(run_id, full_resync)
             self._check_guards(result)
@@ -131,9 +136,11 @@ class Planner:
 
     # ---- steps ---------------------------------------------------------------------------
 
-    def _check_columns(self) -> list[str]:
-        """Return the mapped columns; raise ModelError naming any the model lacks."""
-        have = {name.lower(): name for name, _ in self.warehouse.columns(self.sync.model_sql)}
+    def _check_columns(self) -> tuple[list[str], list[str]]:
+        """Return the mapped columns and their types; raise ModelError naming any the model lacks."""
+        described = self.warehouse.columns(self.sync.model_sql)
+        have = {name.lower(): name for name, _ in described}
+        types = {name.lower(): kind for name, kind in described}
         wanted = [self.sync.primary_key, *self.sync.columns]
         missing = [c for c in wanted if c.lower() not in have]
         if missing:
@@ -142,11 +149,11 @@ class Planner:
                 f"(it has: {', '.join(sorted(have.values()))}); fix the model or the spec's "
                 "primary_key / mapping"
             )
-        return self.sync.columns
+        return self.sync.columns, [types[c.lower()] for c in self.sync.columns]
 
-    def _materialise(self, columns: list[str]) -> None:
+    def _materialise(self, columns: list[str], types: list[str]) -> None:
         pk = f"m.{self.sync.primary_key}"
-        parts = [f"'{mapping_fingerprint(self.sync)}'"]
+        parts = [f"'{mapping_fingerprint(self.sync, types)}'"]
         for c in columns:
             text = f"cast(m.{c} as varchar)"
             parts.append(f"coalesce(cast(length({text}) as varchar) || ':' || {text}, '~')")

@@ -1,0 +1,296 @@
+"""Any HTTP endpoint: one JSON POST per batch, optionally signed the Standard Webhooks way.
+
+The request body is ``{"sync": ..., "records": [{"key", "action", "fields"?, "destination_id"?}]}``
+(an archive carries no fields). Our receiver contract for partial failures: a 2xx whose JSON body
+holds ``"rejected": [{"key": ..., "reason": ...}]`` rejects those keys; every other record of a 2xx
+was delivered.
+
+Signing (https://www.standardwebhooks.com): each request carries ``webhook-id`` (new per request),
+``webhook-timestamp`` (unix seconds) and ``webhook-signature: v1,<base64 HMAC-SHA256>`` over
+``"{id}.{timestamp}.{body}"``. A secret ``whsec_<base64>`` signs with the base64-decoded bytes; a
+secret without the ``whsec_`` prefix signs with its raw UTF-8 bytes (the ``standardwebhooks``
+library would base64-decode it instead, so give receivers a ``whsec_`` secret).
+
+Status handling follows the spec: 2xx success, 3xx failure (redirects are not followed), 410 means
+stop sending. Reasons and error messages never carry record values or the secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import email.utils
+import hashlib
+import hmac
+import json
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+from uuid import uuid4
+
+import requests
+
+from syncback.destinations.base import Change, Outcome
+from syncback.errors import (
+    DestinationAuthError,
+    DestinationGone,
+    DestinationUnavailable,
+    RateLimited,
+    RequestRejected,
+    SecretError,
+)
+from syncback.spec import WebhookDestinationConfig
+
+SECRET_PREFIX = "whsec_"
+EXCERPT_CHARS = 200
+REASON_CHARS = 500
+#: values shorter than this are not redacted from receiver text: too common to mean anything
+_MIN_REDACTED = 3
+_SPACES = re.compile(r"\s+")
+
+
+def signing_key(secret: str) -> bytes:
+    """Return the HMAC key of a secret: base64-decoded after ``whsec_``, else the raw UTF-8 bytes."""
+    if not secret:
+        raise SecretError("the webhook signing secret is empty")
+    if not secret.startswith(SECRET_PREFIX):
+        return secret.encode("utf-8")
+    encoded = secret[len(SECRET_PREFIX) :]
+    try:
+        # senders often drop base64 padding; add it back like the reference library does
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except binascii.Error:
+        raise SecretError("the webhook secret starts with whsec_ but the rest is not base64") from None
+    if not key:
+        raise SecretError("the webhook secret whsec_ holds no key")
+    return key
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """Return the ``webhook-signature`` value ``v1,<base64 HMAC-SHA256>`` of one request."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode("ascii")
+
+
+class WebhookDestination:
+    """POSTs one sync's batches to one HTTP endpoint."""
+
+    def __init__(
+        self,
+        config: WebhookDestinationConfig,
+        secret: str | None,
+        sync: str,
+        session: requests.Session | None = None,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = lambda: "msg_" + uuid4().hex,
+    ) -> None:
+        self.config = config
+        self.sync = sync
+        self.max_batch_size = config.batch_size
+        self._key = None if secret is None else signing_key(secret)
+        # never echoed back by an honest receiver, but a message must not carry it even if one does
+        self._secret_forms = () if not secret else (secret, secret.removeprefix(SECRET_PREFIX))
+        self._session = session or requests.Session()
+        self._clock = clock
+        self._new_id = new_id
+        # the host alone names the receiver in messages: a URL's path or query may carry a token
+        self._host = urlsplit(config.url).hostname or "the receiver"
+
+    def write(self, changes: Sequence[Change]) -> list[Outcome]:
+        if len(changes) > self.max_batch_size:
+            raise ValueError(f"{len(changes)} records; this webhook takes {self.max_batch_size} a request")
+        settled = {
+            i: Outcome(c.key, "skipped", reason=f"action {c.action}: nothing is sent")
+            for i, c in enumerate(changes)
+            if c.action not in ("upsert", "archive")
+        }
+        try:
+            body = self._body([c for i, c in enumerate(changes) if i not in settled])
+        except ValueError:
+            # the mapping keeps NaN and the like out; if one slips through, only its record fails
+            settled |= {
+                i: Outcome(c.key, "rejected", reason=_not_json_reason(c))
+                for i, c in enumerate(changes)
+                if i not in settled and not _serialises(c)
+            }
+            body = self._body([c for i, c in enumerate(changes) if i not in settled])
+        to_send = [c for i, c in enumerate(changes) if i not in settled]
+        sent = iter(self._outcomes_or_raise(self._post(body), to_send) if to_send else ())
+        return [settled[i] if i in settled else next(sent) for i in range(len(changes))]
+
+    def close(self) -> None:
+        self._session.close()
+
+    # ---- requests ----------------------------------------------------------------------
+
+    def _body(self, changes: Sequence[Change]) -> bytes:
+        return _dumps({"sync": self.sync, "records": [_record(c) for c in changes]})
+
+    def _post(self, body: bytes) -> requests.Response:
+        headers = {"Content-Type": "application/json"}
+        if self._key is not None:
+            msg_id, timestamp = self._new_id(), int(self._clock())
+            headers |= {
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": sign(self._key, msg_id, timestamp, body),
+            }
+        try:
+            return self._session.post(
+                self.config.url,
+                data=body,
+                headers=headers,
+                timeout=self.config.timeout_s,
+                allow_redirects=False,
+            )
+        except requests.Timeout as exc:
+            message = f"webhook {self._host}: no answer within {self.config.timeout_s}s"
+            raise DestinationUnavailable(message) from exc
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            message = f"webhook {self._host}: connection failed ({type(exc).__name__})"
+            raise DestinationUnavailable(message) from exc
+
+    # ---- responses: classified here and nowhere else -------------------------------------------
+
+    def _outcomes_or_raise(self, response: requests.Response, changes: Sequence[Change]) -> list[Outcome]:
+        """Return one outcome per change for a 2xx; raise the error any other answer means."""
+        status = response.status_code
+        if 200 <= status < 300:
+            return _delivered_or_rejected(response, changes)
+        said = f"webhook {self._host} answered {status}"
+        excerpt = _redact(_excerpt(response), changes, self._secret_forms)
+        retry_after = _retry_after(response, self._clock)
+        if status in (401, 403):
+            raise DestinationAuthError(f"{said}: {excerpt}. check the signing secret")
+        if status in (408, 425, 429):
+            raise RateLimited(f"{said}: the receiver asked us to slow down", retry_after)
+        if status >= 500:
+            raise DestinationUnavailable(f"{said}: {excerpt}", retry_after)
+        if status == 410:
+            raise DestinationGone(f"{said} Gone: the receiver asked us to stop; fix or remove this sync")
+        if 300 <= status < 400:
+            location = response.headers.get("Location", "")[:EXCERPT_CHARS]
+            location = _redact(location, changes, self._secret_forms)
+            raise RequestRejected(
+                f"{said} (redirect to {location or 'nowhere'}): redirects are not followed; set the final URL"
+            )
+        raise RequestRejected(f"{said}: {excerpt}")
+
+
+def _record(change: Change) -> dict[str, Any]:
+    record: dict[str, Any] = {"key": change.key, "action": change.action}
+    if change.action != "archive":
+        record["fields"] = change.record
+    if change.destination_id is not None:
+        record["destination_id"] = change.destination_id
+    return record
+
+
+def _dumps(value: Any) -> bytes:
+    # a lone surrogate fails at encode() with UnicodeEncodeError, a ValueError like NaN's
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except TypeError as exc:  # a value json has no form for (the mapping should not let one through)
+        raise ValueError(type(exc).__name__) from exc
+    return text.encode("utf-8")
+
+
+def _serialises(change: Change) -> bool:
+    try:
+        _dumps(_record(change))
+    except ValueError:
+        return False
+    return True
+
+
+def _not_json_reason(change: Change) -> str:
+    bad = []
+    for name, value in change.record.items():
+        try:
+            _dumps(value)
+        except ValueError:
+            bad.append(name)
+    fields = ", ".join(bad) or "the key or destination id"
+    return f"not valid JSON: {fields} holds NaN, infinity, a lone surrogate or a type JSON cannot carry"
+
+
+def _delivered_or_rejected(response: requests.Response, changes: Sequence[Change]) -> list[Outcome]:
+    by_key = {c.key: c for c in changes}
+    reasons: dict[str, str] = {}
+    body = _json(response)
+    rejected = body.get("rejected") if isinstance(body, dict) else None
+    for item in rejected if isinstance(rejected, list) else []:
+        if isinstance(item, dict) and str(item.get("key")) in by_key:
+            key = str(item["key"])
+            reason = str(item.get("reason") or "the receiver rejected this record")[:REASON_CHARS]
+            reasons[key] = _redact(reason, [by_key[key]])
+    return [
+        Outcome(c.key, "rejected", reason=reasons[c.key])
+        if c.key in reasons
+        else Outcome(c.key, "delivered", c.destination_id or c.key)
+        for c in changes
+    ]
+
+
+def _json(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _excerpt(response: requests.Response) -> str:
+    text = response.content[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
+    return _SPACES.sub(" ", text).strip()[:EXCERPT_CHARS] or "(empty body)"
+
+
+def _redact(text: str, changes: Sequence[Change], secrets: Sequence[str] = ()) -> str:
+    """Return ``text`` with every value of ``changes`` (and secret) it holds replaced by ``…``."""
+    if not text:
+        return text
+    values = {form for c in changes for value in _leaves(c.record) for form in _forms(value)}
+    values.update(s for s in secrets if s)
+    for value in sorted(values, key=len, reverse=True):
+        if value in text:
+            text = text.replace(value, "…")
+    return text
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _leaves(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _leaves(item)
+    elif value is not None and not isinstance(value, bool):
+        yield value
+
+
+def _forms(value: Any) -> Iterator[str]:
+    text = str(value)
+    if len(text) >= _MIN_REDACTED:
+        yield text
+        if isinstance(value, str):
+            yield json.dumps(value)[1:-1]  # as a receiver may echo it: \u-escaped
+
+
+def _retry_after(response: requests.Response, clock: Callable[[], float]) -> float | None:
+    """Return the seconds a ``Retry-After`` header asks for: delay-seconds or an HTTP date."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": HTTP dates are always GMT
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, when.timestamp() - clock())

@@ -1,0 +1,217 @@
+"""A webhook receiver on loopback that behaves as the Standard Webhooks spec tells a receiver to.
+
+It verifies ``webhook-signature`` (each space-separated ``v1,`` signature, constant-time compare),
+refuses timestamps outside its tolerance, and treats ``webhook-id`` as an idempotency key. It
+speaks our receiver contract: 200 with ``{"accepted": n, "rejected": [{"key", "reason"}]}``.
+
+Fault knobs: ``fail_next`` (answer the next requests with a status), ``reject_keys`` (reject
+those records in a 200), ``reject_batch_if_key_in`` (400 for the whole request) and ``delay_s``
+(answer late). A test fake: production code never imports it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+
+Answer = tuple[int, dict[str, str], bytes]
+
+SECRET_PREFIX = "whsec_"
+
+
+def receiver_key(secret: str) -> bytes:
+    """Return the HMAC key syncback documents: base64 after ``whsec_``, else the raw UTF-8 bytes."""
+    if secret.startswith(SECRET_PREFIX):
+        encoded = secret[len(SECRET_PREFIX) :]
+        return base64.b64decode(encoded + "=" * (-len(encoded) % 4))
+    return secret.encode("utf-8")
+
+
+class WebhookReceiver:
+    """A threaded HTTP/1.1 server on 127.0.0.1 that records the batches it accepts."""
+
+    def __init__(self, secret: str | None = None, tolerance_s: int = 300) -> None:
+        self.secret = secret
+        self.tolerance_s = tolerance_s
+        #: parsed bodies of the requests answered 2xx (partial rejections included)
+        self.received: list[dict[str, Any]] = []
+        #: raw bodies and headers of those requests, in the same order
+        self.raw_bodies: list[bytes] = []
+        self.headers: list[dict[str, str]] = []
+        #: every request that reached the server, whatever the answer
+        self.requests = 0
+        #: TCP connections accepted: fewer than requests when the client keeps them alive
+        self.connections = 0
+        self.reject_keys: set[str] = set()
+        self.reject_reason = "refused by the test receiver"
+        self.reject_batch_if_key_in: set[str] = set()
+        #: seconds to wait before answering (for client timeouts)
+        self.delay_s = 0.0
+        self._faults: deque[Answer] = deque()
+        self._answered_ids: dict[str, Answer] = {}
+        self._lock = threading.Lock()
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.receiver = self
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/hooks/syncback"
+
+    def fail_next(
+        self, status: int, n: int = 1, headers: dict[str, str] | None = None, body: bytes | None = None
+    ) -> None:
+        """Answer the next ``n`` requests with ``status`` (before any signature check, like a proxy)."""
+        default = json.dumps({"error": f"test receiver answers {status}"}).encode()
+        with self._lock:
+            self._faults.extend([(status, dict(headers or {}), default if body is None else body)] * n)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> WebhookReceiver:
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()  # waits up to serve_forever's poll interval
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self) -> WebhookReceiver:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # ---- one request -------------------------------------------------------------------------
+
+    def answer(self, headers: dict[str, str], body: bytes) -> Answer:
+        """Return the status, headers and body this receiver answers a POST with."""
+        with self._lock:
+            self.requests += 1
+            if self._faults:
+                return self._faults.popleft()
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return _json_answer(415, {"error": "expected Content-Type: application/json"})
+        if self.secret is not None and not self._verified(headers, body):
+            return _json_answer(401, {"error": "invalid webhook signature"})
+        msg_id = headers.get("webhook-id")
+        with self._lock:
+            if msg_id in self._answered_ids:  # the spec: webhook-id is an idempotency key
+                return self._answered_ids[msg_id]
+        try:
+            payload = json.loads(body.decode("utf-8"))
+            records = payload["records"]
+            keys = [str(r["key"]) for r in records]
+            if not isinstance(payload["sync"], str) or any(
+                r["action"] not in ("upsert", "archive") for r in records
+            ):
+                raise ValueError("bad sync or action")
+        except (ValueError, KeyError, TypeError) as exc:
+            return _json_answer(400, {"error": f"malformed batch: {type(exc).__name__}"})
+        if self.reject_batch_if_key_in.intersection(keys):
+            return _json_answer(400, {"error": "batch refused: it holds a record this receiver refuses"})
+        rejected = [
+            {"key": str(r["key"]), "reason": self.reject_reason.format(fields=json.dumps(r.get("fields")))}
+            for r in records
+            if str(r["key"]) in self.reject_keys
+        ]
+        answer = _json_answer(200, {"accepted": len(records) - len(rejected), "rejected": rejected})
+        with self._lock:
+            self.received.append(payload)
+            self.raw_bodies.append(body)
+            self.headers.append(headers)
+            if msg_id:
+                self._answered_ids[msg_id] = answer
+        return answer
+
+    def _verified(self, headers: dict[str, str], body: bytes) -> bool:
+        assert self.secret is not None
+        msg_id = headers.get("webhook-id")
+        timestamp = headers.get("webhook-timestamp")
+        signatures = headers.get("webhook-signature")
+        if not (msg_id and timestamp and signatures):
+            return False
+        try:
+            sent_at = int(timestamp)
+        except ValueError:
+            return False
+        if abs(time.time() - sent_at) > self.tolerance_s:
+            return False
+        signed = f"{msg_id}.{timestamp}.".encode() + body
+        expected = hmac.new(receiver_key(self.secret), signed, hashlib.sha256).digest()
+        for versioned in signatures.split(" "):
+            version, _, signature = versioned.partition(",")
+            if version != "v1":
+                continue
+            try:
+                candidate = base64.b64decode(signature, validate=True)
+            except binascii.Error:
+                continue
+            if hmac.compare_digest(expected, candidate):
+                return True
+        return False
+
+
+def _json_answer(status: int, body: dict[str, Any]) -> Answer:
+    return status, {"Content-Type": "application/json"}, json.dumps(body).encode()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    receiver: WebhookReceiver
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that timed out and hung up is expected here, not a failure to print
+        pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive; every answer carries Content-Length
+    timeout = 10  # close idle keep-alive connections so stopped receivers leave no threads behind
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.receiver._lock:
+            self.server.receiver.connections += 1
+
+    def do_POST(self) -> None:
+        length = self.headers.get("Content-Length")
+        if length is None or self.headers.get("Transfer-Encoding"):
+            self._send(_json_answer(411, {"error": "Content-Length required"}))
+            self.close_connection = True
+            return
+        body = self.rfile.read(int(length))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        self._send(self.server.receiver.answer(headers, body))
+
+    def _send(self, answer: Answer) -> None:
+        status, headers, body = answer
+        try:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            self.close_connection = True  # the client gave up waiting
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
