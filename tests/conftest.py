@@ -9,6 +9,7 @@ from typing import Any
 import duckdb
 import pytest
 import yaml
+
 from syncback.spec import Project, load_project
 
 BASE_SYNC: dict[str, Any] = {

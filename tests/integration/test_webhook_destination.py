@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import requests
+
 from syncback.destinations.base import Change
 from syncback.destinations.webhook import WebhookDestination
 from syncback.errors import (
@@ -25,7 +26,6 @@ from syncback.errors import (
     SyncbackError,
 )
 from syncback.spec import WebhookDestinationConfig
-
 from tests.fakes.webhook_receiver import WebhookReceiver
 
 SECRET = "whsec_" + base64.b64encode(b"syncback-test-signing-key-32byte").decode()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 
 import pytest
+
 from syncback.delivery import Delivery, RateBudget, RetryPolicy
 from syncback.destinations.base import Change
 from syncback.errors import DestinationAuthError, DestinationUnavailable, RateLimited
-
 from tests.fakes.recording import RecordingDestination
 
 NO_WAIT = RetryPolicy(attempts=3, base_s=0.0, cap_s=0.0)

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+
 from syncback.mapping import InvalidValue, Mapper, json_ready
 from syncback.spec import FieldMapping
 

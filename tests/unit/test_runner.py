@@ -6,6 +6,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+
 from syncback.batches import LocalBatchStore
 from syncback.delivery import RetryPolicy
 from syncback.errors import DestinationAuthError, GuardError, ModelError, RunInProgress
@@ -14,7 +15,6 @@ from syncback.runner import Runtime, replay, run_sync
 from syncback.spec import Project
 from syncback.state import LocalStateStore
 from syncback.warehouses.duckdb import DuckDBWarehouse
-
 from tests.conftest import ProjectFactory, contacts_rows, write_contacts
 from tests.fakes.recording import RecordingDestination
 

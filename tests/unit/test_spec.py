@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from syncback.errors import ConfigError
 from syncback.spec import check_schedule, json_schemas, load_project
-
 from tests.conftest import BASE_SYNC, ProjectFactory
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,6 +16,7 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
+
 from syncback.destinations.base import Change
 from syncback.destinations.webhook import WebhookDestination, sign, signing_key
 from syncback.errors import DestinationUnavailable, RateLimited, SecretError

@@ -27,8 +27,9 @@ SCHEMA_DIR = Path(__file__).resolve().parents[3] / "schema"
 class Bar(Progress):
     """A one-line progress bar on stderr, redrawn in place on a terminal, every 10% otherwise."""
 
-    def __init__(self, out: TextIO = sys.stderr) -> None:
-        self.out, self.total, self.done, self._shown, self._start = out, 0, 0, -1, time.monotonic()
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out: TextIO = out or sys.stderr
+        self.total, self.done, self._shown, self._start = 0, 0, -1, time.monotonic()
 
     def start(self, total: int) -> None:
         self.total, self._start = total, time.monotonic()

@@ -118,7 +118,12 @@ class Planner:
         self.tables = SnapshotTables(state_schema, sync.name)
 
     def plan(
-        self, run_id: str, store: BatchStore | None, full_resync: bool = False, sample_changes: int = 0
+        self,
+        run_id: str,
+        store: BatchStore | None,
+        full_resync: bool = False,
+        sample_changes: int = 0,
+        started_at: str | None = None,
     ) -> PlanResult:
         """Diff the model against the snapshot; write batches to ``store`` (None: a dry run)."""
         columns, types = self._check_columns()
@@ -126,6 +131,7 @@ class Planner:
         self._materialise(columns, types)
         try:
             result = self._count(run_id, full_resync)
+            result.started_at = started_at or result.started_at
             self._check_guards(result)
             self._write_batches(result, columns, store, sample_changes)
         finally:

@@ -12,7 +12,7 @@ import datetime as dt
 import secrets as random_tokens
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from syncback.batches import BatchStore, plan_key, receipt_key
@@ -79,24 +79,36 @@ class Runtime:
 # ---- the steps -----------------------------------------------------------------------------
 
 
-def plan_run(rt: Runtime, sync_name: str, run_id: str, full_resync: bool = False) -> PlanResult:
+def plan_run(
+    rt: Runtime, sync_name: str, run_id: str, full_resync: bool = False, started: dt.datetime | None = None
+) -> PlanResult:
     """Plan a run and write its batches; the snapshot is untouched."""
     sync = rt.project.sync(sync_name)
     with rt.warehouse(sync) as warehouse:
-        return Planner(sync, warehouse, rt.project.config.state.schema_).plan(run_id, rt.store, full_resync)
+        planner = Planner(sync, warehouse, rt.project.config.state.schema_)
+        return planner.plan(run_id, rt.store, full_resync, started_at=(started or utcnow()).isoformat())
 
 
 def deliver_batch(
-    rt: Runtime, sync_name: str, batch: str, on_progress: Callable[[int], None] | None = None
+    rt: Runtime,
+    sync_name: str,
+    batch: str,
+    destination: Destination | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> list[Outcome]:
-    """Deliver one stored batch and store its receipt; return the outcomes."""
+    """Deliver one stored batch and store its receipt; return the outcomes.
+
+    ``destination`` may be shared by the batches of a run (its connections are reused);
+    without one, a client is made for this batch and closed after it.
+    """
     sync = rt.project.sync(sync_name)
     changes = [change_from_json(item) for item in rt.store.get_json(batch)["changes"]]
-    destination = rt.destination(sync)
+    client = destination or rt.destination(sync)
     try:
-        outcomes = Delivery(destination, rt.budget(sync), rt.retry, on_progress=on_progress).deliver(changes)
+        outcomes = Delivery(client, rt.budget(sync), rt.retry, on_progress=on_progress).deliver(changes)
     finally:
-        destination.close()
+        if destination is None:
+            client.close()
     rt.store.put_json(receipt_key(batch), receipt(batch, outcomes))
     return outcomes
 
@@ -105,11 +117,11 @@ def commit_run(rt: Runtime, sync_name: str, run_id: str, error: str | None = Non
     """Advance the snapshot by what was delivered, keep the dead letters, record the run."""
     sync = rt.project.sync(sync_name)
     plan = PlanResult.from_json(rt.store.get_json(plan_key(sync_name, run_id)))
-    now = utcnow()
     puts: list[tuple[str, str, str | None]] = []
     deletes: list[str] = []
     settled: list[str] = []
     letters: list[DeadLetter] = []
+    now = utcnow()
     record = RunRecord(sync_name, run_id, "succeeded", plan.started_at, planned=_planned(plan), error=error)
     record.invalid_sample = [{"key": r.key, "reason": r.reason} for r in plan.invalid_sample]
     for ref in plan.batches:
@@ -142,7 +154,7 @@ def commit_run(rt: Runtime, sync_name: str, run_id: str, error: str | None = Non
         record.status = "failed"
     elif record.rejected:
         record.status = "partial"
-    _finish(record, now)
+    _finish(record)
     rt.state.record_run(record)
     return record
 
@@ -172,7 +184,8 @@ def _dead_letter(sync: str, run_id: str, change: Change, outcome: Outcome, now: 
     )
 
 
-def _finish(record: RunRecord, now: dt.datetime) -> None:
+def _finish(record: RunRecord) -> None:
+    now = utcnow()
     record.finished_at = now.isoformat()
     if record.started_at:
         record.duration_s = round((now - dt.datetime.fromisoformat(record.started_at)).total_seconds(), 3)
@@ -200,43 +213,52 @@ def run_sync(
     with rt.state.lock(sync_name):
         started = utcnow()
         run_id = new_run_id(started)
+        # made first, so that a missing secret stops the run before the warehouse is queried
+        destination = rt.destination(sync)
         try:
-            plan = plan_run(rt, sync_name, run_id, full_resync)
+            plan = plan_run(rt, sync_name, run_id, full_resync, started)
         except SyncbackError as exc:
             failed = RunRecord(sync_name, run_id, "failed", started.isoformat(), error=str(exc))
-            _finish(failed, utcnow())
+            _finish(failed)
             rt.state.record_run(failed)
             raise
         progress.start(plan.counts.changes)
-        error = _deliver_all(rt, sync, [b.key for b in plan.batches], progress)
+        try:
+            error = _deliver_all(rt, sync, destination, [b.key for b in plan.batches], progress)
+        finally:
+            destination.close()
         progress.finish()
         return commit_run(rt, sync_name, run_id, error)
 
 
-def _deliver_all(rt: Runtime, sync: SyncSpec, batches: list[str], progress: Progress) -> str | None:
+def _deliver_all(
+    rt: Runtime, sync: SyncSpec, destination: Destination, batches: list[str], progress: Progress
+) -> str | None:
     """Deliver every batch; return the error that stopped the run, or None."""
-    if not batches:
-        return None
     lock = threading.Lock()
+    stop = threading.Event()
 
     def advance(n: int) -> None:
         with lock:
             progress.advance(n)
 
+    def deliver(key: str) -> None:
+        if stop.is_set():
+            return  # the run is stopping: leave this batch undelivered, planned again next run
+        try:
+            deliver_batch(rt, sync.name, key, destination, advance)
+        except BaseException:
+            stop.set()
+            raise
+
     with ThreadPoolExecutor(max_workers=sync.destination.concurrency) as pool:
-        futures = [pool.submit(deliver_batch, rt, sync.name, key, advance) for key in batches]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in pending:
-            future.cancel()
-        errors = [f.exception() for f in done if f.exception() is not None]
-        # let the batches already in flight finish and store their receipts
-        wait([f for f in pending if not f.cancelled()])
-    if errors:
-        first = errors[0]
-        if isinstance(first, SyncbackError):
-            return f"{type(first).__name__}: {first}"
-        raise first  # type: ignore[misc]
-    return None
+        futures = [pool.submit(deliver, key) for key in batches]
+        errors = [e for e in (f.exception() for f in futures) if e is not None]
+    if not errors:
+        return None
+    if isinstance(errors[0], SyncbackError):
+        return f"{type(errors[0]).__name__}: {errors[0]}"
+    raise errors[0]
 
 
 # ---- replay --------------------------------------------------------------------------------

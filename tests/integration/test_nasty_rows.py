@@ -1,0 +1,164 @@
+"""The awkward rows every destination must pass, over real HTTP to faithful fakes of each API.
+
+Nulls, duplicate and null keys, unicode, long strings, NaN and infinity, huge integers, quotes and
+control characters, and a column whose type changes between runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import yaml
+
+from syncback.batches import LocalBatchStore
+from syncback.delivery import RetryPolicy
+from syncback.runner import Runtime, run_sync
+from syncback.sandbox.hubspot import HubSpotSandbox
+from syncback.spec import load_project
+from syncback.state import LocalStateStore
+from tests.fakes.webhook_receiver import WebhookReceiver
+
+LONG = "x" * 10_000 + "✓"
+NASTY: list[tuple[Any, ...]] = [
+    (1, "plain@example.com", "Plain", 1.5, 1),
+    (2, "nullname@example.com", None, None, None),
+    (3, "unicode@example.com", "Zoë 🚀 ünïcødé 中文 \u200b", 2.0, 3),
+    (4, "long@example.com", LONG, 3.25, 4),
+    (5, "nan@example.com", "NaN", float("nan"), 5),
+    (6, "inf@example.com", "Inf", float("inf"), 6),
+    (7, "dup-a@example.com", "Dup A", 1.0, 7),
+    (7, "dup-b@example.com", "Dup B", 1.0, 7),
+    (None, "nokey@example.com", "No key", 1.0, 8),
+    (8, "huge@example.com", "Huge", 4.0, 2**80),
+    (9, "  MiXeD@Example.COM ", "Mixed", 5.0, -(2**70)),
+    (10, "quotes@example.com", 'O\'Brien "q"\n\t\\', -0.0, 0),
+]
+VALID = {"1", "2", "3", "4", "8", "9", "10"}
+
+
+def write_model(path: Path, rows: list[tuple[Any, ...]], score_type: str = "double") -> None:
+    con = duckdb.connect(str(path))
+    con.execute("create schema if not exists analytics")
+    con.execute(
+        f"create or replace table analytics.people (id bigint, email varchar, name varchar, score {score_type}, "
+        "big hugeint)"
+    )
+    con.executemany("insert into analytics.people values (?, ?, ?, ?, ?)", rows)
+    con.close()
+
+
+@pytest.fixture(params=["hubspot", "webhook"])
+def destination(
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[dict[str, Any], Callable[[], dict[str, dict[str, Any]]]]]:
+    """Yield (destination spec, a function returning what the destination holds by key)."""
+    if request.param == "hubspot":
+        with HubSpotSandbox(token="nasty-token") as sandbox:
+
+            def hubspot_records() -> dict[str, dict[str, Any]]:
+                out = {}
+                for obj in sandbox.objects("contacts"):
+                    props = obj["properties"]
+                    out[str(props["customer_id"])] = props
+                return out
+
+            spec = {
+                "type": "hubspot",
+                "token": "env:NASTY_TOKEN",
+                "base_url": sandbox.url,
+                "rate_limit": {"requests": 1000, "per_seconds": 1},
+            }
+            yield spec, hubspot_records
+    else:
+        with WebhookReceiver(secret="whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ=") as receiver:
+
+            def webhook_records() -> dict[str, dict[str, Any]]:
+                out: dict[str, dict[str, Any]] = {}
+                for body in receiver.received:
+                    for item in body["records"]:
+                        out[item["key"]] = item["fields"]
+                return out
+
+            spec = {"type": "webhook", "url": receiver.url, "batch_size": 3, "secret": "env:NASTY_SECRET"}
+            yield spec, webhook_records
+
+
+def test_every_destination_passes_the_nasty_rows(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    destination: tuple[dict[str, Any], Callable[[], dict[str, dict[str, Any]]]],
+) -> None:
+    spec, held = destination
+    monkeypatch.setenv("NASTY_TOKEN", "nasty-token")
+    monkeypatch.setenv("NASTY_SECRET", "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=")
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "syncback.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "warehouses": {"local": {"type": "duckdb", "path": "wh.duckdb"}},
+                "state": {"warehouse": "local"},
+            }
+        )
+    )
+    (tmp_path / "syncs" / "people.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "people",
+                "warehouse": "local",
+                "table": "analytics.people",
+                "primary_key": "id",
+                "destination": spec,
+                "batch_size": 4,
+                "mapping": {
+                    "email": {"column": "email", "transform": ["trim", "lower"]},
+                    "customer_id": "id",
+                    "firstname": "name",
+                    "score": "score",
+                    "big": "big",
+                },
+            }
+        )
+    )
+    write_model(tmp_path / "wh.duckdb", NASTY)
+    project = load_project(tmp_path)
+    rt = Runtime(
+        project,
+        LocalBatchStore(project.state_path),
+        LocalStateStore(project.state_path),
+        retry=RetryPolicy(attempts=2, base_s=0, cap_s=0),
+    )
+
+    # When the sync runs
+    record = run_sync(rt, "people")
+
+    # Then the valid rows arrive exactly, and the invalid ones are reported, not sent
+    assert record.planned["invalid"] == 5 and record.delivered == len(VALID) and record.rejected == 0
+    reasons = " | ".join(item["reason"] for item in record.invalid_sample)
+    assert (
+        "NaN or infinite" in reasons
+        and "duplicate primary key (2 rows" in reasons
+        and "is null (1 rows)" in reasons
+    )
+    got = held()
+    assert set(got) == VALID
+    assert got["3"]["firstname"] == "Zoë 🚀 ünïcødé 中文 \u200b"
+    assert got["4"]["firstname"] == LONG
+    assert got["8"]["big"] == str(2**80) and got["9"]["big"] == str(-(2**70))
+    assert got["9"]["email"] == "mixed@example.com"
+    assert got["10"]["firstname"] == 'O\'Brien "q"\n\t\\'
+    assert got["2"]["firstname"] in (None, "")  # HubSpot clears with "", a webhook gets null
+
+    # When the score column changes type (double → varchar) between runs
+    write_model(
+        tmp_path / "wh.duckdb",
+        [(*r[:3], None if r[3] is None else repr(r[3]), r[4]) for r in NASTY],
+        score_type="varchar",
+    )
+    second = run_sync(rt, "people")
+    # Then every valid row is sent again, now with text scores; NaN/inf text is no longer invalid
+    assert second.planned["changed"] == len(VALID) and second.rejected == 0
+    assert held()["1"]["score"] == "1.5"
