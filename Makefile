@@ -3,6 +3,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+CODE := $(wildcard layers functions tests example bench infra)
 
 .PHONY: install demo test lint typecheck unit integration sam schema bench clean
 
@@ -22,8 +23,8 @@ test: $(STAMP) lint typecheck
 	$(BIN)/pytest -n 2 --durations=10 tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check layers functions tests example bench
-	$(BIN)/ruff format --check layers functions tests example bench
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy layers/syncback/syncback
