@@ -51,6 +51,8 @@ def start_sandbox() -> subprocess.Popen[str]:
             str(PORT),
             "--token",
             "demo-token",
+            "--requests-per-window",
+            "190",
         ],
         stdout=subprocess.PIPE,
         text=True,

@@ -133,6 +133,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return OK
 
 
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     project = load_project(args.project)
     bar = None if args.json else Bar()

@@ -114,8 +114,12 @@ class HubSpotDestination:
                 f"HubSpot answered {status} {body.get('category', '')}: {message}. Check the token and its scopes"
             )
         if status == 429:
-            policy = body.get("policyName", "")
-            raise RateLimited(f"HubSpot rate limit {policy or ''} reached", retry_after)
+            policy = str(body.get("policyName", ""))
+            if retry_after is None and policy != "DAILY":
+                # a rolling window: waiting one whole interval is sure to free it (when we were
+                # not alone in using it, our own budget could not see that)
+                retry_after = _interval_seconds(response)
+            raise RateLimited(f"HubSpot rate limit {policy} reached".replace("  ", " "), retry_after)
         if status == 423:
             # HubSpot: "Locks will last for 2 seconds ... include a delay of at least 2 seconds"
             raise RateLimited("HubSpot locked the records (423)", retry_after or 2.0)
@@ -183,6 +187,13 @@ def _json(response: requests.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def _interval_seconds(response: requests.Response) -> float:
+    try:
+        return int(response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds", "10000")) / 1000
+    except ValueError:
+        return 10.0
 
 
 def _retry_after(response: requests.Response) -> float | None:
