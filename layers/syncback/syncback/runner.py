@@ -54,7 +54,8 @@ class Runtime:
 
     @contextlib.contextmanager
     def warehouse(self, sync: SyncSpec) -> Iterator[Warehouse]:
-        warehouse = connect(self.project.config.warehouses[sync.warehouse], self.project.root, self.secrets)
+        config = self.project.config.warehouses[sync.warehouse]
+        warehouse = connect(sync.warehouse, config, self.project.root, self.secrets)
         try:
             yield warehouse
         finally:

@@ -75,8 +75,8 @@ def advance_snapshot(
     warehouse.execute("begin")
     try:
         warehouse.execute(
-            f"update {tables.staging} set destination_id = s.destination_id from {tables.snapshot} s "
-            f"where {tables.staging}.key = s.key and {tables.staging}.destination_id is null"
+            f"update {tables.staging} as c set destination_id = s.destination_id from {tables.snapshot} s "
+            "where c.key = s.key and c.destination_id is null"
         )
         warehouse.execute(f"delete from {tables.snapshot} where key in (select key from {tables.staging})")
         warehouse.execute(

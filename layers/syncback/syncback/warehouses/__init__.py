@@ -10,9 +10,9 @@ from syncback.warehouses.base import Warehouse
 
 
 def connect(
-    config: DuckDBWarehouseConfig | SnowflakeWarehouseConfig, root: Path, secrets: SecretResolver
+    name: str, config: DuckDBWarehouseConfig | SnowflakeWarehouseConfig, root: Path, secrets: SecretResolver
 ) -> Warehouse:
-    """Open the warehouse ``config`` describes; DuckDB paths are relative to the project ``root``."""
+    """Open the warehouse ``name`` that ``config`` describes; DuckDB paths are relative to ``root``."""
     if isinstance(config, DuckDBWarehouseConfig):
         from syncback.warehouses.duckdb import DuckDBWarehouse
 
@@ -20,5 +20,5 @@ def connect(
         return duck
     from syncback.warehouses.snowflake import SnowflakeWarehouse
 
-    snow: Warehouse = SnowflakeWarehouse(config, secrets)
+    snow: Warehouse = SnowflakeWarehouse(config, secrets, name)
     return snow

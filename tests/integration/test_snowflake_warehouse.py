@@ -1,0 +1,505 @@
+"""SnowflakeWarehouse against fakesnow (Snowflake SQL run on DuckDB), then the real planner on it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fakesnow
+import pytest
+import snowflake.connector
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fakesnow.cursor import FakeSnowflakeCursor
+from snowflake.connector import errors as sf
+
+from syncback.batches import LocalBatchStore
+from syncback.errors import ConfigError, ModelError, SecretError, WarehouseUnavailable
+from syncback.planner import Planner, PlanResult, change_from_json
+from syncback.secrets import SecretResolver
+from syncback.snapshot import SnapshotTables, advance_snapshot, read_snapshot
+from syncback.spec import SnowflakeWarehouseConfig, SyncSpec
+from syncback.warehouses import snowflake as snowflake_module
+from syncback.warehouses.snowflake import SnowflakeWarehouse
+
+# fakesnow's own warning about how it copies DuckDB results; nothing of ours
+pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
+
+PASSWORD_ENV = {"SF_PASSWORD": "hunter2-not-for-logs"}
+
+
+def snowflake_config(**overrides: Any) -> SnowflakeWarehouseConfig:
+    fields: dict[str, Any] = {
+        "type": "snowflake",
+        "account": "acme-prod",
+        "user": "SYNCBACK",
+        "password": "env:SF_PASSWORD",
+        "role": "SYNCBACK_ROLE",
+        "warehouse": "SYNC_WH",
+        "database": "analytics_db",
+        "schema": "analytics",
+    }
+    fields.update(overrides)
+    return SnowflakeWarehouseConfig.model_validate({k: v for k, v in fields.items() if v is not None})
+
+
+@pytest.fixture
+def warehouse() -> Iterator[SnowflakeWarehouse]:
+    with fakesnow.patch():
+        wh = SnowflakeWarehouse(snowflake_config(), SecretResolver(environ=PASSWORD_ENV), name="snowflake")
+        yield wh
+        wh.close()
+
+
+@pytest.fixture
+def captured_connect(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Replace the connector's connect with one that records its keyword arguments."""
+    captured: dict[str, Any] = {}
+
+    def connect(**kwargs: Any) -> object:
+        captured.update(kwargs)
+        return object()
+
+    monkeypatch.setattr(snowflake.connector, "connect", connect)
+    return captured
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def pkcs8_pem(key: rsa.RSAPrivateKey, passphrase: bytes | None = None) -> str:
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    )
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    ).decode()
+
+
+def der(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+# ---- the protocol ------------------------------------------------------------------------------
+
+
+def test_execute_and_fetch_all_bind_qmark_parameters(warehouse: SnowflakeWarehouse) -> None:
+    # Given a table with rows inserted through ? placeholders
+    warehouse.execute("create table analytics.people (id integer, name varchar)")
+    warehouse.execute("insert into analytics.people values (?, ?), (?, ?)", [1, "Ada", 2, "Grace"])
+
+    # When we fetch with a bound filter
+    rows = warehouse.fetch_all("select id, name from analytics.people where id >= ? order by id", [2])
+
+    # Then only the matching row comes back, as a tuple
+    assert rows == [(2, "Grace")]
+
+
+def test_stream_yields_chunks_no_larger_than_chunk_size_without_fetchall(
+    warehouse: SnowflakeWarehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 25 rows, and a cursor whose fetchall would fail (a model must never be fetched whole)
+    warehouse.execute("create table analytics.numbers (n integer)")
+    warehouse.load_rows("analytics.numbers", ["n"], [(i,) for i in range(25)])
+
+    def no_fetchall(self: object) -> None:
+        raise AssertionError("stream called fetchall")
+
+    monkeypatch.setattr(FakeSnowflakeCursor, "fetchall", no_fetchall)
+
+    # When we stream them 10 at a time
+    chunks = list(warehouse.stream("select n from analytics.numbers order by n", chunk_size=10))
+
+    # Then they arrive in chunks of 10, 10 and 5, in order, nothing lost
+    assert [len(c) for c in chunks] == [10, 10, 5]
+    assert [row[0] for chunk in chunks for row in chunk] == list(range(25))
+
+
+def test_columns_describes_the_model_without_running_it(warehouse: SnowflakeWarehouse) -> None:
+    # Given a model that fails only when it is run (the cast fails on its value)
+    model = "select cast('not a number' as integer) as lead_score, 'x' as email, true as is_active"
+
+    # When we ask for its columns
+    columns = warehouse.columns(model)
+
+    # Then we get Snowflake's upper-case names and type names, and running it really would fail
+    assert columns == [("LEAD_SCORE", "FIXED"), ("EMAIL", "TEXT"), ("IS_ACTIVE", "BOOLEAN")]
+    with pytest.raises(ModelError):
+        warehouse.fetch_all(model)
+
+
+def test_load_rows_round_trips_nulls_unicode_long_and_hostile_strings(
+    warehouse: SnowflakeWarehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given awkward rows, and chunks of 3 rows so that several executemany calls are needed
+    monkeypatch.setattr(snowflake_module, "LOAD_CHUNK_ROWS", 3)
+    calls: list[int] = []
+    real_executemany = FakeSnowflakeCursor.executemany
+
+    def counting_executemany(self: FakeSnowflakeCursor, command: str, seqparams: Any, **kw: Any) -> Any:
+        calls.append(len(seqparams))
+        return real_executemany(self, command, seqparams, **kw)
+
+    monkeypatch.setattr(FakeSnowflakeCursor, "executemany", counting_executemany)
+    rows = [
+        ("k1", None, None),
+        ("k2", "Zoë Ångström 日本語 🦄", "e\u0301"),  # combining accent stays two code points
+        ("k3", "x" * 200_000, ""),
+        ("k4", 'it\'s a "quote"; drop table t; --', "what? ?"),  # a ? in data is not a placeholder
+        ("k5", "line\nbreak\ttab", "\\backslash"),
+        ("k6", "   ", None),
+        ("k7", "last", "row"),
+    ]
+    warehouse.execute("create table analytics.awkward (key varchar, a varchar, b varchar)")
+
+    # When we load them and read them back
+    warehouse.load_rows("analytics.awkward", ("key", "a", "b"), rows)
+    back = warehouse.fetch_all("select key, a, b from analytics.awkward order by key")
+
+    # Then every value is exactly what went in, sent in ceil(7 / 3) = 3 bulk calls
+    assert back == rows
+    assert calls == [3, 3, 1]
+
+
+def test_creating_a_schema_keeps_the_session_in_the_configured_schema(warehouse: SnowflakeWarehouse) -> None:
+    # Given a model table named without its schema (Snowflake resolves it in the session's schema)
+    warehouse.execute("create table analytics.orders (id integer)")
+    warehouse.execute("insert into analytics.orders values (1)")
+
+    # When the state schema is created (Snowflake switches the session into a schema it creates)
+    warehouse.execute("create schema if not exists syncback")
+
+    # Then unqualified names still resolve in the configured schema
+    assert warehouse.fetch_all("select current_schema()") == [("ANALYTICS",)]
+    assert warehouse.fetch_all("select count(*) from orders") == [(1,)]
+
+
+# ---- errors --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "select * from analytics.no_such_table where secret_col = ?",
+        "selec broken syntax where x = ?",
+    ],
+)
+def test_bad_sql_is_a_model_error_without_bind_values(warehouse: SnowflakeWarehouse, sql: str) -> None:
+    # Given SQL that Snowflake cannot compile, with a sensitive bind value
+    # When it runs
+    with pytest.raises(ModelError) as raised:
+        warehouse.fetch_all(sql, ["ssn-123-45-6789"])
+
+    # Then it is a ModelError carrying Snowflake's errno, never the bound value
+    assert "Snowflake error" in str(raised.value)
+    assert "ssn-123-45-6789" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("driver_error", "expected"),
+    [
+        (
+            sf.OperationalError(msg="Connection reset by peer", errno=250003, sqlstate="08001"),
+            WarehouseUnavailable,
+        ),
+        (sf.InterfaceError(msg="socket closed", errno=250002), WarehouseUnavailable),
+        (
+            # raised as the connector does at login: errno 250001 (it adds its HTTP base), sqlstate 08001
+            sf.ServiceUnavailableError(
+                msg="Failed to connect to DB. Service is unavailable", errno=250001, sqlstate="08001"
+            ),
+            WarehouseUnavailable,
+        ),
+        (
+            sf.DatabaseError(
+                msg="Incorrect username or password was specified.", errno=390100, sqlstate="28000"
+            ),
+            SecretError,
+        ),
+        (sf.DatabaseError(msg="JWT token is invalid.", errno=390144, sqlstate="08001"), SecretError),
+        (
+            sf.DatabaseError(
+                msg="Role 'X' specified in the connect string is not granted to this user.",
+                errno=390189,
+                sqlstate="08004",
+            ),
+            ConfigError,
+        ),
+        (
+            sf.ForbiddenError(
+                msg="Failed to connect to DB. Verify the account name is correct",
+                errno=250001,
+                sqlstate="08001",
+            ),
+            ConfigError,
+        ),
+        (sf.ForbiddenError(), WarehouseUnavailable),  # a 403 on a later request, e.g. a result chunk
+        (
+            sf.DatabaseError(msg="Authentication token has expired.", errno=390114, sqlstate="08001"),
+            WarehouseUnavailable,
+        ),
+    ],
+    ids=[
+        "network",
+        "interface",
+        "http-503",
+        "wrong-password",
+        "jwt",
+        "role",
+        "account-403",
+        "other-403",
+        "token-expired",
+    ],
+)
+def test_connect_errors_map_onto_terminal_or_transient(
+    monkeypatch: pytest.MonkeyPatch, driver_error: Exception, expected: type[Exception]
+) -> None:
+    # Given a connector whose connect fails with a driver error
+    def connect(**kwargs: Any) -> object:
+        raise driver_error
+
+    monkeypatch.setattr(snowflake.connector, "connect", connect)
+
+    # When the warehouse connects
+    with pytest.raises(expected) as raised:
+        SnowflakeWarehouse(snowflake_config(), SecretResolver(environ=PASSWORD_ENV), name="snowflake")
+
+    # Then it is the syncback error of that class, which never echoes the password
+    assert type(raised.value) is expected
+    assert PASSWORD_ENV["SF_PASSWORD"] not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("driver_error", "expected"),
+    [
+        (
+            sf.ProgrammingError(
+                msg="Statement reached its statement or warehouse timeout", errno=630, sqlstate="57014"
+            ),
+            WarehouseUnavailable,
+        ),
+        (
+            sf.ProgrammingError(
+                msg="No active warehouse selected in the current session.", errno=606, sqlstate="57P03"
+            ),
+            ConfigError,
+        ),
+        (
+            sf.ProgrammingError(
+                msg="SQL compilation error: invalid identifier 'EMAL'", errno=904, sqlstate="42000"
+            ),
+            ModelError,
+        ),
+        (sf.InternalError(msg="internal error", errno=-1), WarehouseUnavailable),
+    ],
+    ids=["timeout", "no-warehouse", "invalid-identifier", "internal"],
+)
+def test_query_errors_map_onto_terminal_or_transient(
+    warehouse: SnowflakeWarehouse, driver_error: Exception, expected: type[Exception]
+) -> None:
+    # Given / When a query error reaches the one mapper
+    mapped = warehouse.classify(driver_error)
+
+    # Then it is the error the module's table promises
+    assert type(mapped) is expected
+
+
+def test_credentials_refused_names_the_fields_to_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given Snowflake refuses the password at login
+    def connect(**kwargs: Any) -> object:
+        raise sf.DatabaseError(
+            msg="Incorrect username or password was specified.", errno=390100, sqlstate="28000"
+        )
+
+    monkeypatch.setattr(snowflake.connector, "connect", connect)
+
+    # When the warehouse connects
+    with pytest.raises(SecretError) as raised:
+        SnowflakeWarehouse(snowflake_config(), SecretResolver(environ=PASSWORD_ENV), name="prod")
+
+    # Then the message says the credentials were refused and which fields to check
+    message = str(raised.value)
+    assert "syncback.yaml: warehouses.prod" in message
+    assert "refused the credentials" in message
+    assert "check user and password" in message
+
+
+# ---- key-pair auth -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["plain", "encrypted", "escaped-newlines"])
+def test_key_pair_auth_passes_der_pkcs8_bytes_to_the_connector(
+    captured_connect: dict[str, Any], rsa_key: rsa.RSAPrivateKey, form: str
+) -> None:
+    # Given a PEM private key in an environment variable (encrypted, or pasted with \n escapes)
+    environ = {"SF_KEY": pkcs8_pem(rsa_key, b"s3cret" if form == "encrypted" else None)}
+    overrides: dict[str, Any] = {"password": None, "private_key": "env:SF_KEY"}
+    if form == "encrypted":
+        environ["SF_KEY_PASS"] = "s3cret"
+        overrides["private_key_passphrase"] = "env:SF_KEY_PASS"
+    if form == "escaped-newlines":
+        environ["SF_KEY"] = environ["SF_KEY"].replace("\n", "\\n")
+
+    # When the warehouse connects
+    SnowflakeWarehouse(snowflake_config(**overrides), SecretResolver(environ=environ))
+
+    # Then the connector gets the key as unencrypted DER PKCS8 bytes, no password, and our settings
+    assert captured_connect["private_key"] == der(rsa_key)
+    assert "password" not in captured_connect
+    assert captured_connect["paramstyle"] == "qmark"
+    assert captured_connect["application"] == "syncback"
+    assert captured_connect["client_session_keep_alive"] is False
+    assert captured_connect["login_timeout"] > 0
+    assert captured_connect["session_parameters"]["TIMEZONE"] == "UTC"
+    assert {
+        k: captured_connect[k] for k in ("account", "user", "role", "warehouse", "database", "schema")
+    } == {
+        "account": "acme-prod",
+        "user": "SYNCBACK",
+        "role": "SYNCBACK_ROLE",
+        "warehouse": "SYNC_WH",
+        "database": "analytics_db",
+        "schema": "analytics",
+    }
+
+
+def test_a_pem_that_does_not_parse_is_a_secret_error_without_the_key(
+    captured_connect: dict[str, Any], rsa_key: rsa.RSAPrivateKey
+) -> None:
+    # Given a PEM whose body was cut short when it was pasted
+    pem = pkcs8_pem(rsa_key)
+    broken = pem[: len(pem) // 2] + "\n-----END PRIVATE KEY-----\n"
+    body_line = pem.splitlines()[3]
+    config = snowflake_config(password=None, private_key="env:SF_KEY")
+
+    # When the warehouse connects
+    with pytest.raises(SecretError) as raised:
+        SnowflakeWarehouse(config, SecretResolver(environ={"SF_KEY": broken}), name="prod")
+
+    # Then the error names the field and the expected format, never the key, and nothing connected
+    message = str(raised.value)
+    assert message.startswith("syncback.yaml: warehouses.prod.private_key:")
+    assert "PKCS8" in message and "-----BEGIN PRIVATE KEY-----" in message
+    assert body_line not in message
+    assert raised.value.__suppress_context__  # the parser's own error is not printed with ours
+    assert captured_connect == {}
+
+
+def test_an_encrypted_key_without_passphrase_says_to_set_it(
+    captured_connect: dict[str, Any], rsa_key: rsa.RSAPrivateKey
+) -> None:
+    # Given an encrypted key and no private_key_passphrase
+    config = snowflake_config(password=None, private_key="env:SF_KEY")
+
+    # When the warehouse connects
+    with pytest.raises(SecretError, match="set private_key_passphrase"):
+        SnowflakeWarehouse(config, SecretResolver(environ={"SF_KEY": pkcs8_pem(rsa_key, b"pw")}))
+
+    # Then nothing was sent to Snowflake
+    assert captured_connect == {}
+
+
+# ---- the planner and the snapshot on Snowflake SQL -----------------------------------------------
+
+
+def contacts_sync() -> SyncSpec:
+    return SyncSpec.model_validate(
+        {
+            "name": "contacts",
+            "warehouse": "snowflake",
+            "table": "contacts",  # unqualified on purpose: it must resolve in the configured schema
+            "primary_key": "email",
+            "mode": "upsert",
+            "destination": {
+                "type": "hubspot",
+                "token": "env:HUBSPOT_TOKEN",
+                "base_url": "http://127.0.0.1:1",
+            },
+            "mapping": {"email": "email", "firstname": "first_name", "lead_score": "score"},
+            "batch_size": 10,
+        }
+    )
+
+
+def delivered(store: LocalBatchStore, plan: PlanResult) -> list[tuple[str, str, str | None, str]]:
+    """Return (key, row_hash, destination_id, action) of every planned change, as if all were delivered."""
+    out: list[tuple[str, str, str | None, str]] = []
+    for ref in plan.batches:
+        for change in map(change_from_json, store.get_json(ref.key)["changes"]):
+            out.append((change.key, change.row_hash or "", change.destination_id, change.action))
+    return out
+
+
+def test_planner_and_snapshot_run_on_snowflake_sql(warehouse: SnowflakeWarehouse, tmp_path: Path) -> None:
+    # Given a model of 50 rows: 47 good, one null key, two sharing a key
+    warehouse.execute("create table analytics.contacts (email varchar, first_name varchar, score integer)")
+    rows: list[tuple[Any, ...]] = [(f"p{i:02d}@example.com", f"Name {i} ✓", i) for i in range(47)]
+    rows += [(None, "no key", 1), ("twin@example.com", "A", 1), ("twin@example.com", "B", 2)]
+    warehouse.load_rows("analytics.contacts", ("email", "first_name", "score"), rows)
+    sync, store = contacts_sync(), LocalBatchStore(tmp_path)
+    tables = SnapshotTables("syncback", sync.name)
+
+    # When the first run is planned
+    first = Planner(sync, warehouse, "syncback").plan("run-1", store)
+
+    # Then every good row is added and the three bad ones are invalid, in batches of 10
+    c = first.counts
+    assert (c.added, c.changed, c.removed, c.unchanged, c.invalid) == (47, 0, 0, 0, 3)
+    assert first.snapshot_size == 0
+    assert [b.count for b in first.batches] == [10, 10, 10, 10, 7]
+    reasons = [r.reason for r in first.invalid_sample]
+    assert reasons == ["primary key email is null (1 rows)", "duplicate primary key (2 rows share it)"]
+
+    # When the destination accepted everything and the commit advances the snapshot (as commit_run does)
+    changes = delivered(store, first)
+    puts: list[tuple[str, str, str | None]] = [
+        (key, row_hash, f"hs-{key}") for key, row_hash, _, _ in changes
+    ]
+    advance_snapshot(warehouse, tables, "run-1", puts, [], dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
+
+    # And then three rows change, two disappear and one is new
+    warehouse.execute(
+        "update analytics.contacts set first_name = ? where email in (?, ?, ?)",
+        ["Renamed", "p01@example.com", "p02@example.com", "p03@example.com"],
+    )
+    warehouse.execute(
+        "delete from analytics.contacts where email in (?, ?)", ["p10@example.com", "p11@example.com"]
+    )
+    warehouse.execute("insert into analytics.contacts values (?, ?, ?)", ["new@example.com", "Newcomer", 99])
+    second = Planner(sync, warehouse, "syncback").plan("run-2", store)
+
+    # Then the plan sees exactly those changes against a snapshot of 47
+    c = second.counts
+    assert (c.added, c.changed, c.removed, c.unchanged, c.invalid) == (1, 3, 2, 42, 3)
+    assert second.snapshot_size == 47
+    changes = delivered(store, second)
+    by_action = {a: sorted(k for k, _, _, act in changes if act == a) for a in ("upsert", "forget")}
+    assert by_action["forget"] == ["p10@example.com", "p11@example.com"]
+    assert by_action["upsert"] == ["new@example.com", "p01@example.com", "p02@example.com", "p03@example.com"]
+    assert {k: d for k, _, d, _ in changes if k == "p01@example.com"} == {
+        "p01@example.com": "hs-p01@example.com"
+    }
+
+    # When that run is committed, the changed rows without a new destination id
+    puts = [(key, row_hash, None) for key, row_hash, _, act in changes if act == "upsert"]
+    deletes = [key for key, _, _, act in changes if act == "forget"]
+    advance_snapshot(warehouse, tables, "run-2", puts, deletes, dt.datetime(2026, 1, 3, tzinfo=dt.UTC))
+    entries = read_snapshot(warehouse, tables, ["p01@example.com", "p10@example.com", "p05@example.com"])
+
+    # Then changed rows have their new hash and keep their destination id, removed ones are gone
+    new_hash = {k: h for k, h, _, _ in changes}["p01@example.com"]
+    assert set(entries) == {"p01@example.com", "p05@example.com"}
+    assert entries["p01@example.com"].row_hash == new_hash
+    assert entries["p01@example.com"].destination_id == "hs-p01@example.com"
+    assert entries["p01@example.com"].committed_at == dt.datetime(2026, 1, 3)
+    assert entries["p05@example.com"].committed_at == dt.datetime(2026, 1, 2, 3, 4, 5)
+
+    # And a third plan finds nothing left to do
+    c = Planner(sync, warehouse, "syncback").plan("run-3", store).counts
+    assert (c.added, c.changed, c.removed, c.unchanged, c.invalid) == (0, 0, 0, 46, 3)
