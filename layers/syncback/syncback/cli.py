@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from syncback.batches import LocalBatchStore
-from syncback.errors import ConfigError, SecretError, SyncbackError
-from syncback.planner import Planner
+from syncback.errors import ConfigError, Problem, SecretError, SyncbackError
+from syncback.planner import Planner, model_problems
 from syncback.runner import Progress, Runtime, new_run_id, replay, run_sync
 from syncback.spec import Project, json_schemas, load_project
 from syncback.state import LocalStateStore, RunRecord
@@ -103,8 +103,28 @@ def _print_summary(record: RunRecord) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     project = load_project(args.project)
-    print(f"{len(project.syncs)} sync(s) valid: {', '.join(sorted(project.syncs)) or 'none'}")
+    if not args.offline:
+        problems = _model_problems(project)
+        if problems:
+            raise ConfigError(problems)
+    checked = "specs" if args.offline else "specs and models"
+    print(f"{len(project.syncs)} sync(s) valid ({checked}): {', '.join(sorted(project.syncs)) or 'none'}")
     return OK
+
+
+def _model_problems(project: Project) -> list[Problem]:
+    """Describe each sync's model in its warehouse (nothing runs in full) and check the spec against it."""
+    rt = _runtime(project)
+    problems: list[Problem] = []
+    for sync in project.syncs.values():
+        file = f"syncs/{sync.name}.yaml"
+        try:
+            with rt.warehouse(sync) as warehouse:
+                problems += model_problems(sync, warehouse.columns(sync.model_sql))
+        except SyncbackError as exc:
+            field = "model" if sync.model else "table"
+            problems.append(Problem(file, field, f"{exc} (use --offline to check the files only)"))
+    return problems
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -209,7 +229,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--project", default=".", help="the project folder (syncback.yaml, syncs/); default: here")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("validate", help="check syncback.yaml and every sync spec").set_defaults(func=cmd_validate)
+    validate = sub.add_parser("validate", help="check syncback.yaml, every sync spec, and their models")
+    validate.add_argument("--offline", action="store_true", help="check the files only, not the models")
+    validate.set_defaults(func=cmd_validate)
     plan = sub.add_parser("plan", help="dry run: what a run would send")
     plan.add_argument("sync")
     plan.add_argument("--full-resync", action="store_true")

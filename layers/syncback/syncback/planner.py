@@ -17,7 +17,7 @@ from typing import Any
 
 from syncback.batches import BatchStore, batch_key, plan_key
 from syncback.destinations.base import Action, Change
-from syncback.errors import GuardError, ModelError
+from syncback.errors import GuardError, ModelError, Problem
 from syncback.mapping import InvalidValue, Mapper
 from syncback.snapshot import SnapshotTables, ensure_snapshot
 from syncback.spec import SyncSpec
@@ -109,6 +109,30 @@ def required_fields(sync: SyncSpec) -> list[str]:
     return [id_property] if id_property and sync.mode != "insert" else []
 
 
+def model_problems(sync: SyncSpec, described: list[tuple[str, str]]) -> list[Problem]:
+    """Return a problem for the primary key and each mapped column the model does not have."""
+    have = sorted(name for name, _ in described)
+    lower = {name.lower() for name in have}
+    file = f"syncs/{sync.name}.yaml"
+    problems = []
+    if sync.primary_key.lower() not in lower:
+        problems.append(
+            Problem(
+                file, "primary_key", f"the model has no column {sync.primary_key} (it has: {', '.join(have)})"
+            )
+        )
+    for field_name, entry in sync.mapping.items():
+        if entry.column is not None and entry.column.lower() not in lower:
+            problems.append(
+                Problem(
+                    file,
+                    f"mapping.{field_name}",
+                    f"the model has no column {entry.column}; fix the name or add it to the model (it has: {', '.join(have)})",
+                )
+            )
+    return problems
+
+
 class Planner:
     """Plans one run of one sync against one warehouse."""
 
@@ -145,16 +169,10 @@ class Planner:
     def _check_columns(self) -> tuple[list[str], list[str]]:
         """Return the mapped columns and their types; raise ModelError naming any the model lacks."""
         described = self.warehouse.columns(self.sync.model_sql)
-        have = {name.lower(): name for name, _ in described}
+        problems = model_problems(self.sync, described)
+        if problems:
+            raise ModelError("; ".join(str(p) for p in problems))
         types = {name.lower(): kind for name, kind in described}
-        wanted = [self.sync.primary_key, *self.sync.columns]
-        missing = [c for c in wanted if c.lower() not in have]
-        if missing:
-            raise ModelError(
-                f"sync {self.sync.name}: the model has no column {', '.join(missing)} "
-                f"(it has: {', '.join(sorted(have.values()))}); fix the model or the spec's "
-                "primary_key / mapping"
-            )
         return self.sync.columns, [types[c.lower()] for c in self.sync.columns]
 
     def _materialise(self, columns: list[str], types: list[str]) -> None:
