@@ -112,17 +112,21 @@ def test_each_request_has_a_new_id_over_one_kept_alive_connection(receiver: Webh
     assert receiver.connections == 1
 
 
-def test_a_repeated_webhook_id_is_not_processed_twice(receiver: WebhookReceiver) -> None:
-    # Given a sender whose ids repeat (the receiver uses webhook-id as an idempotency key)
-    destination = webhook(receiver.url, new_id=lambda: "msg_same")
+def test_a_retried_batch_keeps_its_webhook_id_so_the_receiver_processes_it_once(
+    receiver: WebhookReceiver,
+) -> None:
+    # Given one destination (the receiver uses webhook-id as an idempotency key)
+    destination = webhook(receiver.url)
 
-    # When two different batches go out
+    # When the same batch goes out twice (a retry after a timeout), then another batch
+    destination.write(upserts("a"))
     destination.write(upserts("a"))
     destination.write(upserts("b"))
 
-    # Then the receiver answered both but processed only the first: ids must be new per request
-    assert receiver.requests == 2
-    assert [r["records"][0]["key"] for r in receiver.received] == ["a"]
+    # Then the receiver answered all three but processed the repeat only once
+    assert receiver.requests == 3
+    assert [r["records"][0]["key"] for r in receiver.received] == ["a", "b"]
+    assert len({headers["webhook-id"] for headers in receiver.headers}) == 2
 
 
 def test_the_rejected_list_of_a_2xx_rejects_only_those_records(receiver: WebhookReceiver) -> None:

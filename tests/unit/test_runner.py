@@ -11,7 +11,7 @@ from syncback.batches import LocalBatchStore
 from syncback.delivery import RetryPolicy
 from syncback.errors import DestinationAuthError, GuardError, ModelError, RunInProgress
 from syncback.planner import Planner
-from syncback.runner import Runtime, replay, run_sync
+from syncback.runner import Runtime, deliver_batch, plan_run, replay, run_sync
 from syncback.spec import Project
 from syncback.state import LocalStateStore
 from syncback.warehouses.duckdb import DuckDBWarehouse
@@ -259,3 +259,16 @@ def test_plan_is_a_dry_run(make_project: ProjectFactory, tmp_path: Path) -> None
     warehouse.close()
     assert plan.counts.added == 10 and len(plan.change_sample) == 2
     assert snapshot(project) == {} and not (project.state_path / "runs").exists()
+
+
+def test_delivering_a_batch_twice_sends_it_once(make_project: ProjectFactory) -> None:
+    # Given a planned run whose first batch was delivered
+    project = make_project(rows=contacts_rows(120), mode="insert")
+    destination = RecordingDestination()
+    rt = runtime(project, destination)
+    plan = plan_run(rt, "contacts", "run-1")
+    first = deliver_batch(rt, "contacts", plan.batches[0].key)
+    # When the same batch is delivered again (a retry after a timeout)
+    again = deliver_batch(rt, "contacts", plan.batches[0].key)
+    # Then nothing is sent twice and the same outcomes come back
+    assert again == first and len(destination.requests) == 1

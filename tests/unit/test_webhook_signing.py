@@ -52,7 +52,7 @@ def destination(transport: Transport, secret: str | None = SECRET) -> WebhookDes
         {"type": "webhook", "url": "https://hooks.example.com/in?token=t0k"}
     )
     return WebhookDestination(
-        config, secret, "crm_contacts", session, clock=lambda: NOW, new_id=lambda: "msg_1"
+        config, secret, "crm_contacts", session, clock=lambda: NOW, new_id=lambda body: "msg_1"
     )
 
 

@@ -99,10 +99,16 @@ def deliver_batch(
 ) -> list[Outcome]:
     """Deliver one stored batch and store its receipt; return the outcomes.
 
+    Delivering a batch again (a Lambda or Step Functions retry after a timeout) returns the stored
+    receipt and sends nothing: the receipt is the idempotency record of (run, batch). A delivery
+    cut off before its receipt was stored is sent again; upserts by the destination's identifier
+    make that harmless, and an insert meets the destination's conflict and is skipped.
     ``destination`` may be shared by the batches of a run (its connections are reused);
     without one, a client is made for this batch and closed after it.
     """
     sync = rt.project.sync(sync_name)
+    if rt.store.exists(receipt_key(batch)):
+        return outcomes_from_receipt(rt.store.get_json(receipt_key(batch)))
     changes = [change_from_json(item) for item in rt.store.get_json(batch)["changes"]]
     client = destination or rt.destination(sync)
     try:

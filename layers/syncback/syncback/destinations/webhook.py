@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
-from uuid import uuid4
 
 import requests
 
@@ -75,6 +74,16 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode("ascii")
 
 
+def message_id(body: bytes) -> str:
+    """Return the ``webhook-id`` of a body: the same for every retry of it, so receivers drop repeats.
+
+    Standard Webhooks receivers use the id as an idempotency key; they refuse timestamps older than
+    their tolerance (minutes), so they need to remember ids only that long, and a record that
+    changes and changes back days later is not mistaken for a repeat.
+    """
+    return "msg_" + hashlib.sha256(body).hexdigest()[:32]
+
+
 class WebhookDestination:
     """POSTs one sync's batches to one HTTP endpoint."""
 
@@ -85,7 +94,7 @@ class WebhookDestination:
         sync: str,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.time,
-        new_id: Callable[[], str] = lambda: "msg_" + uuid4().hex,
+        new_id: Callable[[bytes], str] | None = None,
     ) -> None:
         self.config = config
         self.sync = sync
@@ -95,7 +104,7 @@ class WebhookDestination:
         self._secret_forms = () if not secret else (secret, secret.removeprefix(SECRET_PREFIX))
         self._session = session or requests.Session()
         self._clock = clock
-        self._new_id = new_id
+        self._new_id = new_id or message_id
         # the host alone names the receiver in messages: a URL's path or query may carry a token
         self._host = urlsplit(config.url).hostname or "the receiver"
 
@@ -132,7 +141,7 @@ class WebhookDestination:
     def _post(self, body: bytes) -> requests.Response:
         headers = {"Content-Type": "application/json"}
         if self._key is not None:
-            msg_id, timestamp = self._new_id(), int(self._clock())
+            msg_id, timestamp = self._new_id(body), int(self._clock())
             headers |= {
                 "webhook-id": msg_id,
                 "webhook-timestamp": str(timestamp),
