@@ -13,6 +13,7 @@ from typing import Any
 import requests
 
 from syncback.destinations.base import Change, Outcome
+from syncback.destinations.http import json_body, retry_after
 from syncback.errors import (
     DestinationAuthError,
     DestinationUnavailable,
@@ -108,23 +109,23 @@ class HubSpotDestination:
             return
         body = _json(response)
         message = str(body.get("message", ""))[:300]
-        retry_after = _retry_after(response)
+        wait = retry_after(response)
         if status in (401, 403):
             raise DestinationAuthError(
                 f"HubSpot answered {status} {body.get('category', '')}: {message}. Check the token and its scopes"
             )
         if status == 429:
             policy = str(body.get("policyName", ""))
-            if retry_after is None and policy != "DAILY":
+            if wait is None and policy != "DAILY":
                 # a rolling window: waiting one whole interval is sure to free it (when we were
                 # not alone in using it, our own budget could not see that)
-                retry_after = _interval_seconds(response)
-            raise RateLimited(f"HubSpot rate limit {policy} reached".replace("  ", " "), retry_after)
+                wait = _interval_seconds(response)
+            raise RateLimited(f"HubSpot rate limit {policy} reached".replace("  ", " "), wait)
         if status == 423:
             # HubSpot: "Locks will last for 2 seconds ... include a delay of at least 2 seconds"
-            raise RateLimited("HubSpot locked the records (423)", retry_after or 2.0)
+            raise RateLimited("HubSpot locked the records (423)", wait or 2.0)
         if status >= 500 or status == 477:
-            raise DestinationUnavailable(f"HubSpot answered {status}: {message}", retry_after)
+            raise DestinationUnavailable(f"HubSpot answered {status}: {message}", wait)
         raise RequestRejected(f"HubSpot answered {status} {body.get('category', '')}: {message}")
 
     def _conflict(self, changes: Sequence[Change], response: requests.Response) -> list[Outcome]:
@@ -182,10 +183,7 @@ def _normal(value: Any) -> str:
 
 
 def _json(response: requests.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
+    body = json_body(response)
     return body if isinstance(body, dict) else {}
 
 
@@ -194,11 +192,3 @@ def _interval_seconds(response: requests.Response) -> float:
         return int(response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds", "10000")) / 1000
     except ValueError:
         return 10.0
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
-import email.utils
 import hashlib
 import hmac
 import json
@@ -33,6 +31,7 @@ from urllib.parse import urlsplit
 import requests
 
 from syncback.destinations.base import Change, Outcome
+from syncback.destinations.http import json_body, retry_after
 from syncback.errors import (
     DestinationAuthError,
     DestinationGone,
@@ -171,13 +170,13 @@ class WebhookDestination:
             return _delivered_or_rejected(response, changes)
         said = f"webhook {self._host} answered {status}"
         excerpt = _redact(_excerpt(response), changes, self._secret_forms)
-        retry_after = _retry_after(response, self._clock)
+        wait = retry_after(response, self._clock)
         if status in (401, 403):
             raise DestinationAuthError(f"{said}: {excerpt}. check the signing secret")
         if status in (408, 425, 429):
-            raise RateLimited(f"{said}: the receiver asked us to slow down", retry_after)
+            raise RateLimited(f"{said}: the receiver asked us to slow down", wait)
         if status >= 500:
-            raise DestinationUnavailable(f"{said}: {excerpt}", retry_after)
+            raise DestinationUnavailable(f"{said}: {excerpt}", wait)
         if status == 410:
             raise DestinationGone(f"{said} Gone: the receiver asked us to stop; fix or remove this sync")
         if 300 <= status < 400:
@@ -229,7 +228,7 @@ def _not_json_reason(change: Change) -> str:
 def _delivered_or_rejected(response: requests.Response, changes: Sequence[Change]) -> list[Outcome]:
     by_key = {c.key: c for c in changes}
     reasons: dict[str, str] = {}
-    body = _json(response)
+    body = json_body(response)
     rejected = body.get("rejected") if isinstance(body, dict) else None
     for item in rejected if isinstance(rejected, list) else []:
         if isinstance(item, dict) and str(item.get("key")) in by_key:
@@ -242,13 +241,6 @@ def _delivered_or_rejected(response: requests.Response, changes: Sequence[Change
         else Outcome(c.key, "delivered", c.destination_id or c.key)
         for c in changes
     ]
-
-
-def _json(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 def _excerpt(response: requests.Response) -> str:
@@ -285,21 +277,3 @@ def _forms(value: Any) -> Iterator[str]:
         yield text
         if isinstance(value, str):
             yield json.dumps(value)[1:-1]  # as a receiver may echo it: \u-escaped
-
-
-def _retry_after(response: requests.Response, clock: Callable[[], float]) -> float | None:
-    """Return the seconds a ``Retry-After`` header asks for: delay-seconds or an HTTP date."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:  # "-0000": HTTP dates are always GMT
-        when = when.replace(tzinfo=dt.UTC)
-    return max(0.0, when.timestamp() - clock())
