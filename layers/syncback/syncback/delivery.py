@@ -15,13 +15,25 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from syncback.destinations.base import Change, Destination, Outcome
 from syncback.errors import RateLimited, RequestRejected, TransientError
 
 Sleep = Callable[[float], None]
 Clock = Callable[[], float]
+
+
+class Budget(Protocol):
+    """A request budget one or many deliverers share."""
+
+    def acquire(self) -> None:
+        """Block until one more request may start, and count it."""
+        ...
+
+    def pause(self, seconds: float) -> None:
+        """Hold every sender for ``seconds``: the destination said 429 despite the budget."""
+        ...
 
 
 class RateBudget:
@@ -96,7 +108,7 @@ class Delivery:
     def __init__(
         self,
         destination: Destination,
-        budget: RateBudget | None = None,
+        budget: Budget | None = None,
         retry: RetryPolicy = RetryPolicy(),
         sleep: Sleep = time.sleep,
         on_progress: Callable[[int], None] | None = None,

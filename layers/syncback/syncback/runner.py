@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from syncback.batches import BatchStore, plan_key, receipt_key
-from syncback.delivery import Delivery, RateBudget, RetryPolicy, outcomes_from_receipt, receipt
+from syncback.delivery import Budget, Delivery, RateBudget, RetryPolicy, outcomes_from_receipt, receipt
 from syncback.destinations import build_destination, request_budget
 from syncback.destinations.base import Change, Destination, Outcome
 from syncback.errors import SyncbackError
@@ -50,7 +50,8 @@ class Runtime:
     secrets: SecretResolver = field(default_factory=SecretResolver)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     destination_factory: Callable[[SyncSpec], Destination] | None = None
-    budgets: dict[str, RateBudget] = field(default_factory=dict)
+    budget_factory: Callable[[str, int, float], Budget] | None = None
+    budgets: dict[str, Budget] = field(default_factory=dict)
 
     @contextlib.contextmanager
     def warehouse(self, sync: SyncSpec) -> Iterator[Warehouse]:
@@ -69,12 +70,22 @@ class Runtime:
             return self.destination_factory(sync)
         return build_destination(sync, self.secrets)
 
-    def budget(self, sync: SyncSpec) -> RateBudget | None:
-        """Return the one rate budget every delivery of this destination shares."""
+    def budget(self, sync: SyncSpec) -> Budget | None:
+        """Return the one rate budget every delivery of this destination shares.
+
+        Locally a budget shared by the run's threads; ``budget_factory`` gives another kind (the
+        DynamoDB one that concurrent Lambdas share).
+        """
         limit = request_budget(sync)
         if limit is None:
             return None
-        return self.budgets.setdefault(sync.name, RateBudget(*limit))
+        account, requests, per_seconds = limit
+        if account not in self.budgets:
+            if self.budget_factory is not None:
+                self.budgets[account] = self.budget_factory(account, requests, per_seconds)
+            else:
+                self.budgets[account] = RateBudget(requests, per_seconds)
+        return self.budgets[account]
 
 
 # ---- the steps -----------------------------------------------------------------------------

@@ -35,7 +35,17 @@ def build_destination(
     return WebhookDestination(config, secret, sync.name, session)
 
 
-def request_budget(sync: SyncSpec) -> tuple[int, float] | None:
-    """Return the (requests, per_seconds) budget of ``sync``'s destination, or None if unlimited."""
-    limit = sync.destination.rate_limit
-    return None if limit is None else (limit.requests, limit.per_seconds)
+def request_budget(sync: SyncSpec) -> tuple[str, int, float] | None:
+    """Return (account, requests, per_seconds) of ``sync``'s destination budget, or None if unlimited.
+
+    The account names what the vendor's limit applies to (HubSpot: the app's token at one API), so
+    every sync writing to one account shares one budget.
+    """
+    config = sync.destination
+    if config.rate_limit is None:
+        return None
+    if isinstance(config, HubSpotDestinationConfig):
+        account = f"hubspot {config.base_url} {config.token}"
+    else:
+        account = f"webhook {config.url}"
+    return account, config.rate_limit.requests, config.rate_limit.per_seconds
