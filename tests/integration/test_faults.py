@@ -148,3 +148,40 @@ def test_a_commit_of_a_failed_run_keeps_what_was_delivered(
         "unchanged": 1_000,
         "invalid": 0,
     }
+
+
+class LambdaTimeout(Exception):
+    """What a Lambda killed at its time limit looks like to the test: the invocation just stops."""
+
+
+@pytest.mark.parametrize("mode", ["upsert", "insert"])
+def test_a_deliver_cut_off_mid_batch_is_delivered_again_without_duplicates(
+    tmp_path: Path, sandbox: HubSpotSandbox, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    from syncback.destinations.hubspot import HubSpotDestination
+
+    monkeypatch.setenv("HUBSPOT_TOKEN", "t")
+    rt = make_runtime(tmp_path, sandbox, contacts_rows(1_000), mode=mode)
+    plan = plan_run(rt, "contacts", new_run_id())
+    batch = plan.batches[0].key
+    # Given a deliver invocation killed after 4 of its 10 requests, before it stored its receipt
+    calls = {"n": 0}
+    real_write = HubSpotDestination.write
+
+    def dying_write(self: HubSpotDestination, changes: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise LambdaTimeout
+        return real_write(self, changes)
+
+    monkeypatch.setattr(HubSpotDestination, "write", dying_write)
+    with pytest.raises(LambdaTimeout):
+        deliver_batch(rt, "contacts", batch)
+    assert len(sandbox.objects("contacts")) == 400
+    # When Step Functions retries the batch
+    outcomes = deliver_batch(rt, "contacts", batch)
+    # Then every record is there exactly once, and the run commits all of them
+    assert len(sandbox.objects("contacts")) == 1_000 and sandbox.stats()["created"] == 1_000
+    assert {o.status for o in outcomes} == ({"delivered"} if mode == "upsert" else {"delivered", "skipped"})
+    record = commit_run(rt, "contacts", plan.run_id)
+    assert record.rejected == 0 and run_sync(rt, "contacts").planned["unchanged"] == 1_000

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import secrets as random_tokens
 import threading
 from collections.abc import Callable, Iterator
@@ -29,6 +30,8 @@ from syncback.warehouses import connect
 from syncback.warehouses.base import Warehouse
 
 SAMPLE = 20
+# keys and counts only: record values and secrets never reach a log line (DESIGN invariant 7)
+log = logging.getLogger("syncback")
 
 
 def utcnow() -> dt.datetime:
@@ -98,7 +101,12 @@ def plan_run(
     sync = rt.project.sync(sync_name)
     with rt.warehouse(sync) as warehouse:
         planner = Planner(sync, warehouse, rt.project.config.state.schema_)
-        return planner.plan(run_id, rt.store, full_resync, started_at=(started or utcnow()).isoformat())
+        plan = planner.plan(run_id, rt.store, full_resync, started_at=(started or utcnow()).isoformat())
+    log.info(
+        "planned",
+        extra={"sync": sync_name, "run_id": run_id, "counts": _planned(plan), "batches": len(plan.batches)},
+    )
+    return plan
 
 
 def deliver_batch(
@@ -128,6 +136,17 @@ def deliver_batch(
         if destination is None:
             client.close()
     rt.store.put_json(receipt_key(batch), receipt(batch, outcomes))
+    statuses = [o.status for o in outcomes]
+    log.info(
+        "delivered batch",
+        extra={
+            "sync": sync_name,
+            "batch": batch,
+            "delivered": statuses.count("delivered"),
+            "rejected": statuses.count("rejected"),
+            "skipped": statuses.count("skipped"),
+        },
+    )
     return outcomes
 
 
@@ -174,6 +193,18 @@ def commit_run(rt: Runtime, sync_name: str, run_id: str, error: str | None = Non
         record.status = "partial"
     _finish(record)
     rt.state.record_run(record)
+    log.info(
+        "committed",
+        extra={
+            "sync": sync_name,
+            "run_id": run_id,
+            "status": record.status,
+            "delivered": record.delivered,
+            "rejected": record.rejected,
+            "skipped": record.skipped,
+            "undelivered": record.undelivered,
+        },
+    )
     return record
 
 

@@ -1,0 +1,54 @@
+"""Every log line of a run carries keys and counts, never a token or a record value."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from syncback.cli import main
+from syncback.sandbox.hubspot import Faults, HubSpotSandbox
+from tests.conftest import BASE_SYNC, contacts_rows, write_contacts
+
+TOKEN = "pat-na1-0b7c5e1d-very-secret-token"
+
+
+def test_a_run_logs_no_token_and_no_mapped_value(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a run that meets rejections and retries, with every logger at DEBUG
+    monkeypatch.setenv("HUBSPOT_TOKEN", TOKEN)
+    caplog.set_level(logging.DEBUG)
+    rows = contacts_rows(300)
+    with HubSpotSandbox(token=TOKEN) as sandbox:
+        sandbox.set_faults(Faults(rate_5xx=0.2, reject_values={"user9@example.com"}, seed=3))
+        (tmp_path / "syncs").mkdir()
+        (tmp_path / "syncback.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "warehouses": {"local": {"type": "duckdb", "path": "wh.duckdb"}},
+                    "state": {"warehouse": "local"},
+                }
+            )
+        )
+        destination = {**BASE_SYNC["destination"], "base_url": sandbox.url}
+        (tmp_path / "syncs" / "contacts.yaml").write_text(
+            yaml.safe_dump({**BASE_SYNC, "destination": destination})
+        )
+        write_contacts(tmp_path / "wh.duckdb", rows)
+        # When it runs
+        main(["--project", str(tmp_path), "run", "contacts"])
+    # Then lines were logged (with the keys and counts), and none holds the token or a value
+    text = "\n".join(
+        f"{r.getMessage()} {' '.join(f'{k}={v}' for k, v in vars(r).items() if k not in ('msg', 'args'))}"
+        for r in caplog.records
+    )
+    assert "planned" in text and "committed" in text
+    assert TOKEN not in text
+    for _, email, first_name, _, _ in rows:
+        assert email not in text and f"{first_name} " not in text and f"{first_name}'" not in text
