@@ -4,6 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CODE := $(wildcard layers functions tests example bench infra)
+# the SAM CLI gets its own tool environment (its pins clash with ours), inside the project
+TOOLS := $(CURDIR)/.tools
+SAM := $(TOOLS)/bin/sam
+export PATH := $(TOOLS)/bin:$(PATH)
 
 .PHONY: install demo test lint typecheck unit integration sam schema bench clean
 
@@ -13,14 +17,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[dev]'
 	touch $@
 
-install: $(STAMP)
+$(SAM): $(STAMP)
+	UV_TOOL_DIR=$(TOOLS)/envs UV_TOOL_BIN_DIR=$(TOOLS)/bin $(BIN)/uv tool install -q aws-sam-cli==1.170.0
+	touch $@
+
+install: $(STAMP) $(SAM)
 
 demo: $(STAMP)
 	$(BIN)/python example/demo.py
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) $(SAM) lint typecheck
 	$(BIN)/python -m syncback.cli schema --check
-	$(BIN)/pytest -n 2 --durations=10 tests
+	$(BIN)/python infra/render_schedules.py --check
+	CI=$${CI:-} $(BIN)/pytest -n 2 --durations=10 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)
@@ -28,9 +37,10 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy layers/syncback/syncback
+	for f in functions/*/app.py; do $(BIN)/python -m mypy $$f || exit 1; done
 
 schema: $(STAMP)
 	$(BIN)/python -m syncback.cli schema
 
 clean:
-	rm -rf $(VENV) .aws-sam example/warehouse.duckdb example/.syncback
+	rm -rf $(VENV) $(TOOLS) .aws-sam example/warehouse.duckdb example/.syncback

@@ -189,7 +189,7 @@ def commit_run(rt: Runtime, sync_name: str, run_id: str, error: str | None = Non
     record.rejected_sample = [{"key": d.key, "reason": d.reason} for d in letters[:SAMPLE]]
     if error is not None:
         record.status = "failed"
-    elif record.rejected:
+    elif record.rejected or record.undelivered:
         record.status = "partial"
     _finish(record)
     rt.state.record_run(record)

@@ -1,0 +1,45 @@
+"""Deliver one batch of a run and store its receipt; the state machine calls it once per batch."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel
+
+from syncback.aws import LambdaSettings, lambda_runtime
+from syncback.runner import Runtime, deliver_batch
+
+logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
+metrics = Metrics()
+tracer = Tracer()
+SETTINGS = LambdaSettings.from_env()
+
+
+class DeliverEvent(BaseModel):
+    sync: str
+    run_id: str
+    batch: str
+
+
+@functools.cache
+def runtime() -> Runtime:
+    return lambda_runtime(SETTINGS)
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
+    request = DeliverEvent.model_validate(event)
+    logger.append_keys(sync=request.sync, run_id=request.run_id, batch=request.batch)
+    outcomes = deliver_batch(runtime(), request.sync, request.batch)
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("delivered", "rejected")}
+    metrics.add_dimension("sync", request.sync)
+    for status, count in counts.items():  # progress while a run goes on; commit publishes the run's totals
+        metrics.add_metric(f"batch_{status}", MetricUnit.Count, count)
+    logger.info("delivered", extra=counts)
+    return counts

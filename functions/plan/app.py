@@ -1,0 +1,45 @@
+"""Plan one run of a sync: batches and their manifest in S3; the state machine delivers them."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel
+
+from syncback.aws import LambdaSettings, lambda_runtime, start_run
+from syncback.runner import Runtime, new_run_id
+
+logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
+metrics = Metrics()
+tracer = Tracer()
+SETTINGS = LambdaSettings.from_env()
+
+
+class PlanEvent(BaseModel):
+    sync: str
+    full_resync: bool = False
+
+
+@functools.cache
+def runtime() -> Runtime:
+    return lambda_runtime(SETTINGS)
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    request = PlanEvent.model_validate(event)
+    run_id = new_run_id()
+    logger.append_keys(sync=request.sync, run_id=run_id)
+    started = start_run(
+        runtime(), SETTINGS.bucket, request.sync, run_id, request.full_resync, SETTINGS.max_concurrency
+    )
+    metrics.add_dimension("sync", request.sync)
+    metrics.add_metric("planned", MetricUnit.Count, started.changes)
+    logger.info("planned", extra={"changes": started.changes, "batches": started.batches})
+    return started.model_dump()

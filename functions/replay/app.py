@@ -1,0 +1,53 @@
+"""Replay dead letters redriven from the DeadLetterQueue to the ReplayQueue (partial batch responses)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from syncback.aws import FailedBatch, LambdaSettings, lambda_runtime, letters_of_failed_batch
+from syncback.runner import Runtime, replay
+from syncback.state import DeadLetter
+
+logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
+metrics = Metrics()
+tracer = Tracer()
+SETTINGS = LambdaSettings.from_env()
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+@functools.cache
+def runtime() -> Runtime:
+    return lambda_runtime(SETTINGS)
+
+
+def replay_message(record: SQSRecord) -> None:
+    """Replay one message: a rejected record (DeadLetter) or a batch that failed whole (FailedBatch)."""
+    body = json.loads(record.body)
+    rt = runtime()
+    if "batch" in body:
+        failed = FailedBatch.model_validate(body)
+        sync, letters = failed.sync, letters_of_failed_batch(rt, failed)
+    else:
+        letter = DeadLetter(**body)
+        sync, letters = letter.sync, [letter]
+    result = replay(rt, sync, letters)
+    logger.info("replayed", extra={"sync": sync, "delivered": result.delivered, "stale": result.stale})
+    metrics.add_metric("replayed", MetricUnit.Count, result.delivered)
+    metrics.add_metric("replay_stale", MetricUnit.Count, result.stale)
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def handler(event: dict[str, Any], context: LambdaContext) -> Any:
+    return process_partial_response(
+        event=event, record_handler=replay_message, processor=processor, context=context
+    )

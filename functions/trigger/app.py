@@ -1,0 +1,47 @@
+"""Start SyncRun executions: from an SQS sync request, a dbt run_results.json in S3, or a direct call."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from syncback.aws import LambdaSettings, lambda_runtime, requested_runs
+from syncback.runner import Runtime
+
+logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
+metrics = Metrics()
+tracer = Tracer()
+SETTINGS = LambdaSettings.from_env()
+
+
+@functools.cache
+def runtime() -> Runtime:
+    return lambda_runtime(SETTINGS)
+
+
+@functools.cache
+def stepfunctions() -> Any:
+    return boto3.client("stepfunctions")
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, list[str]]:
+    started = []
+    for request in requested_runs(event, runtime()):
+        execution = stepfunctions().start_execution(
+            stateMachineArn=SETTINGS.state_machine_arn,
+            name=f"{request.sync}-{uuid.uuid4().hex[:12]}",  # findable by sync in the console
+            input=request.model_dump_json(),
+        )
+        started.append(execution["executionArn"])
+        metrics.add_metric("runs_requested", MetricUnit.Count, 1)
+        logger.info("run requested", extra={"sync": request.sync, "execution": execution["executionArn"]})
+    return {"executions": started}

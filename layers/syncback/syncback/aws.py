@@ -1,0 +1,407 @@
+"""The AWS side of the stores and of the Lambda steps: S3 batches, DynamoDB history, SQS dead letters.
+
+``S3BatchStore`` and ``DynamoStateStore`` implement the protocols in ``batches`` and ``state``;
+``LambdaSettings`` and ``lambda_runtime`` give every handler the same ``Runtime`` from its
+environment. boto3 clients are always passed in or made on first use, never at import.
+
+Run history: one item per run, partition key ``sync``, sort key ``run_id``. The run lock of a sync
+is one more item of the same table, sort key ``#lock``, written by a conditional put that holds a
+lease: a run that crashed without releasing it blocks its sync only until the lease expires.
+Dead letters: one SQS message per rejected record (the DeadLetter JSON); a batch that failed whole
+is sent by the state machine as a ``FailedBatch`` message instead, and replay reads both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from syncback.batches import dumps, run_prefix
+from syncback.delivery import Budget
+from syncback.errors import PermanentError, RunInProgress
+from syncback.planner import PlanResult, change_from_json
+from syncback.runner import Runtime, commit_run, plan_run, utcnow
+from syncback.shared_budget import DynamoRateBudget
+from syncback.spec import Project, load_project
+from syncback.state import DeadLetter, RunRecord
+
+LOCK_SORT_KEY = "#lock"
+SQS_BATCH = 10
+
+
+def manifest_key(sync: str, run_id: str) -> str:
+    """Return the key of a run's manifest: the JSON array the Deliver map reads (ItemReader)."""
+    return f"{run_prefix(sync, run_id)}/manifest.json"
+
+
+def manifest(plan: PlanResult) -> list[dict[str, Any]]:
+    """Return the manifest of a plan: one item per batch, its key and how many changes it holds."""
+    return [{"batch": ref.key, "count": ref.count} for ref in plan.batches]
+
+
+# ---- batches, receipts and manifests in S3 --------------------------------------------------
+
+
+class S3BatchStore:
+    """JSON documents as S3 objects under one bucket (encrypted by the bucket's default)."""
+
+    def __init__(self, bucket: str, client: Any) -> None:
+        self.bucket = bucket
+        self.client = client
+
+    def put_json(self, key: str, document: Any) -> None:
+        self.client.put_object(
+            Bucket=self.bucket, Key=key, Body=dumps(document), ContentType="application/json"
+        )
+
+    def get_json(self, key: str) -> Any:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        except self.client.exceptions.NoSuchKey:
+            raise KeyError(key) from None
+        return json.loads(response["Body"].read())
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except self.client.exceptions.ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+
+# ---- run history and the run lock in DynamoDB, dead letters in SQS ---------------------------
+
+
+class DynamoStateStore:
+    """Run history and the run lock in one DynamoDB table; dead letters as SQS messages."""
+
+    def __init__(
+        self,
+        table: str,
+        client: Any,
+        dead_letter_queue_url: str | None = None,
+        sqs: Any = None,
+        lease_minutes: float = 120,
+        clock: Any = time.time,
+    ) -> None:
+        self.table = table
+        self.client = client
+        self.dead_letter_queue_url = dead_letter_queue_url
+        self.sqs = sqs
+        self.lease_s = lease_minutes * 60
+        self._clock = clock
+
+    # ---- run history ----------------------------------------------------------------------
+
+    def record_run(self, run: RunRecord) -> None:
+        item = {
+            "sync": {"S": run.sync},
+            "run_id": {"S": run.run_id},
+            "record": {"S": json.dumps(run.to_json())},
+        }
+        self.client.put_item(TableName=self.table, Item=item)
+
+    def runs(self, sync: str | None = None, limit: int = 20) -> list[RunRecord]:
+        if sync is None:
+            items = self._scan()
+        else:
+            response = self.client.query(
+                TableName=self.table,
+                KeyConditionExpression="#s = :s",
+                ExpressionAttributeNames={"#s": "sync"},
+                ExpressionAttributeValues={":s": {"S": sync}},
+                ScanIndexForward=False,  # newest first; the lock item ("#lock") sorts last
+                Limit=limit + 1,
+            )
+            items = response.get("Items", [])
+        records = [RunRecord(**json.loads(i["record"]["S"])) for i in items if "record" in i]
+        return sorted(records, key=lambda r: r.run_id, reverse=True)[:limit]
+
+    def _scan(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"TableName": self.table}
+        while True:
+            response = self.client.scan(**kwargs)
+            items += response.get("Items", [])
+            if "LastEvaluatedKey" not in response:
+                return items
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    # ---- dead letters ---------------------------------------------------------------------
+
+    def put_dead_letters(self, sync: str, letters: Iterable[DeadLetter]) -> None:
+        """Send one message per dead letter (batched by ten: SQS's limit per call)."""
+        pending = [letter.to_json() for letter in letters]
+        if pending and (self.sqs is None or self.dead_letter_queue_url is None):
+            raise RuntimeError("DynamoStateStore has no dead-letter queue to send rejected records to")
+        for start in range(0, len(pending), SQS_BATCH):
+            entries = [
+                {
+                    "Id": str(n),
+                    "MessageBody": json.dumps(letter, ensure_ascii=False),
+                    "MessageAttributes": {"sync": {"DataType": "String", "StringValue": sync}},
+                }
+                for n, letter in enumerate(pending[start : start + SQS_BATCH])
+            ]
+            response = self.sqs.send_message_batch(QueueUrl=self.dead_letter_queue_url, Entries=entries)
+            if response.get("Failed"):
+                raise RuntimeError(f"SQS refused {len(response['Failed'])} dead letters of sync {sync}")
+
+    def resolve_dead_letters(self, sync: str, keys: Iterable[str]) -> None:
+        """Do nothing: SQS cannot delete by record key. A replayed letter a later run already
+        delivered is recognised as stale by ``replay`` and skipped, so nothing is overwritten."""
+
+    def dead_letters(self, sync: str) -> list[DeadLetter]:
+        """Return a sample of the sync's dead letters, read without consuming them (SQS cannot list)."""
+        if self.sqs is None or self.dead_letter_queue_url is None:
+            return []
+        seen: dict[str, DeadLetter] = {}
+        for _ in range(5):
+            response = self.sqs.receive_message(
+                QueueUrl=self.dead_letter_queue_url, MaxNumberOfMessages=10, VisibilityTimeout=0
+            )
+            for message in response.get("Messages", []):
+                body = json.loads(message["Body"])
+                if body.get("sync") == sync and "key" in body:
+                    seen[message["MessageId"]] = DeadLetter(**body)
+        return list(seen.values())
+
+    # ---- one run of a sync at a time --------------------------------------------------------
+
+    def acquire(self, sync: str, owner: str) -> None:
+        """Take the run lock of ``sync`` for ``owner`` (a run id); raise RunInProgress if held."""
+        now = self._clock()
+        try:
+            self.client.put_item(
+                TableName=self.table,
+                Item={
+                    "sync": {"S": sync},
+                    "run_id": {"S": LOCK_SORT_KEY},
+                    "owner": {"S": owner},
+                    "expires_at": {"N": str(int(now + self.lease_s))},
+                },
+                ConditionExpression="attribute_not_exists(#s) OR expires_at < :now",
+                ExpressionAttributeNames={"#s": "sync"},
+                ExpressionAttributeValues={":now": {"N": str(int(now))}},
+            )
+        except self.client.exceptions.ConditionalCheckFailedException:
+            raise RunInProgress(
+                f"sync {sync}: another run is in progress; this one was not started"
+            ) from None
+
+    def release(self, sync: str, owner: str) -> None:
+        """Give the run lock back, if ``owner`` still holds it."""
+        with contextlib.suppress(self.client.exceptions.ConditionalCheckFailedException):
+            self.client.delete_item(
+                TableName=self.table,
+                Key={"sync": {"S": sync}, "run_id": {"S": LOCK_SORT_KEY}},
+                ConditionExpression="#o = :o",
+                ExpressionAttributeNames={"#o": "owner"},
+                ExpressionAttributeValues={":o": {"S": owner}},
+            )
+
+    @contextlib.contextmanager
+    def lock(self, sync: str) -> Iterator[None]:
+        owner = f"lock-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}"
+        self.acquire(sync, owner)
+        try:
+            yield
+        finally:
+            self.release(sync, owner)
+
+
+# ---- what the Lambda steps share ---------------------------------------------------------------
+
+
+class LambdaSettings(BaseModel):
+    """The handlers' environment, parsed once per cold start."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    bucket: str = Field(alias="BATCH_BUCKET")
+    runs_table: str = Field(alias="RUNS_TABLE")
+    dead_letter_queue_url: str = Field(alias="DEAD_LETTER_QUEUE_URL")
+    budgets_table: str | None = Field(None, alias="BUDGETS_TABLE")
+    project: Path = Field(Path("/opt"), alias="SYNCBACK_PROJECT")  # the SyncProject layer
+    lock_lease_minutes: float = Field(120, alias="LOCK_LEASE_MINUTES", gt=0)
+    max_concurrency: int = Field(16, alias="DELIVER_MAX_CONCURRENCY", ge=1)
+    state_machine_arn: str | None = Field(None, alias="STATE_MACHINE_ARN")
+    trigger_prefix: str = Field("dbt/", alias="TRIGGER_PREFIX")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> LambdaSettings:
+        return cls.model_validate(dict(os.environ if environ is None else environ))
+
+
+def lambda_runtime(settings: LambdaSettings) -> Runtime:
+    """Return the Runtime a handler runs against: the packaged project, S3, DynamoDB and SQS."""
+    import boto3  # in the Lambda runtime already; imported here so the engine does not need it
+
+    dynamodb = boto3.client("dynamodb")
+    budget_factory: Callable[[str, int, float], Budget] | None = None
+    if settings.budgets_table is not None:
+        table = settings.budgets_table
+
+        def budget_factory(account: str, requests: int, per_seconds: float) -> Budget:
+            # one budget per destination account, shared by every concurrent deliver Lambda
+            return DynamoRateBudget(table, account, requests, per_seconds, dynamodb)
+
+    return Runtime(
+        project=load_project(settings.project),
+        store=S3BatchStore(settings.bucket, boto3.client("s3")),
+        state=DynamoStateStore(
+            settings.runs_table,
+            dynamodb,
+            settings.dead_letter_queue_url,
+            boto3.client("sqs"),
+            lease_minutes=settings.lock_lease_minutes,
+        ),
+        budget_factory=budget_factory,
+    )
+
+
+class FailedBatch(BaseModel):
+    """The message the state machine sends to the dead-letter queue when a batch fails whole."""
+
+    sync: str
+    run_id: str
+    batch: str
+    error: str
+    cause: str = ""
+    failed_at: str
+
+
+def letters_of_failed_batch(rt: Runtime, failed: FailedBatch) -> list[DeadLetter]:
+    """Return the records of a batch that failed whole, as dead letters ready for ``replay``."""
+    changes = [change_from_json(item) for item in rt.store.get_json(failed.batch)["changes"]]
+    reason = f"{failed.error}: the whole batch failed"
+    return [
+        DeadLetter(
+            failed.sync,
+            failed.run_id,
+            c.key,
+            c.action,
+            c.row_hash,
+            c.destination_id,
+            dict(c.record),
+            reason,
+            failed.failed_at,
+        )
+        for c in changes
+    ]
+
+
+# ---- the state machine's steps: a run that spans three Lambda invocations ------------------------
+
+
+class StartedRun(BaseModel):
+    """What Plan hands the state machine: keys and counts, never rows."""
+
+    sync: str
+    run_id: str
+    bucket: str
+    manifest: str
+    batches: int
+    changes: int
+    concurrency: int
+
+
+def _leased(rt: Runtime) -> DynamoStateStore:
+    if not isinstance(rt.state, DynamoStateStore):
+        raise TypeError("the state machine's steps need a DynamoStateStore: its lock outlives one Lambda")
+    return rt.state
+
+
+def start_run(
+    rt: Runtime, bucket: str, sync: str, run_id: str, full_resync: bool, max_concurrency: int
+) -> StartedRun:
+    """Take the sync's lock, plan, write the manifest; a skipped or permanently failed start is
+    recorded in the run history, then raised for the state machine to match by name."""
+    state = _leased(rt)
+    started = utcnow().isoformat()
+    try:
+        state.acquire(sync, run_id)
+    except RunInProgress as exc:
+        state.record_run(RunRecord(sync, run_id, "skipped", started, finished_at=started, error=str(exc)))
+        raise
+    try:
+        plan = plan_run(rt, sync, run_id, full_resync)
+        key = manifest_key(sync, run_id)
+        rt.store.put_json(key, manifest(plan))
+    except Exception as exc:
+        state.release(sync, run_id)
+        # a transient failure is retried by the state machine: only a permanent one is the run's end
+        if isinstance(exc, PermanentError):
+            failed_at = utcnow().isoformat()
+            error = f"{type(exc).__name__}: {exc}"
+            state.record_run(RunRecord(sync, run_id, "failed", started, finished_at=failed_at, error=error))
+        raise
+    concurrency = min(rt.project.sync(sync).destination.concurrency, max_concurrency)
+    return StartedRun(
+        sync=sync,
+        run_id=run_id,
+        bucket=bucket,
+        manifest=key,
+        batches=len(plan.batches),
+        changes=plan.counts.changes,
+        concurrency=concurrency,
+    )
+
+
+def finish_run(rt: Runtime, sync: str, run_id: str, error: str | None = None) -> RunRecord:
+    """Commit the run and give its lock back."""
+    state = _leased(rt)
+    try:
+        return commit_run(rt, sync, run_id, error)
+    finally:
+        state.release(sync, run_id)
+
+
+class SyncRequest(BaseModel):
+    """A request to run one sync: an SQS sync-request message, or a direct call of the trigger."""
+
+    sync: str
+    full_resync: bool = False
+
+
+def requested_runs(event: Mapping[str, Any], rt: Runtime) -> list[SyncRequest]:
+    """Return the runs a trigger event asks for: a direct call, SQS sync requests, or an S3 Object
+    Created event (EventBridge) for a dbt ``run_results.json`` in the batch bucket.
+
+    Every sync named must exist (ConfigError otherwise), so a typo fails the request, not a run.
+    """
+    if "sync" in event:
+        requests = [SyncRequest.model_validate(event)]
+    elif event.get("source") == "aws.s3":
+        run_results = rt.store.get_json(event["detail"]["object"]["key"])
+        requests = [SyncRequest(sync=name) for name in syncs_named_by_dbt(rt.project, run_results)]
+    else:
+        requests = [SyncRequest.model_validate_json(r["body"]) for r in event.get("Records", [])]
+    for request in requests:
+        rt.project.sync(request.sync)
+    return requests
+
+
+def syncs_named_by_dbt(project: Project, run_results: Mapping[str, Any]) -> list[str]:
+    """Return the syncs whose model reads a dbt model that ``run_results.json`` reports as built."""
+    built = {
+        str(result.get("unique_id", "")).rsplit(".", 1)[-1].lower()
+        for result in run_results.get("results", [])
+        if result.get("status") == "success" and str(result.get("unique_id", "")).startswith("model.")
+    }
+    names = []
+    for name, spec in sorted(project.syncs.items()):
+        words = {w.strip('"`').rsplit(".", 1)[-1].lower() for w in spec.model_sql.replace(",", " ").split()}
+        if built & words:
+            names.append(name)
+    return names

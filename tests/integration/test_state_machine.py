@@ -1,0 +1,613 @@
+"""The real SyncRun ASL in moto's Step Functions interpreter, with the five handlers run in-process.
+
+moto cannot run Lambda code, so ``_invoke_lambda_function`` of moto's Step Functions parser (the
+call behind ``arn:aws:states:::lambda:invoke``) is patched to call our handlers here, turning an
+exception into a Lambda ``FunctionError`` whose ``errorType`` is the class name, as the Lambda
+Python runtime does. The resources are created by boto3 under the template's names. moto runs
+the Distributed Map with ``ItemReader`` from S3 for real, so the Deliver step is the deployed one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Final
+
+import boto3
+import duckdb
+import pytest
+from moto import mock_aws
+from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+from syncback.aws import DynamoStateStore, LambdaSettings, S3BatchStore, lambda_runtime
+from syncback.delivery import RetryPolicy
+from syncback.destinations.base import Change, Destination, Outcome
+from syncback.errors import ConfigError, DestinationAuthError, DestinationUnavailable
+from syncback.runner import Runtime
+from syncback.shared_budget import DynamoRateBudget
+from syncback.spec import Project, SyncSpec
+from tests.conftest import ProjectFactory, contacts_rows, write_contacts
+from tests.fakes.recording import RecordingDestination
+
+ROOT = Path(__file__).resolve().parents[2]
+REGION: Final = "eu-west-1"
+ACCOUNT = "123456789012"
+ENV = "test"
+BUCKET = f"syncback-{ENV}-batches-{ACCOUNT}"
+RUNS_TABLE = f"syncback-{ENV}-runs"
+FUNCTIONS = ("plan", "deliver", "commit", "trigger", "replay")
+#: the template's DefinitionSubstitutions, with retry waits short enough for a test
+TEST_SUBSTITUTIONS = {
+    "TransientRetryIntervalSeconds": "1",
+    "TransientRetryMaxAttempts": "3",
+    "TransientRetryMaxDelaySeconds": "1",
+    "LambdaRetryIntervalSeconds": "1",
+    "RunTimeoutSeconds": "300",
+    "EventBusName": "default",
+}
+
+
+def render_asl(substitutions: dict[str, str]) -> str:
+    """Return the ASL with ``${Name}`` replaced, as CloudFormation's DefinitionSubstitutions do."""
+    text = (ROOT / "infra/statemachine/sync.asl.json").read_text()
+    for name, value in substitutions.items():
+        text = text.replace("${" + name + "}", value)
+    assert "${" not in text, "a substitution is missing"
+    return text
+
+
+@dataclass
+class FakeContext:
+    function_name: str
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = ""
+    aws_request_id: str = "req-1"
+
+
+def load_handler(name: str) -> ModuleType:
+    """Import ``functions/<name>/app.py`` under a unique module name (they are all called app)."""
+    spec = importlib.util.spec_from_file_location(f"syncback_fn_{name}", ROOT / "functions" / name / "app.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class Stack:
+    """The moto resources under the template's names, the handlers, and the runtime they share."""
+
+    rt: Runtime
+    sfn: Any
+    sqs: Any
+    s3: Any
+    state_machine: str
+    dead_letter_queue: str
+    replay_queue: str
+    finished_queue: str
+    handlers: dict[str, ModuleType]
+    invocations: list[str]
+
+    def run(self, sync: str = "contacts", full_resync: bool = False) -> dict[str, Any]:
+        """Start an execution and return its description once it has finished."""
+        arn = self.sfn.start_execution(
+            stateMachineArn=self.state_machine,
+            name=f"{sync}-{uuid.uuid4().hex[:12]}",  # moto names every unnamed execution "None"
+            input=json.dumps({"sync": sync, "full_resync": full_resync}),
+        )["executionArn"]
+        return self.wait(arn)
+
+    def wait(self, arn: str, timeout_s: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            description: dict[str, Any] = self.sfn.describe_execution(executionArn=arn)
+            if description["status"] != "RUNNING":
+                return description
+            time.sleep(0.05)
+        raise AssertionError(f"execution {arn} still running after {timeout_s}s")
+
+    def drain(self, queue: str) -> list[dict[str, Any]]:
+        """Receive (and delete) every message of ``queue``."""
+        messages: list[dict[str, Any]] = []
+        while True:
+            batch = self.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+            if not batch:
+                return messages
+            for message in batch:
+                self.sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+            messages += batch
+
+    def invoke(self, name: str, event: dict[str, Any]) -> Any:
+        return self.handlers[name].handler(event, FakeContext(f"syncback-{ENV}-{name}"))
+
+
+def snapshot(project: Project) -> dict[str, str]:
+    con = duckdb.connect(str(project.root / "wh.duckdb"))
+    rows = con.execute("select key, row_hash from syncback.snapshot__contacts").fetchall()
+    con.close()
+    return dict(rows)
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name, value in {
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_NAMESPACE": "syncback",
+        "POWERTOOLS_SERVICE_NAME": "syncback",
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        yield
+
+
+def build_stack(project: Project, destinations: Callable[[SyncSpec], Destination], monkeypatch: Any) -> Stack:
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    ddb = boto3.client("dynamodb", region_name=REGION)
+    ddb.create_table(
+        TableName=RUNS_TABLE,
+        KeySchema=[
+            {"AttributeName": "sync", "KeyType": "HASH"},
+            {"AttributeName": "run_id", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "sync", "AttributeType": "S"},
+            {"AttributeName": "run_id", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    sqs = boto3.client("sqs", region_name=REGION)
+    dlq = sqs.create_queue(QueueName=f"syncback-{ENV}-dead-letters")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    replay_queue = sqs.create_queue(
+        QueueName=f"syncback-{ENV}-replay",
+        Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 3})},
+    )["QueueUrl"]
+    finished = sqs.create_queue(QueueName=f"syncback-{ENV}-finished-runs")["QueueUrl"]
+    finished_arn = sqs.get_queue_attributes(QueueUrl=finished, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    events = boto3.client("events", region_name=REGION)
+    events.put_rule(Name="finished-runs", EventPattern=json.dumps({"source": ["syncback"]}))
+    events.put_targets(Rule="finished-runs", Targets=[{"Id": "queue", "Arn": finished_arn}])
+    function_arns = {
+        f"{n.capitalize()}FunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:syncback-{ENV}-{n}"
+        for n in FUNCTIONS
+    }
+    definition = render_asl({**TEST_SUBSTITUTIONS, **function_arns, "DeadLetterQueueUrl": dlq})
+    sfn = boto3.client("stepfunctions", region_name=REGION)
+    machine = sfn.create_state_machine(
+        name=f"syncback-{ENV}-sync-run", definition=definition, roleArn=f"arn:aws:iam::{ACCOUNT}:role/sfn"
+    )["stateMachineArn"]
+
+    for name, value in {
+        "BATCH_BUCKET": BUCKET,
+        "RUNS_TABLE": RUNS_TABLE,
+        "DEAD_LETTER_QUEUE_URL": dlq,
+        "SYNCBACK_PROJECT": str(project.root),
+        "STATE_MACHINE_ARN": machine,
+    }.items():
+        monkeypatch.setenv(name, value)
+    rt = Runtime(
+        project,
+        S3BatchStore(BUCKET, s3),
+        DynamoStateStore(RUNS_TABLE, ddb, dlq, sqs, lease_minutes=5),
+        retry=RetryPolicy(attempts=2, base_s=0, cap_s=0),
+        destination_factory=destinations,
+    )
+    handlers = {name: load_handler(name) for name in FUNCTIONS}
+    for module in handlers.values():
+        monkeypatch.setattr(module, "runtime", lambda: rt)
+    stack = Stack(rt, sfn, sqs, s3, machine, dlq, replay_queue, finished, handlers, [])
+    monkeypatch.setattr(lambda_eval_utils, "_invoke_lambda_function", in_process_lambda(stack))
+    return stack
+
+
+def in_process_lambda(stack: Stack) -> Callable[..., dict[str, Any]]:
+    """Return a stand-in for moto's Lambda invoke that runs our handler, one invocation at a time."""
+    one_at_a_time = threading.Lock()  # a Lambda sandbox runs one invocation at a time
+
+    def invoke(parameters: dict[str, Any], region: str, state_credentials: Any) -> dict[str, Any]:
+        name = parameters["FunctionName"].rsplit("-", 1)[-1]
+        payload = parameters.get("Payload")
+        event: dict[str, Any] = json.loads(payload) if isinstance(payload, str | bytes) else payload or {}
+        with one_at_a_time:
+            stack.invocations.append(name)
+            try:
+                result = stack.invoke(name, event)
+            except Exception as exc:
+                error = {"errorType": type(exc).__name__, "errorMessage": str(exc)}
+                return {"StatusCode": 200, "FunctionError": "Unhandled", "Payload": error}
+        return {"StatusCode": 200, "Payload": json.loads(json.dumps(result))}
+
+    return invoke
+
+
+class FailingDestination(RecordingDestination):
+    """Refuses our credentials (401) for any request holding one of ``auth_fail_keys``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.auth_fail_keys: set[str] = set()
+
+    def write(self, changes: Sequence[Change]) -> list[Outcome]:
+        if any(c.key in self.auth_fail_keys for c in changes):
+            self.requests.append([c.key for c in changes])
+            raise DestinationAuthError("HubSpot answered 401")
+        return super().write(changes)
+
+
+# ---- the runs --------------------------------------------------------------------------------
+
+
+def test_happy_path_delivers_every_batch_and_commits(
+    aws: None, make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 120 changed rows, in batches of 50
+    project = make_project(rows=contacts_rows(120))
+    destination = RecordingDestination()
+    stack = build_stack(project, lambda sync: destination, monkeypatch)
+    # When the state machine runs the sync
+    execution = stack.run()
+    # Then it succeeds: three batches delivered through the map, one commit
+    assert execution["status"] == "SUCCEEDED", execution
+    output = json.loads(execution["output"])
+    assert output["plan"]["batches"] == 3 and output["plan"]["changes"] == 120
+    assert output["run"] == {
+        "status": "succeeded",
+        "delivered": 120,
+        "rejected": 0,
+        "skipped": 0,
+        "undelivered": 0,
+    }
+    assert sorted(stack.invocations) == ["commit", "deliver", "deliver", "deliver", "plan"]
+    assert len(destination.records) == 120 and len(snapshot(project)) == 120
+    # and the run history in DynamoDB says so; the lock was released
+    (record,) = stack.rt.state.runs("contacts")
+    assert (record.status, record.delivered, record.planned["added"]) == ("succeeded", 120, 120)
+    # When it runs again with nothing changed, the Choice skips Deliver
+    stack.invocations.clear()
+    again = stack.run()
+    assert again["status"] == "SUCCEEDED" and stack.invocations == ["plan", "commit"]
+    assert json.loads(again["output"])["run"]["status"] == "succeeded"
+    # and each finished run was announced on EventBridge with its counts, never its records
+    announced = [json.loads(m["Body"]) for m in stack.drain(stack.finished_queue)]
+    assert sorted((e["detail-type"], e["detail"]["delivered"]) for e in announced) == [
+        ("SyncRun Finished", 0),
+        ("SyncRun Finished", 120),
+    ]
+    assert set(announced[0]["detail"]) == {
+        "sync",
+        "run_id",
+        "status",
+        "delivered",
+        "rejected",
+        "skipped",
+        "undelivered",
+    }
+
+
+def test_transient_failure_is_retried_by_the_state_machine_then_succeeds(
+    aws: None, make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = make_project(rows=contacts_rows(100))
+    destination = RecordingDestination()
+    outages = [DestinationUnavailable("HubSpot answered 503")]
+
+    def destinations(sync: SyncSpec) -> Destination:
+        # Given the destination is unreachable once, before delivery starts (no in-process retry)
+        if outages:
+            raise outages.pop()
+        return destination
+
+    stack = build_stack(project, destinations, monkeypatch)
+    # When the sync runs
+    execution = stack.run()
+    # Then the failed Deliver was retried by Step Functions and every record delivered
+    assert execution["status"] == "SUCCEEDED", execution
+    assert stack.invocations.count("deliver") == 3  # two batches, one retried
+    assert json.loads(execution["output"])["run"]["delivered"] == 100
+    history = stack.sfn.get_execution_history(executionArn=execution["executionArn"])["events"]
+    assert stack.drain(stack.dead_letter_queue) == []
+    assert len(snapshot(project)) == 100 and history
+
+
+def test_permanent_batch_failure_goes_to_the_dead_letter_queue_while_the_rest_commits(
+    aws: None, make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a destination that refuses our credentials for the batch holding key 77
+    project = make_project(rows=contacts_rows(150))
+    destination = FailingDestination()
+    destination.auth_fail_keys = {"77"}
+    stack = build_stack(project, lambda sync: destination, monkeypatch)
+    # When the sync runs
+    execution = stack.run()
+    # Then the run goes on: the other two batches are delivered and committed
+    assert execution["status"] == "SUCCEEDED", execution
+    run = json.loads(execution["output"])["run"]
+    assert (run["delivered"], run["undelivered"]) == (100, 50)
+    (message,) = stack.drain(stack.dead_letter_queue)
+    failed = json.loads(message["Body"])
+    assert failed["error"] == "DestinationAuthError" and "HubSpot answered 401" in failed["cause"]
+    assert (
+        failed["sync"] == "contacts" and failed["run_id"] == json.loads(execution["output"])["plan"]["run_id"]
+    )
+    held = {c[0] for c in stack.rt.store.get_json(failed["batch"])["changes"]}
+    assert "77" in held and len(held) == 50
+    # and exactly the failed batch's records are missing from the snapshot: the next run plans them again
+    assert set(snapshot(project)) == {str(i) for i in range(1, 151)} - held
+    destination.auth_fail_keys = set()
+    assert json.loads(stack.run()["output"])["plan"]["changes"] == 50
+
+
+def test_redriven_dead_letters_are_replayed_and_a_stale_one_is_skipped(
+    aws: None, make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a run where keys 4 and 8 were rejected
+    project = make_project(rows=contacts_rows(20))
+    destination = RecordingDestination()
+    destination.reject_keys = {"4", "8"}
+    stack = build_stack(project, lambda sync: destination, monkeypatch)
+    assert json.loads(stack.run()["output"])["run"]["rejected"] == 2
+    # and a later run that delivered a newer version of 4 (8 still rejected, dead-lettered twice now)
+    write_contacts(
+        project.root / "wh.duckdb",
+        [(i, e, "Newer" if i == 4 else f, s, v) for i, e, f, s, v in contacts_rows(20)],
+    )
+    destination.reject_keys = {"8"}
+    stack.run()
+    # When the operator redrives the DLQ to the ReplayQueue (moto lacks StartMessageMoveTask: move by hand)
+    destination.reject_keys = set()
+    moved = stack.drain(stack.dead_letter_queue)
+    assert sorted(json.loads(m["Body"])["key"] for m in moved) == ["4", "8", "8"]
+    for message in moved:
+        stack.sqs.send_message(QueueUrl=stack.replay_queue, MessageBody=message["Body"])
+    received = stack.drain(stack.replay_queue)
+    event = {"Records": [sqs_record(m) for m in received]}
+    response = stack.invoke("replay", event)
+    # Then every message is processed: 8 delivered, the stale 4 skipped, no partial failures
+    assert response == {"batchItemFailures": []}
+    assert destination.records["4"]["firstname"] == "Newer" and "8" in snapshot(project)
+    assert stack.drain(stack.dead_letter_queue) == []
+    assert json.loads(stack.run()["output"])["plan"]["changes"] == 0
+
+
+def test_replay_reports_only_the_failing_message_as_a_batch_item_failure(
+    aws: None, make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = make_project(rows=contacts_rows(60))
+    destination = FailingDestination()
+    destination.auth_fail_keys = {"10"}
+    stack = build_stack(project, lambda sync: destination, monkeypatch)
+    stack.run()
+    (failed_batch,) = stack.drain(stack.dead_letter_queue)
+    # Given the whole-batch failure redriven, and one message for a sync that does not exist
+    bogus = dict(json.loads(failed_batch["Body"]), sync="nope")
+    event = {
+        "Records": [
+            sqs_record({"MessageId": "m1", "Body": failed_batch["Body"]}),
+            sqs_record({"MessageId": "m2", "Body": json.dumps(bogus)}),
+        ]
+    }
+    destination.auth_fail_keys = set()
+    # When replay handles them
+    response = stack.invoke("replay", event)
+    # Then the batch's 50 records are delivered and only the bogus message goes back to SQS
+    assert response == {"batchItemFailures": [{"itemIdentifier": "m2"}]}
+    assert len(snapshot(project)) == 60
+
+
+def sqs_record(message: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": "handle",
+        "body": message["Body"],
+        "attributes": {"ApproximateReceiveCount": "1"},
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": f"arn:aws:sqs:{REGION}:{ACCOUNT}:syncback-{ENV}-replay",
+        "awsRegion": REGION,
+    }
+
+
+# ---- triggers and overlap -------------------------------------------------------------------
+
+
+def test_sqs_and_s3_triggers_start_the_right_syncs(
+    aws: None, make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = make_project(rows=contacts_rows(10))
+    destination = RecordingDestination()
+    stack = build_stack(project, lambda sync: destination, monkeypatch)
+    # Given a sync-request message, as the events/trigger.json sample but for this project
+    sample = json.loads((ROOT / "events/trigger.json").read_text())
+    sample["Records"][0]["body"] = json.dumps({"sync": "contacts", "full_resync": False})
+    # When the trigger handles it, Then one execution of that sync runs and delivers
+    (arn,) = stack.invoke("trigger", sample)["executions"]
+    assert stack.wait(arn)["status"] == "SUCCEEDED" and len(destination.records) == 10
+    # Given dbt built analytics.contacts and another model
+    run_results = {
+        "results": [
+            {"unique_id": "model.shop.contacts", "status": "success"},
+            {"unique_id": "model.shop.orders", "status": "success"},
+        ]
+    }
+    stack.s3.put_object(Bucket=BUCKET, Key="dbt/run_results.json", Body=json.dumps(run_results))
+    s3_event = json.loads((ROOT / "events/trigger_s3.json").read_text())
+    (started,) = stack.invoke("trigger", s3_event)["executions"]
+    assert json.loads(stack.sfn.describe_execution(executionArn=started)["input"])["sync"] == "contacts"
+    stack.wait(started)
+    # and a run of a model nobody syncs starts nothing
+    stack.s3.put_object(
+        Bucket=BUCKET,
+        Key="dbt/run_results.json",
+        Body=json.dumps({"results": [{"unique_id": "model.shop.orders", "status": "success"}]}),
+    )
+    assert stack.invoke("trigger", s3_event) == {"executions": []}
+    # and a request for a sync that does not exist fails the request without starting anything
+    with pytest.raises(ConfigError, match="no sync called 'nope'"):
+        stack.invoke("trigger", {"sync": "nope"})
+    assert len(stack.sfn.list_executions(stateMachineArn=stack.state_machine)["executions"]) == 2
+
+
+def test_a_second_run_of_one_sync_is_skipped_and_recorded(
+    aws: None, make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = make_project(rows=contacts_rows(10))
+    destination = RecordingDestination()
+    stack = build_stack(project, lambda sync: destination, monkeypatch)
+    state = stack.rt.state
+    assert isinstance(state, DynamoStateStore)
+    # Given a run of the sync holds the lock
+    state.acquire("contacts", "20261123T000000Z-aaaaaa")
+    # When another execution starts
+    execution = stack.run()
+    # Then it ends as Skipped without delivering anything, and the skip is in the run history
+    assert execution["status"] == "SUCCEEDED" and "skipped" in json.loads(execution["output"])
+    assert stack.invocations == ["plan"] and destination.requests == []
+    assert [r.status for r in state.runs("contacts")] == ["skipped"]
+    # and once the first run releases the lock, the next one runs
+    state.release("contacts", "20261123T000000Z-aaaaaa")
+    assert json.loads(stack.run()["output"])["run"]["delivered"] == 10
+
+
+def test_a_lock_left_by_a_crashed_run_expires_with_its_lease(
+    aws: None, make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = make_project(rows=contacts_rows(10))
+    stack = build_stack(project, lambda sync: RecordingDestination(), monkeypatch)
+    state = stack.rt.state
+    assert isinstance(state, DynamoStateStore)
+    # Given a run took the lock 10 minutes ago and crashed (the lease is 5 minutes here)
+    crashed = DynamoStateStore(RUNS_TABLE, state.client, lease_minutes=5, clock=lambda: time.time() - 600)
+    crashed.acquire("contacts", "20261123T000000Z-crashd")
+    # When the next run starts, Then it takes the expired lock and runs
+    execution = stack.run()
+    assert json.loads(execution["output"])["run"]["delivered"] == 10
+
+
+def test_a_plan_that_fails_fails_the_execution_records_it_and_releases_the_lock(
+    aws: None, make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a model whose SQL fails
+    project = make_project(rows=contacts_rows(3), table=None, model="select * from analytics.nope")
+    stack = build_stack(project, lambda sync: RecordingDestination(), monkeypatch)
+    # When it runs, Then the execution fails with exactly the engine's error name (the failed-runs alarm)
+    execution = stack.run()
+    assert (execution["status"], execution["error"]) == ("FAILED", "ModelError")
+    (record,) = stack.rt.state.runs("contacts")
+    assert record.status == "failed" and (record.error or "").startswith("ModelError: ")
+    # and the lock is free for the next run once the model is fixed
+    write_contacts(project.root / "wh.duckdb", contacts_rows(3))
+    monkeypatch.setattr(stack.rt, "project", make_project(rows=contacts_rows(3)))
+    assert json.loads(stack.run()["output"])["run"]["delivered"] == 3
+
+
+def test_the_lambda_runtime_is_built_from_the_environment(aws: None, make_project: ProjectFactory) -> None:
+    # Given the environment the template gives every function
+    project = make_project(rows=contacts_rows(1))
+    environ = {
+        "BATCH_BUCKET": BUCKET,
+        "RUNS_TABLE": RUNS_TABLE,
+        "BUDGETS_TABLE": f"syncback-{ENV}-budgets",
+        "DEAD_LETTER_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/dlq",
+        "SYNCBACK_PROJECT": str(project.root),
+    }
+    # When a handler builds its runtime
+    rt = lambda_runtime(LambdaSettings.from_env(environ))
+    # Then it reads the packaged project and runs against S3, DynamoDB (history, lock, shared budget) and SQS
+    assert list(rt.project.syncs) == ["contacts"]
+    assert isinstance(rt.store, S3BatchStore) and rt.store.bucket == BUCKET
+    assert isinstance(rt.state, DynamoStateStore) and rt.state.lease_s == 120 * 60
+    assert isinstance(rt.budget(rt.project.sync("contacts")), DynamoRateBudget)
+    assert LambdaSettings.from_env({**environ, "SYNCBACK_PROJECT": "/opt"}).project == Path("/opt")
+
+
+def test_dead_letters_can_be_listed_without_consuming_them(
+    aws: None, make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = make_project(rows=contacts_rows(10))
+    destination = RecordingDestination()
+    destination.reject_keys = {"3"}
+    stack = build_stack(project, lambda sync: destination, monkeypatch)
+    stack.run()
+    # When the CLI lists the sync's dead letters, Then it sees the rejection and its reason
+    (letter,) = stack.rt.state.dead_letters("contacts")
+    assert (letter.key, letter.reason) == ("3", "VALIDATION_ERROR: not valid")
+    # and the message is still there for a redrive
+    assert len(stack.drain(stack.dead_letter_queue)) == 1
+
+
+@pytest.mark.parametrize("name", ["plan", "deliver", "commit", "trigger", "trigger_s3", "replay"])
+def test_every_sample_event_is_valid_for_its_handler(
+    aws: None, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncback.aws import FailedBatch, requested_runs
+    from syncback.spec import load_project
+    from syncback.state import DeadLetter
+
+    for variable in ("BATCH_BUCKET", "RUNS_TABLE", "DEAD_LETTER_QUEUE_URL"):
+        monkeypatch.setenv(variable, "sample")
+    event = json.loads((ROOT / "events" / f"{name}.json").read_text())
+    project = load_project(ROOT / "project")
+    if name in ("plan", "deliver", "commit"):
+        module = load_handler(name)
+        model = {"plan": "PlanEvent", "deliver": "DeliverEvent", "commit": "CommitEvent"}[name]
+        assert getattr(module, model).model_validate(event).sync in project.syncs
+    elif name.startswith("trigger"):
+
+        class Store:
+            def get_json(self, key: str) -> Any:
+                assert key == "dbt/run_results.json"
+                return {"results": [{"unique_id": "model.shop.contacts", "status": "success"}]}
+
+        rt = Runtime(project, Store(), stack_less_state())  # type: ignore[arg-type]
+        assert [r.sync for r in requested_runs(event, rt)] == ["contacts_to_hubspot"]
+    else:
+        bodies = [json.loads(r["body"]) for r in event["Records"]]
+        assert DeadLetter(**bodies[0]).sync in project.syncs
+        assert FailedBatch.model_validate(bodies[1]).error == "DestinationAuthError"
+
+
+def stack_less_state() -> DynamoStateStore:
+    return DynamoStateStore(RUNS_TABLE, boto3.client("dynamodb", region_name=REGION))
+
+
+def test_a_failed_deliver_map_still_commits_announces_and_fails_the_execution(
+    aws: None, make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = make_project(rows=contacts_rows(60))
+    destination = RecordingDestination()
+    stack = build_stack(project, lambda sync: destination, monkeypatch)
+    # Given the manifest never reaches S3, so the Distributed Map's ItemReader fails
+    real_put = stack.rt.store.put_json
+
+    def put_json(key: str, document: Any) -> None:
+        if not key.endswith("/manifest.json"):
+            real_put(key, document)
+
+    monkeypatch.setattr(stack.rt.store, "put_json", put_json)
+    # When the sync runs
+    execution = stack.run()
+    # Then the run is committed as failed with the map's error, nothing delivered, and the execution fails
+    assert (execution["status"], execution["error"]) == ("FAILED", "DeliveryFailed")
+    (record,) = stack.rt.state.runs("contacts")
+    assert (record.status, record.delivered, record.undelivered) == ("failed", 0, 60)
+    assert record.error and record.error.startswith("States.")
+    (announced,) = [json.loads(m["Body"]) for m in stack.drain(stack.finished_queue)]
+    assert announced["detail"]["status"] == "failed"
+    # and the lock is free: the next run (manifest restored) delivers everything
+    monkeypatch.setattr(stack.rt.store, "put_json", real_put)
+    assert json.loads(stack.run()["output"])["run"]["delivered"] == 60
