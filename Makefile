@@ -42,5 +42,9 @@ typecheck: $(STAMP)
 schema: $(STAMP)
 	$(BIN)/python -m syncback.cli schema
 
+# not part of make test: one table of measurements, also written to bench/results.md
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
 clean:
 	rm -rf $(VENV) $(TOOLS) .aws-sam example/warehouse.duckdb example/.syncback

@@ -41,12 +41,13 @@ class DynamoRateBudget:
         self._clock = clock
         self._sleep = sleep
 
-    def acquire(self) -> None:
-        """Reserve the next slot on the shared schedule, then wait for it."""
+    def acquire(self) -> float:
+        """Reserve the next slot on the shared schedule, wait for it, and return its time."""
         slot = self._move(lambda opens, now: max(opens, now), self.interval)
         wait = slot - self._clock()
         if wait > 0:
             self._sleep(wait)
+        return slot
 
     def pause(self, seconds: float) -> None:
         """Hold every deliverer of this budget for ``seconds`` from now."""
