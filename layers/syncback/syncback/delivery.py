@@ -27,8 +27,8 @@ Clock = Callable[[], float]
 class Budget(Protocol):
     """A request budget one or many deliverers share."""
 
-    def acquire(self) -> None:
-        """Block until one more request may start, and count it."""
+    def acquire(self) -> float:
+        """Block until one more request may start, count it, and return when its slot began."""
         ...
 
     def pause(self, seconds: float) -> None:
@@ -60,8 +60,8 @@ class RateBudget:
         self._clock = clock
         self._sleep = sleep
 
-    def acquire(self) -> None:
-        """Block until one more request fits in the window, then count it."""
+    def acquire(self) -> float:
+        """Block until one more request fits in the window, count it, and return that time."""
         while True:
             with self._lock:
                 now = self._clock()
@@ -70,7 +70,7 @@ class RateBudget:
                 wait = self._paused_until - now
                 if wait <= 0 and len(self._sent) < self.requests:
                     self._sent.append(now)
-                    return
+                    return now
                 if wait <= 0:
                     wait = self.window - (now - self._sent[0])
             self._sleep(max(wait, 0.001))
