@@ -57,6 +57,28 @@ def write_contacts(path: Path, rows: list[tuple[Any, ...]]) -> None:
     con.close()
 
 
+def write_project(
+    root: Path, sync: dict[str, Any], rows: list[tuple[Any, ...]] | None = None, file: str = "contacts"
+) -> Path:
+    """Write a project on a DuckDB warehouse (``wh.duckdb``) with one sync; return its folder.
+
+    ``rows`` fill ``analytics.contacts`` (see ``contacts_rows``); the sync goes to ``syncs/<file>.yaml``.
+    """
+    (root / "syncs").mkdir(parents=True, exist_ok=True)
+    (root / "syncback.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "warehouses": {"local": {"type": "duckdb", "path": "wh.duckdb"}},
+                "state": {"warehouse": "local", "schema": "syncback"},
+            }
+        )
+    )
+    (root / "syncs" / f"{file}.yaml").write_text(yaml.safe_dump(sync, allow_unicode=True))
+    if rows is not None:
+        write_contacts(root / "wh.duckdb", rows)
+    return root
+
+
 ProjectFactory = Callable[..., Project]
 
 
@@ -66,19 +88,6 @@ def make_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ProjectFact
     monkeypatch.setenv("HUBSPOT_TOKEN", "test-token")
 
     def factory(rows: list[tuple[Any, ...]] | None = None, **overrides: Any) -> Project:
-        (tmp_path / "syncs").mkdir(exist_ok=True)
-        (tmp_path / "syncback.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "warehouses": {"local": {"type": "duckdb", "path": "wh.duckdb"}},
-                    "state": {"warehouse": "local", "schema": "syncback"},
-                }
-            )
-        )
-        spec = {**BASE_SYNC, **overrides}
-        (tmp_path / "syncs" / "contacts.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True))
-        if rows is not None:
-            write_contacts(tmp_path / "wh.duckdb", rows)
-        return load_project(tmp_path)
+        return load_project(write_project(tmp_path, {**BASE_SYNC, **overrides}, rows))
 
     return factory

@@ -7,11 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from syncback.cli import main
 from syncback.sandbox.hubspot import Faults, HubSpotSandbox
-from tests.conftest import BASE_SYNC, contacts_rows, write_contacts
+from tests.conftest import BASE_SYNC, contacts_rows, write_contacts, write_project
 
 
 @pytest.fixture
@@ -23,19 +22,9 @@ def sandbox() -> Iterator[HubSpotSandbox]:
 @pytest.fixture
 def project(tmp_path: Path, sandbox: HubSpotSandbox, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HUBSPOT_TOKEN", "cli-token")
-    (tmp_path / "syncs").mkdir()
-    (tmp_path / "syncback.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "warehouses": {"local": {"type": "duckdb", "path": "wh.duckdb"}},
-                "state": {"warehouse": "local"},
-            }
-        )
-    )
     destination = {**BASE_SYNC["destination"], "base_url": sandbox.url}
     spec = {**BASE_SYNC, "destination": destination, "mode": "mirror", "guards": {"max_delete_pct": 20}}
-    (tmp_path / "syncs" / "contacts.yaml").write_text(yaml.safe_dump(spec))
-    write_contacts(tmp_path / "wh.duckdb", contacts_rows(250))
+    write_project(tmp_path, spec, contacts_rows(250))
     return tmp_path
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import duckdb
 import pytest
-import yaml
 
 from syncback.batches import LocalBatchStore
 from syncback.delivery import RetryPolicy
@@ -20,6 +19,7 @@ from syncback.runner import Runtime, run_sync
 from syncback.sandbox.hubspot import HubSpotSandbox
 from syncback.spec import load_project
 from syncback.state import LocalStateStore
+from tests.conftest import write_project
 from tests.fakes.webhook_receiver import WebhookReceiver
 
 LONG = "x" * 10_000 + "✓"
@@ -95,33 +95,24 @@ def test_every_destination_passes_the_nasty_rows(
     spec, held = destination
     monkeypatch.setenv("NASTY_TOKEN", "nasty-token")
     monkeypatch.setenv("NASTY_SECRET", "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=")
-    (tmp_path / "syncs").mkdir()
-    (tmp_path / "syncback.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "warehouses": {"local": {"type": "duckdb", "path": "wh.duckdb"}},
-                "state": {"warehouse": "local"},
-            }
-        )
-    )
-    (tmp_path / "syncs" / "people.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "name": "people",
-                "warehouse": "local",
-                "table": "analytics.people",
-                "primary_key": "id",
-                "destination": spec,
-                "batch_size": 4,
-                "mapping": {
-                    "email": {"column": "email", "transform": ["trim", "lower"]},
-                    "customer_id": "id",
-                    "firstname": "name",
-                    "score": "score",
-                    "big": "big",
-                },
-            }
-        )
+    write_project(
+        tmp_path,
+        {
+            "name": "people",
+            "warehouse": "local",
+            "table": "analytics.people",
+            "primary_key": "id",
+            "destination": spec,
+            "batch_size": 4,
+            "mapping": {
+                "email": {"column": "email", "transform": ["trim", "lower"]},
+                "customer_id": "id",
+                "firstname": "name",
+                "score": "score",
+                "big": "big",
+            },
+        },
+        file="people",
     )
     write_model(tmp_path / "wh.duckdb", NASTY)
     project = load_project(tmp_path)

@@ -6,11 +6,10 @@ import logging
 from pathlib import Path
 
 import pytest
-import yaml
 
 from syncback.cli import main
 from syncback.sandbox.hubspot import Faults, HubSpotSandbox
-from tests.conftest import BASE_SYNC, contacts_rows, write_contacts
+from tests.conftest import BASE_SYNC, contacts_rows, write_project
 
 TOKEN = "pat-na1-0b7c5e1d-very-secret-token"
 
@@ -27,20 +26,8 @@ def test_a_run_logs_no_token_and_no_mapped_value(
     rows = contacts_rows(300)
     with HubSpotSandbox(token=TOKEN) as sandbox:
         sandbox.set_faults(Faults(rate_5xx=0.2, reject_values={"user9@example.com"}, seed=3))
-        (tmp_path / "syncs").mkdir()
-        (tmp_path / "syncback.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "warehouses": {"local": {"type": "duckdb", "path": "wh.duckdb"}},
-                    "state": {"warehouse": "local"},
-                }
-            )
-        )
         destination = {**BASE_SYNC["destination"], "base_url": sandbox.url}
-        (tmp_path / "syncs" / "contacts.yaml").write_text(
-            yaml.safe_dump({**BASE_SYNC, "destination": destination})
-        )
-        write_contacts(tmp_path / "wh.duckdb", rows)
+        write_project(tmp_path, {**BASE_SYNC, "destination": destination}, rows)
         # When it runs
         main(["--project", str(tmp_path), "run", "contacts"])
     # Then lines were logged (with the keys and counts), and none holds the token or a value

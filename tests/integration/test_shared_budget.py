@@ -85,37 +85,26 @@ def test_separate_budgets_do_not_wait_for_each_other(dynamodb: Any) -> None:
 def test_a_run_through_the_shared_budget_meets_no_429(
     dynamodb: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import yaml
 
     from syncback.batches import LocalBatchStore
     from syncback.runner import Runtime, run_sync
     from syncback.sandbox.hubspot import HubSpotSandbox
     from syncback.spec import load_project
     from syncback.state import LocalStateStore
-    from tests.conftest import BASE_SYNC, contacts_rows, write_contacts
+    from tests.conftest import BASE_SYNC, contacts_rows, write_project
 
     monkeypatch.setenv("HUBSPOT_TOKEN", "t")
     with HubSpotSandbox(token="t", requests_per_window=20, window_seconds=1.0) as sandbox:
         # Given a sandbox enforcing 20 requests per rolling second, and a spec saying so
-        (tmp_path / "syncs").mkdir()
-        (tmp_path / "syncback.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "warehouses": {"local": {"type": "duckdb", "path": "wh.duckdb"}},
-                    "state": {"warehouse": "local"},
-                }
-            )
-        )
         destination = {
             **BASE_SYNC["destination"],
             "base_url": sandbox.url,
             "concurrency": 4,
             "rate_limit": {"requests": 20, "per_seconds": 1.0},
         }
-        (tmp_path / "syncs" / "contacts.yaml").write_text(
-            yaml.safe_dump({**BASE_SYNC, "destination": destination, "batch_size": 500})
+        write_project(
+            tmp_path, {**BASE_SYNC, "destination": destination, "batch_size": 500}, contacts_rows(5_000)
         )
-        write_contacts(tmp_path / "wh.duckdb", contacts_rows(5_000))
         project = load_project(tmp_path)
         rt = Runtime(
             project,

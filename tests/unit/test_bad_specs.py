@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from syncback.cli import main
-from tests.conftest import BASE_SYNC, contacts_rows, write_contacts
+from tests.conftest import BASE_SYNC, contacts_rows, write_project
 
 HUB = BASE_SYNC["destination"]
 HOOK = {"type": "webhook", "url": "https://hooks.example.com/x"}
@@ -91,16 +90,7 @@ def test_validate_names_file_field_and_fix(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: dict[str, Any], field: str, words: str
 ) -> None:
     # Given a project whose one sync has one mistake
-    (tmp_path / "syncs").mkdir()
-    (tmp_path / "syncback.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "warehouses": {"local": {"type": "duckdb", "path": "wh.duckdb"}},
-                "state": {"warehouse": "local"},
-            }
-        )
-    )
-    (tmp_path / "syncs" / "contacts.yaml").write_text(yaml.safe_dump(spec))
+    write_project(tmp_path, spec)
     # When it is validated: Then validate exits 2 with a `file: field: message` line for it
     assert main(["--project", str(tmp_path), "validate", "--offline"]) == 2
     lines = capsys.readouterr().err.splitlines()
@@ -127,17 +117,7 @@ def test_there_are_at_least_thirty_malformed_specs() -> None:
 def test_validate_checks_the_model_in_the_warehouse(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: dict[str, Any], field: str, words: str
 ) -> None:
-    (tmp_path / "syncs").mkdir()
-    (tmp_path / "syncback.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "warehouses": {"local": {"type": "duckdb", "path": "wh.duckdb"}},
-                "state": {"warehouse": "local"},
-            }
-        )
-    )
-    (tmp_path / "syncs" / "contacts.yaml").write_text(yaml.safe_dump(spec))
-    write_contacts(tmp_path / "wh.duckdb", contacts_rows(3))
+    write_project(tmp_path, spec, contacts_rows(3))
     assert main(["--project", str(tmp_path), "validate"]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert any(line.startswith(f"syncs/contacts.yaml: {field}: ") and words in line for line in lines), lines
