@@ -53,7 +53,12 @@ def write_contacts(path: Path, rows: list[tuple[Any, ...]]) -> None:
         "lead_score integer, lifetime_value double)"
     )
     if rows:
-        con.executemany("insert into analytics.contacts values (?, ?, ?, ?, ?)", rows)
+        # one statement over column lists: executemany takes seconds for 20,000 rows
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        con.execute(
+            "insert into analytics.contacts select unnest(?), unnest(?), unnest(?), unnest(?), unnest(?)",
+            columns,
+        )
     con.close()
 
 

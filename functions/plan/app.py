@@ -10,8 +10,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
-from syncback.aws import LambdaSettings, lambda_runtime, start_run
+from syncback.aws import LambdaSettings, lambda_runtime
 from syncback.runner import Runtime, new_run_id
+from syncback.steps import start_run
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()

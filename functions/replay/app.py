@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -12,9 +11,9 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from syncback.aws import FailedBatch, LambdaSettings, lambda_runtime, letters_of_failed_batch
+from syncback.aws import LambdaSettings, lambda_runtime
 from syncback.runner import Runtime, replay
-from syncback.state import DeadLetter
+from syncback.steps import letters_of_message
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()
@@ -30,15 +29,8 @@ def runtime() -> Runtime:
 
 def replay_message(record: SQSRecord) -> None:
     """Replay one message: a rejected record (DeadLetter) or a batch that failed whole (FailedBatch)."""
-    body = json.loads(record.body)
-    rt = runtime()
-    if "batch" in body:
-        failed = FailedBatch.model_validate(body)
-        sync, letters = failed.sync, letters_of_failed_batch(rt, failed)
-    else:
-        letter = DeadLetter(**body)
-        sync, letters = letter.sync, [letter]
-    result = replay(rt, sync, letters)
+    sync, letters = letters_of_message(runtime(), record.body)
+    result = replay(runtime(), sync, letters)
     logger.info("replayed", extra={"sync": sync, "delivered": result.delivered, "stale": result.stale})
     metrics.add_metric("replayed", MetricUnit.Count, result.delivered)
     metrics.add_metric("replay_stale", MetricUnit.Count, result.stale)

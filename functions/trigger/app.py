@@ -11,8 +11,9 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from syncback.aws import LambdaSettings, lambda_runtime, requested_runs
+from syncback.aws import LambdaSettings, lambda_runtime
 from syncback.runner import Runtime
+from syncback.steps import requested_runs
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()

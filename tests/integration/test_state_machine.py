@@ -1,237 +1,44 @@
 """The real SyncRun ASL in moto's Step Functions interpreter, with the five handlers run in-process.
 
-moto cannot run Lambda code, so ``_invoke_lambda_function`` of moto's Step Functions parser (the
-call behind ``arn:aws:states:::lambda:invoke``) is patched to call our handlers here, turning an
-exception into a Lambda ``FunctionError`` whose ``errorType`` is the class name, as the Lambda
-Python runtime does. The resources are created by boto3 under the template's names. moto runs
-the Distributed Map with ``ItemReader`` from S3 for real, so the Deliver step is the deployed one.
+How the stack is built and the handlers are invoked is in ``sfn_harness``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Final
+from typing import Any
 
 import boto3
-import duckdb
 import pytest
-from moto import mock_aws
-from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 
 from syncback.aws import DynamoStateStore, LambdaSettings, S3BatchStore, lambda_runtime
-from syncback.delivery import RetryPolicy
 from syncback.destinations.base import Change, Destination, Outcome
 from syncback.errors import ConfigError, DestinationAuthError, DestinationUnavailable
 from syncback.runner import Runtime
 from syncback.shared_budget import DynamoRateBudget
-from syncback.spec import Project, SyncSpec
+from syncback.spec import SyncSpec
 from tests.conftest import ProjectFactory, contacts_rows, write_contacts
 from tests.fakes.recording import RecordingDestination
-
-ROOT = Path(__file__).resolve().parents[2]
-REGION: Final = "eu-west-1"
-ACCOUNT = "123456789012"
-ENV = "test"
-BUCKET = f"syncback-{ENV}-batches-{ACCOUNT}"
-RUNS_TABLE = f"syncback-{ENV}-runs"
-FUNCTIONS = ("plan", "deliver", "commit", "trigger", "replay")
-#: the template's DefinitionSubstitutions, with retry waits short enough for a test
-TEST_SUBSTITUTIONS = {
-    "TransientRetryIntervalSeconds": "1",
-    "TransientRetryMaxAttempts": "3",
-    "TransientRetryMaxDelaySeconds": "1",
-    "LambdaRetryIntervalSeconds": "1",
-    "RunTimeoutSeconds": "300",
-    "EventBusName": "default",
-}
-
-
-def render_asl(substitutions: dict[str, str]) -> str:
-    """Return the ASL with ``${Name}`` replaced, as CloudFormation's DefinitionSubstitutions do."""
-    text = (ROOT / "infra/statemachine/sync.asl.json").read_text()
-    for name, value in substitutions.items():
-        text = text.replace("${" + name + "}", value)
-    assert "${" not in text, "a substitution is missing"
-    return text
-
-
-@dataclass
-class FakeContext:
-    function_name: str
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = ""
-    aws_request_id: str = "req-1"
-
-
-def load_handler(name: str) -> ModuleType:
-    """Import ``functions/<name>/app.py`` under a unique module name (they are all called app)."""
-    spec = importlib.util.spec_from_file_location(f"syncback_fn_{name}", ROOT / "functions" / name / "app.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@dataclass
-class Stack:
-    """The moto resources under the template's names, the handlers, and the runtime they share."""
-
-    rt: Runtime
-    sfn: Any
-    sqs: Any
-    s3: Any
-    state_machine: str
-    dead_letter_queue: str
-    replay_queue: str
-    finished_queue: str
-    handlers: dict[str, ModuleType]
-    invocations: list[str]
-
-    def run(self, sync: str = "contacts", full_resync: bool = False) -> dict[str, Any]:
-        """Start an execution and return its description once it has finished."""
-        arn = self.sfn.start_execution(
-            stateMachineArn=self.state_machine,
-            name=f"{sync}-{uuid.uuid4().hex[:12]}",  # moto names every unnamed execution "None"
-            input=json.dumps({"sync": sync, "full_resync": full_resync}),
-        )["executionArn"]
-        return self.wait(arn)
-
-    def wait(self, arn: str, timeout_s: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            description: dict[str, Any] = self.sfn.describe_execution(executionArn=arn)
-            if description["status"] != "RUNNING":
-                return description
-            time.sleep(0.05)
-        raise AssertionError(f"execution {arn} still running after {timeout_s}s")
-
-    def drain(self, queue: str) -> list[dict[str, Any]]:
-        """Receive (and delete) every message of ``queue``."""
-        messages: list[dict[str, Any]] = []
-        while True:
-            batch = self.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
-            if not batch:
-                return messages
-            for message in batch:
-                self.sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
-            messages += batch
-
-    def invoke(self, name: str, event: dict[str, Any]) -> Any:
-        return self.handlers[name].handler(event, FakeContext(f"syncback-{ENV}-{name}"))
-
-
-def snapshot(project: Project) -> dict[str, str]:
-    con = duckdb.connect(str(project.root / "wh.duckdb"))
-    rows = con.execute("select key, row_hash from syncback.snapshot__contacts").fetchall()
-    con.close()
-    return dict(rows)
+from tests.integration.sfn_harness import (
+    BUCKET,
+    ENV,
+    REGION,
+    ROOT,
+    RUNS_TABLE,
+    build_stack,
+    load_handler,
+    mocked_aws,
+    snapshot,
+    sqs_record,
+)
 
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name, value in {
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "POWERTOOLS_TRACE_DISABLED": "true",
-        "POWERTOOLS_METRICS_NAMESPACE": "syncback",
-        "POWERTOOLS_SERVICE_NAME": "syncback",
-        "POWERTOOLS_LOG_LEVEL": "WARNING",
-    }.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
-        yield
-
-
-def build_stack(project: Project, destinations: Callable[[SyncSpec], Destination], monkeypatch: Any) -> Stack:
-    s3 = boto3.client("s3", region_name=REGION)
-    s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-    ddb = boto3.client("dynamodb", region_name=REGION)
-    ddb.create_table(
-        TableName=RUNS_TABLE,
-        KeySchema=[
-            {"AttributeName": "sync", "KeyType": "HASH"},
-            {"AttributeName": "run_id", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "sync", "AttributeType": "S"},
-            {"AttributeName": "run_id", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    sqs = boto3.client("sqs", region_name=REGION)
-    dlq = sqs.create_queue(QueueName=f"syncback-{ENV}-dead-letters")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    replay_queue = sqs.create_queue(
-        QueueName=f"syncback-{ENV}-replay",
-        Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 3})},
-    )["QueueUrl"]
-    finished = sqs.create_queue(QueueName=f"syncback-{ENV}-finished-runs")["QueueUrl"]
-    finished_arn = sqs.get_queue_attributes(QueueUrl=finished, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    events = boto3.client("events", region_name=REGION)
-    events.put_rule(Name="finished-runs", EventPattern=json.dumps({"source": ["syncback"]}))
-    events.put_targets(Rule="finished-runs", Targets=[{"Id": "queue", "Arn": finished_arn}])
-    function_arns = {
-        f"{n.capitalize()}FunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:syncback-{ENV}-{n}"
-        for n in FUNCTIONS
-    }
-    definition = render_asl({**TEST_SUBSTITUTIONS, **function_arns, "DeadLetterQueueUrl": dlq})
-    sfn = boto3.client("stepfunctions", region_name=REGION)
-    machine = sfn.create_state_machine(
-        name=f"syncback-{ENV}-sync-run", definition=definition, roleArn=f"arn:aws:iam::{ACCOUNT}:role/sfn"
-    )["stateMachineArn"]
-
-    for name, value in {
-        "BATCH_BUCKET": BUCKET,
-        "RUNS_TABLE": RUNS_TABLE,
-        "DEAD_LETTER_QUEUE_URL": dlq,
-        "SYNCBACK_PROJECT": str(project.root),
-        "STATE_MACHINE_ARN": machine,
-    }.items():
-        monkeypatch.setenv(name, value)
-    rt = Runtime(
-        project,
-        S3BatchStore(BUCKET, s3),
-        DynamoStateStore(RUNS_TABLE, ddb, dlq, sqs, lease_minutes=5),
-        retry=RetryPolicy(attempts=2, base_s=0, cap_s=0),
-        destination_factory=destinations,
-    )
-    handlers = {name: load_handler(name) for name in FUNCTIONS}
-    for module in handlers.values():
-        monkeypatch.setattr(module, "runtime", lambda: rt)
-    stack = Stack(rt, sfn, sqs, s3, machine, dlq, replay_queue, finished, handlers, [])
-    monkeypatch.setattr(lambda_eval_utils, "_invoke_lambda_function", in_process_lambda(stack))
-    return stack
-
-
-def in_process_lambda(stack: Stack) -> Callable[..., dict[str, Any]]:
-    """Return a stand-in for moto's Lambda invoke that runs our handler, one invocation at a time."""
-    one_at_a_time = threading.Lock()  # a Lambda sandbox runs one invocation at a time
-
-    def invoke(parameters: dict[str, Any], region: str, state_credentials: Any) -> dict[str, Any]:
-        name = parameters["FunctionName"].rsplit("-", 1)[-1]
-        payload = parameters.get("Payload")
-        event: dict[str, Any] = json.loads(payload) if isinstance(payload, str | bytes) else payload or {}
-        with one_at_a_time:
-            stack.invocations.append(name)
-            try:
-                result = stack.invoke(name, event)
-            except Exception as exc:
-                error = {"errorType": type(exc).__name__, "errorMessage": str(exc)}
-                return {"StatusCode": 200, "FunctionError": "Unhandled", "Payload": error}
-        return {"StatusCode": 200, "Payload": json.loads(json.dumps(result))}
-
-    return invoke
+    yield from mocked_aws(monkeypatch)
 
 
 class FailingDestination(RecordingDestination):
@@ -408,20 +215,6 @@ def test_replay_reports_only_the_failing_message_as_a_batch_item_failure(
     assert len(snapshot(project)) == 60
 
 
-def sqs_record(message: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "messageId": message["MessageId"],
-        "receiptHandle": "handle",
-        "body": message["Body"],
-        "attributes": {"ApproximateReceiveCount": "1"},
-        "messageAttributes": {},
-        "md5OfBody": "",
-        "eventSource": "aws:sqs",
-        "eventSourceARN": f"arn:aws:sqs:{REGION}:{ACCOUNT}:syncback-{ENV}-replay",
-        "awsRegion": REGION,
-    }
-
-
 # ---- triggers and overlap -------------------------------------------------------------------
 
 
@@ -554,9 +347,9 @@ def test_dead_letters_can_be_listed_without_consuming_them(
 def test_every_sample_event_is_valid_for_its_handler(
     aws: None, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from syncback.aws import FailedBatch, requested_runs
     from syncback.spec import load_project
     from syncback.state import DeadLetter
+    from syncback.steps import FailedBatch, requested_runs
 
     for variable in ("BATCH_BUCKET", "RUNS_TABLE", "DEAD_LETTER_QUEUE_URL"):
         monkeypatch.setenv(variable, "sample")

@@ -1,50 +1,39 @@
-"""The AWS side of the stores and of the Lambda steps: S3 batches, DynamoDB history, SQS dead letters.
+"""The AWS side of the stores: S3 batches, DynamoDB history and run lock, SQS dead letters.
 
 ``S3BatchStore`` and ``DynamoStateStore`` implement the protocols in ``batches`` and ``state``;
 ``LambdaSettings`` and ``lambda_runtime`` give every handler the same ``Runtime`` from its
-environment. boto3 clients are always passed in or made on first use, never at import.
+environment (the steps the handlers call are in ``steps``). boto3 clients are always passed in or
+made on first use, never at import.
 
 Run history: one item per run, partition key ``sync``, sort key ``run_id``. The run lock of a sync
 is one more item of the same table, sort key ``#lock``, written by a conditional put that holds a
 lease: a run that crashed without releasing it blocks its sync only until the lease expires.
 Dead letters: one SQS message per rejected record (the DeadLetter JSON); a batch that failed whole
-is sent by the state machine as a ``FailedBatch`` message instead, and replay reads both.
+is sent by the state machine as a ``steps.FailedBatch`` message instead, and replay reads both.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from syncback.batches import dumps, run_prefix
+from syncback.batches import dumps
 from syncback.delivery import Budget
-from syncback.errors import PermanentError, RunInProgress
-from syncback.planner import PlanResult, change_from_json
-from syncback.runner import Runtime, commit_run, plan_run, utcnow
+from syncback.errors import RunInProgress
+from syncback.runner import Runtime
 from syncback.shared_budget import DynamoRateBudget
-from syncback.spec import Project, load_project
-from syncback.state import DeadLetter, RunRecord
+from syncback.spec import load_project
+from syncback.state import DeadLetter, RunRecord, StateStore
 
 LOCK_SORT_KEY = "#lock"
 SQS_BATCH = 10
-
-
-def manifest_key(sync: str, run_id: str) -> str:
-    """Return the key of a run's manifest: the JSON array the Deliver map reads (ItemReader)."""
-    return f"{run_prefix(sync, run_id)}/manifest.json"
-
-
-def manifest(plan: PlanResult) -> list[dict[str, Any]]:
-    """Return the manifest of a plan: one item per batch, its key and how many changes it holds."""
-    return [{"batch": ref.key, "count": ref.count} for ref in plan.batches]
 
 
 # ---- batches, receipts and manifests in S3 --------------------------------------------------
@@ -82,7 +71,7 @@ class S3BatchStore:
 # ---- run history and the run lock in DynamoDB, dead letters in SQS ---------------------------
 
 
-class DynamoStateStore:
+class DynamoStateStore(StateStore):
     """Run history and the run lock in one DynamoDB table; dead letters as SQS messages."""
 
     def __init__(
@@ -210,15 +199,6 @@ class DynamoStateStore:
                 ExpressionAttributeValues={":o": {"S": owner}},
             )
 
-    @contextlib.contextmanager
-    def lock(self, sync: str) -> Iterator[None]:
-        owner = f"lock-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}"
-        self.acquire(sync, owner)
-        try:
-            yield
-        finally:
-            self.release(sync, owner)
-
 
 # ---- what the Lambda steps share ---------------------------------------------------------------
 
@@ -268,140 +248,3 @@ def lambda_runtime(settings: LambdaSettings) -> Runtime:
         ),
         budget_factory=budget_factory,
     )
-
-
-class FailedBatch(BaseModel):
-    """The message the state machine sends to the dead-letter queue when a batch fails whole."""
-
-    sync: str
-    run_id: str
-    batch: str
-    error: str
-    cause: str = ""
-    failed_at: str
-
-
-def letters_of_failed_batch(rt: Runtime, failed: FailedBatch) -> list[DeadLetter]:
-    """Return the records of a batch that failed whole, as dead letters ready for ``replay``."""
-    changes = [change_from_json(item) for item in rt.store.get_json(failed.batch)["changes"]]
-    reason = f"{failed.error}: the whole batch failed"
-    return [
-        DeadLetter(
-            failed.sync,
-            failed.run_id,
-            c.key,
-            c.action,
-            c.row_hash,
-            c.destination_id,
-            dict(c.record),
-            reason,
-            failed.failed_at,
-        )
-        for c in changes
-    ]
-
-
-# ---- the state machine's steps: a run that spans three Lambda invocations ------------------------
-
-
-class StartedRun(BaseModel):
-    """What Plan hands the state machine: keys and counts, never rows."""
-
-    sync: str
-    run_id: str
-    bucket: str
-    manifest: str
-    batches: int
-    changes: int
-    concurrency: int
-
-
-def _leased(rt: Runtime) -> DynamoStateStore:
-    if not isinstance(rt.state, DynamoStateStore):
-        raise TypeError("the state machine's steps need a DynamoStateStore: its lock outlives one Lambda")
-    return rt.state
-
-
-def start_run(
-    rt: Runtime, bucket: str, sync: str, run_id: str, full_resync: bool, max_concurrency: int
-) -> StartedRun:
-    """Take the sync's lock, plan, write the manifest; a skipped or permanently failed start is
-    recorded in the run history, then raised for the state machine to match by name."""
-    state = _leased(rt)
-    started = utcnow().isoformat()
-    try:
-        state.acquire(sync, run_id)
-    except RunInProgress as exc:
-        state.record_run(RunRecord(sync, run_id, "skipped", started, finished_at=started, error=str(exc)))
-        raise
-    try:
-        plan = plan_run(rt, sync, run_id, full_resync)
-        key = manifest_key(sync, run_id)
-        rt.store.put_json(key, manifest(plan))
-    except Exception as exc:
-        state.release(sync, run_id)
-        # a transient failure is retried by the state machine: only a permanent one is the run's end
-        if isinstance(exc, PermanentError):
-            failed_at = utcnow().isoformat()
-            error = f"{type(exc).__name__}: {exc}"
-            state.record_run(RunRecord(sync, run_id, "failed", started, finished_at=failed_at, error=error))
-        raise
-    concurrency = min(rt.project.sync(sync).destination.concurrency, max_concurrency)
-    return StartedRun(
-        sync=sync,
-        run_id=run_id,
-        bucket=bucket,
-        manifest=key,
-        batches=len(plan.batches),
-        changes=plan.counts.changes,
-        concurrency=concurrency,
-    )
-
-
-def finish_run(rt: Runtime, sync: str, run_id: str, error: str | None = None) -> RunRecord:
-    """Commit the run and give its lock back."""
-    state = _leased(rt)
-    try:
-        return commit_run(rt, sync, run_id, error)
-    finally:
-        state.release(sync, run_id)
-
-
-class SyncRequest(BaseModel):
-    """A request to run one sync: an SQS sync-request message, or a direct call of the trigger."""
-
-    sync: str
-    full_resync: bool = False
-
-
-def requested_runs(event: Mapping[str, Any], rt: Runtime) -> list[SyncRequest]:
-    """Return the runs a trigger event asks for: a direct call, SQS sync requests, or an S3 Object
-    Created event (EventBridge) for a dbt ``run_results.json`` in the batch bucket.
-
-    Every sync named must exist (ConfigError otherwise), so a typo fails the request, not a run.
-    """
-    if "sync" in event:
-        requests = [SyncRequest.model_validate(event)]
-    elif event.get("source") == "aws.s3":
-        run_results = rt.store.get_json(event["detail"]["object"]["key"])
-        requests = [SyncRequest(sync=name) for name in syncs_named_by_dbt(rt.project, run_results)]
-    else:
-        requests = [SyncRequest.model_validate_json(r["body"]) for r in event.get("Records", [])]
-    for request in requests:
-        rt.project.sync(request.sync)
-    return requests
-
-
-def syncs_named_by_dbt(project: Project, run_results: Mapping[str, Any]) -> list[str]:
-    """Return the syncs whose model reads a dbt model that ``run_results.json`` reports as built."""
-    built = {
-        str(result.get("unique_id", "")).rsplit(".", 1)[-1].lower()
-        for result in run_results.get("results", [])
-        if result.get("status") == "success" and str(result.get("unique_id", "")).startswith("model.")
-    }
-    names = []
-    for name, spec in sorted(project.syncs.items()):
-        words = {w.strip('"`').rsplit(".", 1)[-1].lower() for w in spec.model_sql.replace(",", " ").split()}
-        if built & words:
-            names.append(name)
-    return names

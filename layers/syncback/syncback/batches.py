@@ -1,7 +1,7 @@
 """Where a run's batches, receipts and manifest live: a local folder, or S3 on AWS.
 
 Rows never travel through Step Functions: states pass these keys and counts. Keys are
-``runs/<sync>/<run_id>/{plan.json, batches/00000.json, receipts/00000.json}``.
+``runs/<sync>/<run_id>/{plan.json, manifest.json, batches/00000.json, receipts/00000.json}``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # the planner writes through this module: a type-only import avoids the cycle
+    from syncback.planner import PlanResult
 
 
 class BatchStore(Protocol):
@@ -44,6 +47,16 @@ def receipt_key(batch: str) -> str:
 
 def plan_key(sync: str, run_id: str) -> str:
     return f"{run_prefix(sync, run_id)}/plan.json"
+
+
+def manifest_key(sync: str, run_id: str) -> str:
+    """Return the key of a run's manifest: the JSON array the Deliver map reads (ItemReader)."""
+    return f"{run_prefix(sync, run_id)}/manifest.json"
+
+
+def manifest(plan: PlanResult) -> list[dict[str, Any]]:
+    """Return the manifest of a plan: one item per batch, its key and how many changes it holds."""
+    return [{"batch": ref.key, "count": ref.count} for ref in plan.batches]
 
 
 def dumps(document: Any) -> bytes:

@@ -6,13 +6,15 @@ The snapshot itself lives in the warehouse (``snapshot.py``), beside the model.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from syncback.errors import RunInProgress
 
@@ -59,7 +61,12 @@ class DeadLetter:
 
 
 class StateStore(Protocol):
-    """Where run history and dead letters live."""
+    """Where run history and dead letters live, and the run lock that keeps one run per sync.
+
+    ``acquire`` and ``release`` take the lock for a named owner (a run id), so that a run spanning
+    several Lambda invocations can release what its first step took; ``lock`` holds it for a block
+    of code in one process (the local runner). Implementations subclass this protocol to inherit it.
+    """
 
     def record_run(self, run: RunRecord) -> None: ...
 
@@ -71,14 +78,31 @@ class StateStore(Protocol):
 
     def dead_letters(self, sync: str) -> list[DeadLetter]: ...
 
-    def lock(self, sync: str) -> contextlib.AbstractContextManager[None]: ...
+    def acquire(self, sync: str, owner: str) -> None:
+        """Take the run lock of ``sync`` for ``owner``; raise RunInProgress if another holds it."""
+        ...
+
+    def release(self, sync: str, owner: str) -> None:
+        """Give the run lock of ``sync`` back, if ``owner`` still holds it."""
+        ...
+
+    @contextlib.contextmanager
+    def lock(self, sync: str) -> Iterator[None]:
+        """Hold the run lock of ``sync`` for the block; raise RunInProgress if another holds it."""
+        owner = f"lock-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}-{threading.get_ident()}"
+        self.acquire(sync, owner)
+        try:
+            yield
+        finally:
+            self.release(sync, owner)
 
 
-class LocalStateStore:
+class LocalStateStore(StateStore):
     """JSON files under the project's state folder (``.syncback`` by default)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._held: dict[str, tuple[str, IO[str]]] = {}  # sync -> (owner, the flocked lock file)
 
     # ---- run history: one JSON line per finished run -------------------------------------------
 
@@ -132,18 +156,24 @@ class LocalStateStore:
 
     # ---- one run of a sync at a time ------------------------------------------------------
 
-    @contextlib.contextmanager
-    def lock(self, sync: str) -> Iterator[None]:
+    def acquire(self, sync: str, owner: str) -> None:
+        """Take the lock file of ``sync`` (flock: released by the OS if the process dies)."""
         path = self.root / "locks" / f"{sync}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunInProgress(
-                    f"sync {sync}: another run is in progress; this one was not started"
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        handle = path.open("w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RunInProgress(
+                f"sync {sync}: another run is in progress; this one was not started"
+            ) from None
+        self._held[sync] = (owner, handle)
+
+    def release(self, sync: str, owner: str) -> None:
+        held = self._held.get(sync)
+        if held is None or held[0] != owner:
+            return
+        del self._held[sync]
+        fcntl.flock(held[1], fcntl.LOCK_UN)
+        held[1].close()
