@@ -53,6 +53,8 @@ def test_a_207_rejects_only_the_failing_records_with_hubspots_reason(sandbox: Hu
     outcomes = {o.key: o for o in client(sandbox).write([*contacts(1, 2), bad_email])}
     assert outcomes["1"].status == "delivered"
     assert outcomes["2"].status == "rejected" and (outcomes["2"].reason or "").startswith("VALIDATION_ERROR")
+    assert "c2@example.com" not in (outcomes["2"].reason or ""), "HubSpot's quote of the value is redacted"
+    assert "not-an-email" not in (outcomes["3"].reason or "")
     assert outcomes["3"].status == "rejected" and "is invalid" in (outcomes["3"].reason or "")
 
 

@@ -59,19 +59,14 @@ def test_retry_after_is_honoured() -> None:
     assert waits == [7.5]
 
 
-def test_persistent_transient_errors_reject_the_chunk_with_the_reason() -> None:
-    # Given a destination that keeps answering 503 for the second chunk only
+def test_a_transient_failure_that_outlasts_the_retries_stops_the_batch() -> None:
+    # Given a destination answering 503 to every attempt
     destination = RecordingDestination(max_batch_size=10)
-    destination.failures = [None] * 0  # first chunk succeeds
-    delivery = Delivery(destination, retry=NO_WAIT, sleep=lambda s: None)
-    first = delivery.deliver(upserts(10))
     destination.failures = [DestinationUnavailable("HubSpot answered 503")] * 3
-    second = delivery.deliver([Change("z", "upsert", "h", {"email": "z@x.io"})])
-    # Then the first was delivered; the second is rejected saying why, not lost
-    assert all(o.status == "delivered" for o in first)
-    assert second[0].status == "rejected" and "gave up after 3 attempts: HubSpot answered 503" in (
-        second[0].reason or ""
-    )
+    # When a chunk is delivered: Then the error stops it; nothing is rejected as if HubSpot had refused it
+    with pytest.raises(DestinationUnavailable, match="503"):
+        Delivery(destination, retry=NO_WAIT, sleep=lambda s: None).deliver(upserts(5))
+    assert len(destination.requests) == 3 and destination.records == {}
 
 
 def test_an_auth_failure_stops_the_delivery() -> None:

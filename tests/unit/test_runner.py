@@ -272,3 +272,21 @@ def test_delivering_a_batch_twice_sends_it_once(make_project: ProjectFactory) ->
     again = deliver_batch(rt, "contacts", plan.batches[0].key)
     # Then nothing is sent twice and the same outcomes come back
     assert again == first and len(destination.requests) == 1
+
+
+def test_a_destination_down_past_the_retries_fails_the_run_without_dead_letters(
+    make_project: ProjectFactory,
+) -> None:
+    from syncback.errors import DestinationUnavailable
+
+    project = make_project(rows=contacts_rows(120))
+    destination = RecordingDestination()
+    destination.failures = [DestinationUnavailable("connection refused")] * 50
+    rt = runtime(project, destination)
+    record = run_sync(rt, "contacts")
+    # the run failed; nothing was delivered, nothing is a dead letter; all is planned again
+    assert record.status == "failed" and "DestinationUnavailable" in (record.error or "")
+    assert record.undelivered == 120 and record.rejected == 0
+    assert rt.state.dead_letters("contacts") == []
+    destination.failures = []
+    assert run_sync(rt, "contacts").planned["added"] == 120

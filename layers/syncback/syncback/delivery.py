@@ -2,9 +2,9 @@
 
 Failures are sorted here into the receipt: a record the destination refused is rejected with its
 reason; a whole request refused for its content is split in halves until the records at fault are
-isolated; transient failures are retried with backoff (honouring Retry-After), and if they persist
-the records they held are rejected with the reason, so they reach the dead letters and are
-planned again by the next run. Authentication failures stop the run.
+isolated; transient failures are retried with backoff (honouring Retry-After); if they persist, the error
+stops the batch (Step Functions retries it longer, then dead-letters it; a local run stops and
+plans it again next time). Authentication failures stop the run.
 """
 
 from __future__ import annotations
@@ -120,7 +120,12 @@ class Delivery:
         self._on_progress = on_progress or (lambda n: None)
 
     def deliver(self, changes: Sequence[Change]) -> list[Outcome]:
-        """Return one outcome per change; raise only the errors that stop a run (auth, 410 Gone)."""
+        """Return one outcome per change; raise the errors that stop the batch.
+
+        Those are the destination refusing our credentials (or a 410), and a transient failure
+        that outlasted the retries: a destination that is down has not rejected anything, so its
+        records are not dead letters; the batch stays undelivered and is planned again.
+        """
         outcomes = [
             Outcome(c.key, "skipped", reason=_NOT_SENT[c.action]) for c in changes if c.action in _NOT_SENT
         ]
@@ -142,9 +147,6 @@ class Delivery:
                 return [Outcome(chunk[0].key, "rejected", reason=str(exc))]
             middle = len(chunk) // 2
             return self._send(chunk[:middle]) + self._send(chunk[middle:])
-        except TransientError as exc:
-            reason = f"gave up after {self.retry.attempts} attempts: {exc}"
-            return [Outcome(c.key, "rejected", reason=reason) for c in chunk]
         return _one_per_change(chunk, outcomes)
 
     def _with_retries(self, chunk: Sequence[Change]) -> list[Outcome]:

@@ -13,7 +13,7 @@ from typing import Any
 import requests
 
 from syncback.destinations.base import Change, Outcome
-from syncback.destinations.http import json_body, retry_after
+from syncback.destinations.http import json_body, redact, retry_after
 from syncback.errors import (
     DestinationAuthError,
     DestinationUnavailable,
@@ -57,7 +57,7 @@ class HubSpotDestination:
         response = self._post(endpoint, body)
         if response.status_code == 409 and endpoint == "create":
             return self._conflict(changes, response)
-        self._raise_for_request(response)
+        self._raise_for_request(response, changes)
         return self._outcomes(changes, response)
 
     def close(self) -> None:
@@ -83,7 +83,7 @@ class HubSpotDestination:
         ]
         if known:
             response = self._post("archive", {"inputs": [{"id": c.destination_id} for c in known]})
-            self._raise_for_request(response)
+            self._raise_for_request(response, known)
             # archive answers 204 with no body: every input was archived (unknown ids are ignored)
             outcomes += [Outcome(c.key, "delivered", c.destination_id) for c in known]
         return outcomes
@@ -102,13 +102,13 @@ class HubSpotDestination:
 
     # ---- responses: classified here and nowhere else -------------------------------------------
 
-    def _raise_for_request(self, response: requests.Response) -> None:
+    def _raise_for_request(self, response: requests.Response, sent: Sequence[Change]) -> None:
         """Raise the error a whole-request failure means; return for 2xx."""
         status = response.status_code
         if status < 300:
             return
         body = _json(response)
-        message = str(body.get("message", ""))[:300]
+        message = redact(str(body.get("message", "")), sent)[:300]
         wait = retry_after(response)
         if status in (401, 403):
             raise DestinationAuthError(
@@ -156,15 +156,16 @@ class HubSpotDestination:
                 by_key[key] = Outcome(key, "delivered", str(result.get("id")))
         for error in body.get("errors", []):
             for key in _error_keys(error):
-                by_key[key] = self._error_outcome(key, error)
+                by_key[key] = self._error_outcome(key, error, [c for c in changes if c.key == key])
         return [
             by_key.get(c.key) or Outcome(c.key, "rejected", reason="HubSpot did not acknowledge this record")
             for c in changes
         ]
 
-    def _error_outcome(self, key: str, error: dict[str, Any]) -> Outcome:
+    def _error_outcome(self, key: str, error: dict[str, Any], sent: Sequence[Change]) -> Outcome:
         category = str(error.get("category", "ERROR"))
-        message = str(error.get("message", ""))[:500]
+        # HubSpot quotes the values it refused; reasons are kept and shown, values must not be
+        message = redact(str(error.get("message", "")), sent)[:500]
         if category == "OBJECT_NOT_FOUND" and self.mode == "update":
             return Outcome(key, "skipped", reason="not in HubSpot; mode update changes existing records only")
         return Outcome(key, "rejected", reason=f"{category}: {message}")

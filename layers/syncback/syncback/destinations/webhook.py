@@ -24,14 +24,14 @@ import hmac
 import json
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
 from syncback.destinations.base import Change, Outcome
-from syncback.destinations.http import json_body, retry_after
+from syncback.destinations.http import json_body, redact, retry_after
 from syncback.errors import (
     DestinationAuthError,
     DestinationGone,
@@ -46,7 +46,6 @@ SECRET_PREFIX = "whsec_"
 EXCERPT_CHARS = 200
 REASON_CHARS = 500
 #: values shorter than this are not redacted from receiver text: too common to mean anything
-_MIN_REDACTED = 3
 _SPACES = re.compile(r"\s+")
 
 
@@ -169,7 +168,7 @@ class WebhookDestination:
         if 200 <= status < 300:
             return _delivered_or_rejected(response, changes)
         said = f"webhook {self._host} answered {status}"
-        excerpt = _redact(_excerpt(response), changes, self._secret_forms)
+        excerpt = redact(_excerpt(response), changes, self._secret_forms)
         wait = retry_after(response, self._clock)
         if status in (401, 403):
             raise DestinationAuthError(f"{said}: {excerpt}. check the signing secret")
@@ -181,7 +180,7 @@ class WebhookDestination:
             raise DestinationGone(f"{said} Gone: the receiver asked us to stop; fix or remove this sync")
         if 300 <= status < 400:
             location = response.headers.get("Location", "")[:EXCERPT_CHARS]
-            location = _redact(location, changes, self._secret_forms)
+            location = redact(location, changes, self._secret_forms)
             raise RequestRejected(
                 f"{said} (redirect to {location or 'nowhere'}): redirects are not followed; set the final URL"
             )
@@ -234,7 +233,7 @@ def _delivered_or_rejected(response: requests.Response, changes: Sequence[Change
         if isinstance(item, dict) and str(item.get("key")) in by_key:
             key = str(item["key"])
             reason = str(item.get("reason") or "the receiver rejected this record")[:REASON_CHARS]
-            reasons[key] = _redact(reason, [by_key[key]])
+            reasons[key] = redact(reason, [by_key[key]])
     return [
         Outcome(c.key, "rejected", reason=reasons[c.key])
         if c.key in reasons
@@ -246,34 +245,3 @@ def _delivered_or_rejected(response: requests.Response, changes: Sequence[Change
 def _excerpt(response: requests.Response) -> str:
     text = response.content[: EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
     return _SPACES.sub(" ", text).strip()[:EXCERPT_CHARS] or "(empty body)"
-
-
-def _redact(text: str, changes: Sequence[Change], secrets: Sequence[str] = ()) -> str:
-    """Return ``text`` with every value of ``changes`` (and secret) it holds replaced by ``…``."""
-    if not text:
-        return text
-    values = {form for c in changes for value in _leaves(c.record) for form in _forms(value)}
-    values.update(s for s in secrets if s)
-    for value in sorted(values, key=len, reverse=True):
-        if value in text:
-            text = text.replace(value, "…")
-    return text
-
-
-def _leaves(value: Any) -> Iterator[Any]:
-    if isinstance(value, dict):
-        for item in value.values():
-            yield from _leaves(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _leaves(item)
-    elif value is not None and not isinstance(value, bool):
-        yield value
-
-
-def _forms(value: Any) -> Iterator[str]:
-    text = str(value)
-    if len(text) >= _MIN_REDACTED:
-        yield text
-        if isinstance(value, str):
-            yield json.dumps(value)[1:-1]  # as a receiver may echo it: \u-escaped
