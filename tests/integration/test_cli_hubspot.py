@@ -138,3 +138,22 @@ def test_the_human_summary_and_progress(project: Path, capsys: pytest.CaptureFix
     captured = capsys.readouterr()
     assert "SUCCEEDED" in captured.out and "delivered 250" in captured.out
     assert "250/250 records" in captured.err
+
+
+def test_run_json_prints_an_object_even_when_the_run_cannot_start(
+    project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HUBSPOT_TOKEN")
+    code, summary = run_json(project, capsys)
+    assert code == 2 and summary["status"] == "failed" and "HUBSPOT_TOKEN" in str(summary["error"])
+
+
+def test_runs_shows_why_a_run_failed_and_rejects_an_unknown_sync(
+    project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (project / "wh.duckdb").unlink()  # the model is gone
+    assert main(["--project", str(project), "run", "contacts"]) == 3
+    capsys.readouterr()
+    main(["--project", str(project), "runs", "contacts"])
+    assert "failed" in (out := capsys.readouterr().out) and "ModelError" in out
+    assert main(["--project", str(project), "runs", "nosuch"]) == 2

@@ -80,6 +80,12 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
     (sync(mapping={"email": {"column": "email", "value": "x"}}), "mapping.email", "exactly one of column"),
     (sync(mapping={"email": {"columns": "email"}}), "mapping.email.columns", "unknown field"),
     (sync(mapping={"email": 42}), "mapping.email", "valid dictionary"),
+    (
+        sync(mapping={"email": "email", "src": {"value": "x", "on_null": "skip"}}),
+        "mapping.src",
+        "remove on_null",
+    ),
+    (sync(destination=HOOK, mode="insert"), "(top level)", "a webhook takes upsert or mirror"),
 ]
 
 
@@ -123,3 +129,16 @@ def test_validate_checks_the_model_in_the_warehouse(
     assert any(line.startswith(f"syncs/contacts.yaml: {field}: ") and words in line for line in lines), lines
     # and --offline checks the files only
     assert main(["--project", str(tmp_path), "validate", "--offline"]) == 0
+
+
+def test_a_key_written_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a spec whose mapping names one field twice (plain YAML would keep the last silently)
+    write_project(tmp_path, sync())
+    text = (tmp_path / "syncs" / "contacts.yaml").read_text()
+    (tmp_path / "syncs" / "contacts.yaml").write_text(
+        text.replace("mapping:\n", "mapping:\n  email: first_name\n", 1)
+    )
+    assert main(["--project", str(tmp_path), "validate", "--offline"]) == 2
+    assert (
+        "syncs/contacts.yaml: line " in (err := capsys.readouterr().err) and "'email' is written twice" in err
+    )

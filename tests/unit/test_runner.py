@@ -9,7 +9,7 @@ import pytest
 
 from syncback.batches import LocalBatchStore
 from syncback.delivery import RetryPolicy
-from syncback.errors import DestinationAuthError, GuardError, ModelError, RunInProgress
+from syncback.errors import DestinationAuthError, GuardError, ModelError
 from syncback.planner import Planner
 from syncback.runner import Runtime, deliver_batch, plan_run, replay, run_sync
 from syncback.spec import Project
@@ -246,10 +246,17 @@ def test_a_column_whose_type_changes_resends_its_rows(make_project: ProjectFacto
 
 
 def test_two_runs_of_one_sync_never_overlap(make_project: ProjectFactory) -> None:
+    # Given a run of the sync in progress (its lock held)
     project = make_project(rows=contacts_rows(3))
-    rt = runtime(project, RecordingDestination())
-    with rt.state.lock("contacts"), pytest.raises(RunInProgress):
-        run_sync(rt, "contacts")
+    destination = RecordingDestination()
+    rt = runtime(project, destination)
+    with rt.state.lock("contacts"):
+        # When a second run starts: Then it is not started, and is recorded as skipped
+        record = run_sync(rt, "contacts")
+    assert record.status == "skipped" and "another run is in progress" in (record.error or "")
+    assert destination.requests == [] and rt.state.runs("contacts")[0].run_id == record.run_id
+    # and once the first is over, a run goes ahead
+    assert run_sync(rt, "contacts").delivered == 3
 
 
 def test_plan_is_a_dry_run(make_project: ProjectFactory, tmp_path: Path) -> None:

@@ -146,15 +146,16 @@ def test_write_signs_the_exact_bytes_it_sends() -> None:
     ]
 
 
-def test_without_a_secret_no_signature_headers_are_sent() -> None:
+def test_without_a_secret_requests_carry_an_id_but_no_signature() -> None:
     # Given a destination with no secret
     transport = Transport(status=204)
 
     # When it writes
     destination(transport, secret=None).write([Change("k1", "upsert", record={"a": 1})])
 
-    # Then no webhook-* header is sent
-    assert not [name for name in transport.sent[0].headers if name.lower().startswith("webhook-")]
+    # Then the id (for the receiver to drop repeats) is sent, and no signature
+    sent = {name.lower() for name in transport.sent[0].headers if name.lower().startswith("webhook-")}
+    assert sent == {"webhook-id", "webhook-timestamp"}
 
 
 def test_a_value_json_cannot_carry_rejects_only_its_record() -> None:

@@ -158,26 +158,36 @@ def _clip(text: str, width: int) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    project = load_project(args.project)
-    bar = None if args.json else Bar()
-    record = run_sync(_runtime(project), args.sync, args.full_resync, bar)
+    try:
+        project = load_project(args.project)
+        bar = None if args.json else Bar()
+        record = run_sync(_runtime(project), args.sync, args.full_resync, bar)
+    except SyncbackError as exc:
+        if not args.json:
+            raise
+        # --json always prints one object, so that scripts can read why a run did not happen
+        print(json.dumps({"sync": args.sync, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}))
+        return exit_code(exc)
     if args.json:
         print(json.dumps(summary(record)))
     else:
         _print_summary(record)
-    return {"succeeded": OK, "partial": REJECTED}.get(record.status, FAILED)
+    return {"succeeded": OK, "skipped": OK, "partial": REJECTED}.get(record.status, FAILED)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
     project = load_project(args.project)
     records = LocalStateStore(project.state_path).runs(args.sync, args.limit)
+    if args.sync:
+        project.sync(args.sync)
     print(
-        f"{'run':<26} {'sync':<28} {'status':<10} {'delivered':>9} {'rejected':>8} {'skipped':>8} {'seconds':>8}"
+        f"{'run':<24} {'sync':<24} {'status':<9} {'delivered':>9} {'rejected':>8} {'skipped':>8} "
+        f"{'invalid':>7} {'seconds':>8}  error"
     )
     for r in records:
         print(
-            f"{r.run_id:<26} {r.sync:<28} {r.status:<10} {r.delivered:>9,} {r.rejected:>8,} "
-            f"{r.skipped:>8,} {r.duration_s:>8.1f}"
+            f"{r.run_id:<24} {r.sync:<24} {r.status:<9} {r.delivered:>9,} {r.rejected:>8,} "
+            f"{r.skipped:>8,} {r.planned.get('invalid', 0):>7,} {r.duration_s:>8.1f}  {_clip(r.error or '', 80)}"
         )
     return OK
 
@@ -186,8 +196,11 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     project = load_project(args.project)
     project.sync(args.sync)
     letters = LocalStateStore(project.state_path).dead_letters(args.sync)
-    print(f"{len(letters)} dead letter(s) for {args.sync}")
-    for d in letters:
+    print(
+        f"{len(letters)} dead letter(s) for {args.sync}"
+        + (f"; the first {args.limit}:" if len(letters) > args.limit else "")
+    )
+    for d in letters[: args.limit]:
         print(f"  {d.key:<24} {d.action:<8} run {d.run_id}  {d.reason}")
     return OK
 
@@ -252,6 +265,7 @@ def parser() -> argparse.ArgumentParser:
     )
     dlq_list = dlq.add_parser("list")
     dlq_list.add_argument("sync")
+    dlq_list.add_argument("--limit", type=int, default=50, help="show at most this many (default 50)")
     dlq_list.set_defaults(func=cmd_dlq_list)
     dlq_replay = dlq.add_parser("replay")
     dlq_replay.add_argument("sync")
@@ -278,16 +292,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return CONFIG
-    except SecretError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return CONFIG
     except SyncbackError as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return FAILED
+        problems = exc.problems if isinstance(exc, ConfigError) else [f"error: {type(exc).__name__}: {exc}"]
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return exit_code(exc)
+    except BrokenPipeError:
+        # `syncback dlq list X | head`: the reader left; that is not an error
+        sys.stderr.close()
+        return OK
+
+
+def exit_code(exc: SyncbackError) -> int:
+    """Return the exit code an error means: 2 for configuration (files, secrets), 3 otherwise."""
+    return CONFIG if isinstance(exc, ConfigError | SecretError) else FAILED
 
 
 if __name__ == "__main__":

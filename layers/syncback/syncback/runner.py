@@ -20,7 +20,7 @@ from syncback.batches import BatchStore, plan_key, receipt_key
 from syncback.delivery import Budget, Delivery, RateBudget, RetryPolicy, outcomes_from_receipt, receipt
 from syncback.destinations import build_destination, request_budget
 from syncback.destinations.base import Change, Destination, Outcome
-from syncback.errors import SyncbackError
+from syncback.errors import RunInProgress, SyncbackError
 from syncback.planner import Planner, PlanResult, change_from_json
 from syncback.secrets import SecretResolver
 from syncback.snapshot import SnapshotTables, advance_snapshot, read_snapshot
@@ -256,20 +256,26 @@ class Progress:
 def run_sync(
     rt: Runtime, sync_name: str, full_resync: bool = False, progress: Progress | None = None
 ) -> RunRecord:
-    """Run one sync here and now: plan, deliver every batch in parallel, commit."""
+    """Run one sync here and now: plan, deliver every batch in parallel, commit.
+
+    A run that finds another run of the sync in progress is not started: it is recorded as
+    ``skipped``, and returned.
+    """
     sync = rt.project.sync(sync_name)
     progress = progress or Progress()
-    with rt.state.lock(sync_name):
-        started = utcnow()
-        run_id = new_run_id(started)
+    started = utcnow()
+    run_id = new_run_id(started)
+    try:
+        rt.state.acquire(sync_name, run_id)
+    except RunInProgress as exc:
+        return _record_early_end(rt, sync_name, run_id, started, "skipped", str(exc))
+    try:
         # made first, so that a missing secret stops the run before the warehouse is queried
         destination = rt.destination(sync)
         try:
             plan = plan_run(rt, sync_name, run_id, full_resync, started)
         except SyncbackError as exc:
-            failed = RunRecord(sync_name, run_id, "failed", started.isoformat(), error=str(exc))
-            _finish(failed)
-            rt.state.record_run(failed)
+            _record_early_end(rt, sync_name, run_id, started, "failed", f"{type(exc).__name__}: {exc}")
             raise
         progress.start(plan.counts.changes)
         try:
@@ -278,6 +284,19 @@ def run_sync(
             destination.close()
         progress.finish()
         return commit_run(rt, sync_name, run_id, error)
+    finally:
+        rt.state.release(sync_name, run_id)
+
+
+def _record_early_end(
+    rt: Runtime, sync_name: str, run_id: str, started: dt.datetime, status: str, error: str
+) -> RunRecord:
+    """Record a run that ended before delivering anything; return its record."""
+    record = RunRecord(sync_name, run_id, status, started.isoformat(), error=error)
+    _finish(record)
+    rt.state.record_run(record)
+    log.info(status, extra={"sync": sync_name, "run_id": run_id})
+    return record
 
 
 def _deliver_all(

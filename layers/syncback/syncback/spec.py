@@ -120,6 +120,8 @@ class FieldMapping(_Strict):
     def _column_or_value(self) -> FieldMapping:
         if (self.column is None) == ("value" not in self.model_fields_set):
             raise ValueError("give exactly one of column (a model column) or value (a constant)")
+        if self.column is None and "on_null" in self.model_fields_set:
+            raise ValueError("on_null applies to columns; a constant value is never null, remove on_null")
         return self
 
     @property
@@ -223,6 +225,11 @@ class SyncSpec(_Strict):
             raise ValueError(
                 f"destination.id_property is {id_property!r} but the mapping has no field {id_property!r}; "
                 f"map the column that identifies records to it, e.g. {id_property}: {id_property}"
+            )
+        if self.destination.type == "webhook" and self.mode in ("update", "insert"):
+            raise ValueError(
+                f"mode {self.mode} needs a destination that knows which records exist; a webhook takes "
+                "upsert or mirror (the receiver decides what to do with each record)"
             )
         if self.mode == "mirror" and self.guards is None:
             raise ValueError("mirror mode deletes records: add guards: {max_delete_pct: 10} (or your limit)")
@@ -337,9 +344,24 @@ def _names(model: Any) -> list[str]:
     return sorted(info.alias or name for name, info in fields.items())
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key written twice in one mapping (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is written twice in one mapping; keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path, rel: str) -> tuple[Any, list[Problem]]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader underneath
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "(file)"

@@ -5,7 +5,7 @@ The request body is ``{"sync": ..., "records": [{"key", "action", "fields"?, "de
 holds ``"rejected": [{"key": ..., "reason": ...}]`` rejects those keys; every other record of a 2xx
 was delivered.
 
-Signing (https://www.standardwebhooks.com): each request carries ``webhook-id`` (new per request),
+Signing (https://www.standardwebhooks.com): each request carries ``webhook-id`` (derived from the body, so the same on every retry),
 ``webhook-timestamp`` (unix seconds) and ``webhook-signature: v1,<base64 HMAC-SHA256>`` over
 ``"{id}.{timestamp}.{body}"``. A secret ``whsec_<base64>`` signs with the base64-decoded bytes; a
 secret without the ``whsec_`` prefix signs with its raw UTF-8 bytes (the ``standardwebhooks``
@@ -137,14 +137,15 @@ class WebhookDestination:
         return _dumps({"sync": self.sync, "records": [_record(c) for c in changes]})
 
     def _post(self, body: bytes) -> requests.Response:
-        headers = {"Content-Type": "application/json"}
+        # the id goes on every request, signed or not: receivers use it to drop repeats
+        msg_id, timestamp = self._new_id(body), int(self._clock())
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+        }
         if self._key is not None:
-            msg_id, timestamp = self._new_id(body), int(self._clock())
-            headers |= {
-                "webhook-id": msg_id,
-                "webhook-timestamp": str(timestamp),
-                "webhook-signature": sign(self._key, msg_id, timestamp, body),
-            }
+            headers["webhook-signature"] = sign(self._key, msg_id, timestamp, body)
         try:
             return self._session.post(
                 self.config.url,
