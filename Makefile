@@ -43,7 +43,7 @@ schema: $(STAMP)
 	$(BIN)/python -m syncback.cli schema
 
 # not part of make test: one table of measurements, also written to bench/results.md
-bench: $(STAMP)
+bench: $(STAMP) $(SAM)
 	$(BIN)/python bench/run.py
 
 clean:

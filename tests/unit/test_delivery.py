@@ -110,6 +110,7 @@ def test_the_budget_never_lets_more_than_n_requests_into_any_window() -> None:
     # Given a budget of 10 requests per second on a fake clock
     clock = FakeClock()
     budget = RateBudget(10, 1.0, margin=0.0, clock=clock, sleep=clock.sleep)
+    budget.window = 1.0  # exactly, for the arithmetic below
     # When 55 requests go through it
     starts = []
     for _ in range(55):
@@ -148,3 +149,19 @@ def test_the_budget_is_shared_between_threads() -> None:
     for t in threads:
         t.join()
     assert count == 400 and len(budget._sent) == 400
+
+
+def test_a_request_counts_from_when_its_answer_came() -> None:
+    # Given a budget of 2 per second, and a request whose answer took 0.5 s
+    clock = FakeClock()
+    budget = RateBudget(2, 1.0, margin=0.0, clock=clock, sleep=clock.sleep)
+    budget.window = 1.0
+    slot = budget.acquire()
+    budget.acquire()
+    clock.now = 0.5
+    budget.settle(slot)
+    # When a third request asks: Then it waits until a second after the answer, not the start
+    budget.acquire()
+    assert clock.now == pytest.approx(1.0)  # the unsettled one (stamped at 0) freed the room at 1.0
+    budget.acquire()
+    assert clock.now == pytest.approx(1.5)  # the settled one counts from 0.5

@@ -9,10 +9,10 @@ plans it again next time). Authentication failures stop the run.
 
 from __future__ import annotations
 
+import bisect
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,6 +31,10 @@ class Budget(Protocol):
         """Block until one more request may start, count it, and return when its slot began."""
         ...
 
+    def settle(self, slot: float) -> None:
+        """The request started at ``slot`` has its answer: count it from now, when it surely arrived."""
+        ...
+
     def pause(self, seconds: float) -> None:
         """Hold every sender for ``seconds``: the destination said 429 despite the budget."""
         ...
@@ -41,20 +45,22 @@ class RateBudget:
 
     A sliding log rather than a token bucket: a bucket refilled at N per window lets 2N through in
     one window after a quiet spell, which a rolling-window limit such as HubSpot's answers with 429s.
-    ``margin`` widens the window a little to absorb the time between our clock and theirs.
+    The API counts a request when it arrives, which may be well after we let it go (building the
+    body, the GIL, a garbage collection): so each request is counted again from when its answer
+    came, a time the API has surely counted it by. ``margin`` absorbs what is left.
     """
 
     def __init__(
         self,
         requests: int,
         per_seconds: float,
-        margin: float = 0.02,
+        margin: float = 0.005,
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
     ) -> None:
         self.requests = requests
-        self.window = per_seconds * (1 + margin) + 0.01
-        self._sent: deque[float] = deque()
+        self.window = per_seconds * (1 + margin) + 0.005
+        self._sent: list[float] = []  # sorted request times; at most ``requests`` of them
         self._paused_until = 0.0
         self._lock = threading.Lock()
         self._clock = clock
@@ -65,8 +71,8 @@ class RateBudget:
         while True:
             with self._lock:
                 now = self._clock()
-                while self._sent and now - self._sent[0] >= self.window:
-                    self._sent.popleft()
+                expired = bisect.bisect_right(self._sent, now - self.window)
+                del self._sent[:expired]
                 wait = self._paused_until - now
                 if wait <= 0 and len(self._sent) < self.requests:
                     self._sent.append(now)
@@ -74,6 +80,13 @@ class RateBudget:
                 if wait <= 0:
                     wait = self.window - (now - self._sent[0])
             self._sleep(max(wait, 0.001))
+
+    def settle(self, slot: float) -> None:
+        with self._lock:
+            position = bisect.bisect_left(self._sent, slot)
+            if position < len(self._sent) and self._sent[position] == slot:
+                del self._sent[position]
+                bisect.insort(self._sent, self._clock())
 
     def pause(self, seconds: float) -> None:
         """Hold every sender for ``seconds``: the destination said 429 despite the budget."""
@@ -151,17 +164,20 @@ class Delivery:
 
     def _with_retries(self, chunk: Sequence[Change]) -> list[Outcome]:
         for attempt in range(1, self.retry.attempts + 1):
-            if self.budget is not None:
-                self.budget.acquire()
+            slot = self.budget.acquire() if self.budget is not None else 0.0
             try:
                 return self.destination.write(chunk)
             except TransientError as exc:
                 if attempt == self.retry.attempts:
                     raise
-                wait = self.retry.delay(attempt, exc.retry_after)
-                if isinstance(exc, RateLimited) and self.budget is not None:
-                    self.budget.pause(wait)
-                self._sleep(wait)
+                failure = exc
+            finally:
+                if self.budget is not None:
+                    self.budget.settle(slot)
+            wait = self.retry.delay(attempt, failure.retry_after)
+            if isinstance(failure, RateLimited) and self.budget is not None:
+                self.budget.pause(wait)
+            self._sleep(wait)
         raise AssertionError("unreachable")
 
 

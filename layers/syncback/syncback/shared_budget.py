@@ -49,6 +49,9 @@ class DynamoRateBudget:
             self._sleep(wait)
         return slot
 
+    def settle(self, slot: float) -> None:
+        """Nothing to do: slots are evenly spaced, and the margin absorbs when requests arrive."""
+
     def pause(self, seconds: float) -> None:
         """Hold every deliverer of this budget for ``seconds`` from now."""
         self._move(lambda opens, now: max(opens, now + seconds), 0.0)
