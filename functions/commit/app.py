@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -10,25 +9,18 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
-from syncback.aws import LambdaSettings, lambda_runtime
-from syncback.runner import Runtime
+from syncback.aws import handler_runtime as runtime
 from syncback.steps import finish_run
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()
 tracer = Tracer()
-SETTINGS = LambdaSettings.from_env()
 
 
 class CommitEvent(BaseModel):
     sync: str
     run_id: str
     error: str | None = None
-
-
-@functools.cache
-def runtime() -> Runtime:
-    return lambda_runtime(SETTINGS)
 
 
 @logger.inject_lambda_context

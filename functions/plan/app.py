@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -10,8 +9,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
-from syncback.aws import LambdaSettings, lambda_runtime
-from syncback.runner import Runtime, new_run_id
+from syncback.aws import LambdaSettings
+from syncback.aws import handler_runtime as runtime
+from syncback.runner import new_run_id
 from syncback.steps import start_run
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
@@ -23,11 +23,6 @@ SETTINGS = LambdaSettings.from_env()
 class PlanEvent(BaseModel):
     sync: str
     full_resync: bool = False
-
-
-@functools.cache
-def runtime() -> Runtime:
-    return lambda_runtime(SETTINGS)
 
 
 @logger.inject_lambda_context

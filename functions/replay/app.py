@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -11,20 +10,14 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from syncback.aws import LambdaSettings, lambda_runtime
-from syncback.runner import Runtime, replay
+from syncback.aws import handler_runtime as runtime
+from syncback.runner import replay
 from syncback.steps import letters_of_message
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()
 tracer = Tracer()
-SETTINGS = LambdaSettings.from_env()
 processor = BatchProcessor(event_type=EventType.SQS)
-
-
-@functools.cache
-def runtime() -> Runtime:
-    return lambda_runtime(SETTINGS)
 
 
 def replay_message(record: SQSRecord) -> None:

@@ -11,19 +11,14 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from syncback.aws import LambdaSettings, lambda_runtime
-from syncback.runner import Runtime
+from syncback.aws import LambdaSettings
+from syncback.aws import handler_runtime as runtime
 from syncback.steps import requested_runs
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()
 tracer = Tracer()
 SETTINGS = LambdaSettings.from_env()
-
-
-@functools.cache
-def runtime() -> Runtime:
-    return lambda_runtime(SETTINGS)
 
 
 @functools.cache

@@ -15,6 +15,7 @@ is sent by the state machine as a ``steps.FailedBatch`` message instead, and rep
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -221,6 +222,12 @@ class LambdaSettings(BaseModel):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LambdaSettings:
         return cls.model_validate(dict(os.environ if environ is None else environ))
+
+
+@functools.cache
+def handler_runtime() -> Runtime:
+    """Return this Lambda container's Runtime: made on the first invocation, kept while warm."""
+    return lambda_runtime(LambdaSettings.from_env())
 
 
 def lambda_runtime(settings: LambdaSettings) -> Runtime:
