@@ -219,20 +219,22 @@ class SyncSpec(_Strict):
     @model_validator(mode="after")
     def _shape(self) -> SyncSpec:
         if (self.model is None) == (self.table is None):
-            raise ValueError("give exactly one of model (a SELECT) or table (a table name)")
+            raise ValueError("model: give exactly one of model (a SELECT) or table (a table name)")
         id_property = getattr(self.destination, "id_property", None)
         if id_property and self.mode != "insert" and id_property not in self.mapping:
             raise ValueError(
-                f"destination.id_property is {id_property!r} but the mapping has no field {id_property!r}; "
-                f"map the column that identifies records to it, e.g. {id_property}: {id_property}"
+                f"mapping: destination.id_property is {id_property!r} but the mapping has no field "
+                f"{id_property!r}; map the column that identifies records to it: {id_property}: <column>"
             )
         if self.destination.type == "webhook" and self.mode in ("update", "insert"):
             raise ValueError(
-                f"mode {self.mode} needs a destination that knows which records exist; a webhook takes "
+                f"mode: {self.mode} needs a destination that knows which records exist; a webhook takes "
                 "upsert or mirror (the receiver decides what to do with each record)"
             )
         if self.mode == "mirror" and self.guards is None:
-            raise ValueError("mirror mode deletes records: add guards: {max_delete_pct: 10} (or your limit)")
+            raise ValueError(
+                "guards: mirror mode deletes records; add guards: {max_delete_pct: 10} (or your limit)"
+            )
         return self
 
     @property
@@ -299,6 +301,7 @@ class Project:
         return self.syncs[name]
 
 
+_ACROSS = re.compile(r"^(model|mapping|mode|guards): (.*)$", re.S)
 _BRANCHES = {"hubspot", "webhook", "duckdb", "snowflake"}
 _HINTS = {
     "extra_forbidden": "unknown field; remove it or check its spelling",
@@ -313,6 +316,12 @@ def _problems(file: str, error: ValidationError, model: type[BaseModel]) -> list
         loc = [str(p) for p in item["loc"] if "[" not in str(p) and str(p) not in _BRANCHES]
         where = ".".join(loc) or "(top level)"
         message = _HINTS.get(item["type"], item["msg"].removeprefix("Value error, "))
+        # a check across fields names its field first: "guards: mirror mode deletes records..."
+        across = _ACROSS.match(message) if not loc else None
+        if across:
+            where, message = across.group(1), across.group(2)
+        if item["type"] == "string_pattern_mismatch" and loc[-1:] in (["url"], ["base_url"]):
+            message = "must be an http:// or https:// address, e.g. https://hooks.example.com/syncback"
         if item["type"] == "string_pattern_mismatch" and loc[-1:] == ["name"]:
             message = "use lower-case letters, digits and _, starting with a letter, e.g. contacts_to_hubspot"
         if item["type"] == "extra_forbidden":
