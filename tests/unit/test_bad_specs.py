@@ -142,3 +142,13 @@ def test_a_key_written_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
     assert (
         "syncs/contacts.yaml: line " in (err := capsys.readouterr().err) and "'email' is written twice" in err
     )
+
+
+def test_validate_names_an_unset_environment_variable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HUBSPOT_TOKEN", raising=False)
+    write_project(tmp_path, sync(), contacts_rows(3))
+    assert main(["--project", str(tmp_path), "validate"]) == 2
+    err = capsys.readouterr().err
+    assert "syncs/contacts.yaml: destination.token: environment variable HUBSPOT_TOKEN is not set" in err

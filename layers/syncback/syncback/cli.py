@@ -17,7 +17,7 @@ from syncback.batches import LocalBatchStore
 from syncback.errors import ConfigError, Problem, SecretError, SyncbackError
 from syncback.planner import Planner, model_problems
 from syncback.runner import Progress, Runtime, new_run_id, replay, run_sync
-from syncback.spec import Project, json_schemas, load_project
+from syncback.spec import Project, SyncSpec, json_schemas, load_project
 from syncback.state import LocalStateStore, RunRecord
 
 OK, REJECTED, CONFIG, FAILED = 0, 1, 2, 3
@@ -113,18 +113,36 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _model_problems(project: Project) -> list[Problem]:
-    """Describe each sync's model in its warehouse (nothing runs in full) and check the spec against it."""
+    """Describe each sync's model in its warehouse (nothing runs in full), check the spec against it,
+    and check that the environment variables its destination names are set."""
     rt = _runtime(project)
     problems: list[Problem] = []
     for sync in project.syncs.values():
         file = f"syncs/{sync.name}.yaml"
+        for field, reference in _env_references(sync):
+            try:
+                rt.secrets.resolve(reference, f"{file}: {field}")
+            except SecretError as exc:
+                problems.append(Problem(file, field, str(exc).split(": ", 2)[-1]))
         try:
             with rt.warehouse(sync) as warehouse:
                 problems += model_problems(sync, warehouse.columns(sync.model_sql))
+        except SecretError as exc:
+            # the warehouse's credentials are in syncback.yaml, not in the sync
+            problems.append(Problem("syncback.yaml", f"warehouses.{sync.warehouse}", str(exc)))
         except SyncbackError as exc:
             field = "model" if sync.model else "table"
-            problems.append(Problem(file, field, f"{exc} (use --offline to check the files only)"))
+            problems.append(Problem(file, field, f"{exc}\n  (use --offline to check the files only)"))
     return problems
+
+
+def _env_references(sync: SyncSpec) -> list[tuple[str, str]]:
+    """Return (field, reference) for each env: reference of the sync's destination."""
+    fields = {
+        "destination.token": getattr(sync.destination, "token", None),
+        "destination.secret": getattr(sync.destination, "secret", None),
+    }
+    return [(field, ref) for field, ref in fields.items() if isinstance(ref, str) and ref.startswith("env:")]
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
