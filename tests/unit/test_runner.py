@@ -297,3 +297,15 @@ def test_a_destination_down_past_the_retries_fails_the_run_without_dead_letters(
     assert rt.state.dead_letters("contacts") == []
     destination.failures = []
     assert run_sync(rt, "contacts").planned["added"] == 120
+
+
+def test_two_rows_with_one_destination_identifier_send_only_the_first(make_project: ProjectFactory) -> None:
+    # Given two customers sharing an email (HubSpot keeps one contact per email)
+    rows = [*contacts_rows(5), (6, "USER2@example.com ", "Twin", 1, 1.0)]
+    project = make_project(rows=rows, mapping={"email": {"column": "email", "transform": ["trim", "lower"]}})
+    destination = RecordingDestination()
+    record = run_sync(runtime(project, destination), "contacts")
+    # Then one of them is sent and the other is invalid, naming the first
+    assert record.delivered == 5 and record.planned["invalid"] == 1
+    (invalid,) = record.invalid_sample
+    assert "same value as the record with key" in invalid["reason"] and invalid["key"] in ("2", "6")

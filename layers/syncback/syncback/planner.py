@@ -133,6 +133,29 @@ def model_problems(sync: SyncSpec, described: list[tuple[str, str]]) -> list[Pro
     return problems
 
 
+class IdentityCheck:
+    """Refuses a second record with the same destination identifier (two customers, one email).
+
+    The destination keeps one record per identifier, so sending both makes the last one win, and
+    which is last is not up to us. The first is sent; the others are invalid, with the reason.
+    It sees the changes of one plan (unchanged rows are not read), which covers every first run.
+    """
+
+    def __init__(self, fields: list[str]) -> None:
+        self.fields = fields
+        self._seen: dict[tuple[str, str], str] = {}
+
+    def check(self, key: str, record: dict[str, Any]) -> None:
+        for name in self.fields:
+            value = (name, str(record.get(name, "")).strip().lower())
+            first = self._seen.setdefault(value, key)
+            if first != key:
+                raise InvalidValue(
+                    f"field {name} has the same value as the record with key {first}; the destination "
+                    "keeps one record per value, so only that one is sent"
+                )
+
+
 class Planner:
     """Plans one run of one sync against one warehouse."""
 
@@ -252,11 +275,13 @@ class Planner:
             f"select p.sb_key, p.sb_hash, s.destination_id, s.key is null{selected} from {plan} p "
             f"left join {snap} s on s.key = p.sb_key where p.sb_key is not null and p.sb_n = 1{differs}"
         )
+        identities = IdentityCheck(required_fields(self.sync))
         for chunk in self.warehouse.stream(sql):
             for key, row_hash, destination_id, is_new, *values in chunk:
                 kind = "added" if is_new else "changed"
                 try:
                     record = mapper.map(values)
+                    identities.check(key, record)
                 except InvalidValue as exc:
                     setattr(result.counts, kind, getattr(result.counts, kind) - 1)
                     result.counts.invalid += 1
