@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from syncback.aws import LambdaSettings
 from syncback.aws import handler_runtime as runtime
-from syncback.runner import new_run_id
+from syncback.runtime import new_run_id
 from syncback.steps import start_run
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys

@@ -11,7 +11,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from syncback.aws import handler_runtime as runtime
-from syncback.runner import replay
+from syncback.commit import replay
 from syncback.steps import letters_of_message
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys

@@ -25,7 +25,7 @@ class RecordingDestination:
         self.failures: list[Exception] = []
         self.closed = False
 
-    def write(self, changes: Sequence[Change]) -> list[Outcome]:
+    def write(self, changes: Sequence[Change], scope: str = "") -> list[Outcome]:
         from syncback.errors import RequestRejected
 
         self.requests.append([c.key for c in changes])
@@ -41,8 +41,9 @@ class RecordingDestination:
                 self.records.pop(change.key, None)
                 outcomes.append(Outcome(change.key, "delivered", change.destination_id))
             else:
+                created = change.key not in self.records
                 self.records[change.key] = dict(change.record)
-                outcomes.append(Outcome(change.key, "delivered", f"id-{change.key}"))
+                outcomes.append(Outcome(change.key, "delivered", f"id-{change.key}", created=created))
         return outcomes
 
     def close(self) -> None:

@@ -135,7 +135,7 @@ class Stack:
 def snapshot(project: Project) -> dict[str, str]:
     """Return the committed snapshot of the contacts sync: key → row hash."""
     con = duckdb.connect(str(project.root / "wh.duckdb"))
-    rows = con.execute("select key, row_hash from syncback.snapshot__contacts").fetchall()
+    rows = con.execute("select key, row_hash from syncback.snapshot__contacts where not removed").fetchall()
     con.close()
     return dict(rows)
 

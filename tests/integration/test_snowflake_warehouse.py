@@ -16,10 +16,12 @@ from fakesnow.cursor import FakeSnowflakeCursor
 from snowflake.connector import errors as sf
 
 from syncback.batches import LocalBatchStore
+from syncback.commit import effect
+from syncback.destinations.base import Change, Outcome
 from syncback.errors import ConfigError, ModelError, SecretError, WarehouseUnavailable
 from syncback.planner import Planner, PlanResult, change_from_json
 from syncback.secrets import SecretResolver
-from syncback.snapshot import SnapshotTables, advance_snapshot, read_snapshot
+from syncback.snapshot import SnapshotTables, apply_outcomes, read_snapshot
 from syncback.spec import SnowflakeWarehouseConfig, SyncSpec
 from syncback.warehouses import snowflake as snowflake_module
 from syncback.warehouses.snowflake import SnowflakeWarehouse
@@ -129,7 +131,7 @@ def test_columns_describes_the_model_without_running_it(warehouse: SnowflakeWare
     columns = warehouse.columns(model)
 
     # Then we get Snowflake's upper-case names and type names, and running it really would fail
-    assert columns == [("LEAD_SCORE", "FIXED"), ("EMAIL", "TEXT"), ("IS_ACTIVE", "BOOLEAN")]
+    assert columns == [("LEAD_SCORE", "FIXED(38,0)"), ("EMAIL", "TEXT"), ("IS_ACTIVE", "BOOLEAN")]
     with pytest.raises(ModelError):
         warehouse.fetch_all(model)
 
@@ -427,6 +429,10 @@ def contacts_sync() -> SyncSpec:
     )
 
 
+def planned_changes(store: LocalBatchStore, plan: PlanResult) -> list[Change]:
+    return [change_from_json(item) for ref in plan.batches for item in store.get_json(ref.key)["changes"]]
+
+
 def delivered(store: LocalBatchStore, plan: PlanResult) -> list[tuple[str, str, str | None, str]]:
     """Return (key, row_hash, destination_id, action) of every planned change, as if all were delivered."""
     out: list[tuple[str, str, str | None, str]] = []
@@ -457,11 +463,13 @@ def test_planner_and_snapshot_run_on_snowflake_sql(warehouse: SnowflakeWarehouse
     assert reasons == ["primary key email is null (1 rows)", "duplicate primary key (2 rows share it)"]
 
     # When the destination accepted everything and the commit advances the snapshot (as commit_run does)
-    changes = delivered(store, first)
-    puts: list[tuple[str, str, str | None]] = [
-        (key, row_hash, f"hs-{key}") for key, row_hash, _, _ in changes
+    staged = [
+        effect(change, Outcome(change.key, "delivered", f"hs-{change.key}", created=True), first.version)
+        for change in planned_changes(store, first)
     ]
-    advance_snapshot(warehouse, tables, "run-1", puts, [], dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC))
+    apply_outcomes(
+        warehouse, tables, filter(None, staged), "run-1", first.target, dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    )
 
     # And then three rows change, two disappear and one is new
     warehouse.execute(
@@ -487,18 +495,28 @@ def test_planner_and_snapshot_run_on_snowflake_sql(warehouse: SnowflakeWarehouse
     }
 
     # When that run is committed, the changed rows without a new destination id
-    puts = [(key, row_hash, None) for key, row_hash, _, act in changes if act == "upsert"]
-    deletes = [key for key, _, _, act in changes if act == "forget"]
-    advance_snapshot(warehouse, tables, "run-2", puts, deletes, dt.datetime(2026, 1, 3, tzinfo=dt.UTC))
+    staged = [
+        effect(change, Outcome(change.key, "delivered"), second.version)
+        for change in planned_changes(store, second)
+    ]
+    apply_outcomes(
+        warehouse,
+        tables,
+        filter(None, staged),
+        "run-2",
+        second.target,
+        dt.datetime(2026, 1, 3, tzinfo=dt.UTC),
+    )
     entries = read_snapshot(warehouse, tables, ["p01@example.com", "p10@example.com", "p05@example.com"])
 
-    # Then changed rows have their new hash and keep their destination id, removed ones are gone
+    # Then changed rows have their new hash and version and keep their destination id; removed
+    # ones are tombstones (a replay of their old versions stays stale)
     new_hash = {k: h for k, h, _, _ in changes}["p01@example.com"]
-    assert set(entries) == {"p01@example.com", "p05@example.com"}
     assert entries["p01@example.com"].row_hash == new_hash
     assert entries["p01@example.com"].destination_id == "hs-p01@example.com"
-    assert entries["p01@example.com"].committed_at == dt.datetime(2026, 1, 3)
-    assert entries["p05@example.com"].committed_at == dt.datetime(2026, 1, 2, 3, 4, 5)
+    assert entries["p01@example.com"].version == second.version
+    assert entries["p05@example.com"].version == first.version
+    assert entries["p10@example.com"].removed and entries["p10@example.com"].version == second.version
 
     # And a third plan finds nothing left to do
     c = Planner(sync, warehouse, "syncback").plan("run-3", store).counts

@@ -48,11 +48,11 @@ class FailingDestination(RecordingDestination):
         super().__init__()
         self.auth_fail_keys: set[str] = set()
 
-    def write(self, changes: Sequence[Change]) -> list[Outcome]:
+    def write(self, changes: Sequence[Change], scope: str = "") -> list[Outcome]:
         if any(c.key in self.auth_fail_keys for c in changes):
             self.requests.append([c.key for c in changes])
             raise DestinationAuthError("HubSpot answered 401")
-        return super().write(changes)
+        return super().write(changes, scope)
 
 
 # ---- the runs --------------------------------------------------------------------------------
@@ -388,7 +388,7 @@ def test_a_failed_deliver_map_still_commits_announces_and_fails_the_execution(
     real_put = stack.rt.store.put_json
 
     def put_json(key: str, document: Any) -> None:
-        if not key.endswith("/manifest.json"):
+        if not key.endswith("/manifest-1.json"):
             real_put(key, document)
 
     monkeypatch.setattr(stack.rt.store, "put_json", put_json)

@@ -88,8 +88,8 @@ def test_forget_and_keep_send_nothing_and_are_skipped() -> None:
 
 def test_a_missing_acknowledgement_is_a_rejection() -> None:
     class Forgetful(RecordingDestination):
-        def write(self, changes):  # type: ignore[no-untyped-def]
-            return super().write(changes)[1:]
+        def write(self, changes, scope=""):  # type: ignore[no-untyped-def]
+            return super().write(changes, scope)[1:]
 
     outcomes = Delivery(Forgetful(), retry=NO_WAIT).deliver(upserts(3))
     assert outcomes[0].status == "rejected" and "did not acknowledge" in (outcomes[0].reason or "")

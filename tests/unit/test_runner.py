@@ -8,10 +8,11 @@ import duckdb
 import pytest
 
 from syncback.batches import LocalBatchStore
+from syncback.commit import replay
 from syncback.delivery import RetryPolicy
 from syncback.errors import DestinationAuthError, GuardError, ModelError
 from syncback.planner import Planner
-from syncback.runner import Runtime, deliver_batch, plan_run, replay, run_sync
+from syncback.runner import Runtime, deliver_batch, plan_run, run_sync
 from syncback.spec import Project
 from syncback.state import LocalStateStore
 from syncback.warehouses.duckdb import DuckDBWarehouse
@@ -32,7 +33,7 @@ def runtime(project: Project, destination: RecordingDestination) -> Runtime:
 
 def snapshot(project: Project) -> dict[str, str]:
     con = duckdb.connect(str(project.root / "wh.duckdb"))
-    rows = con.execute("select key, row_hash from syncback.snapshot__contacts").fetchall()
+    rows = con.execute("select key, row_hash from syncback.snapshot__contacts where not removed").fetchall()
     con.close()
     return dict(rows)
 
@@ -177,7 +178,7 @@ def test_an_empty_model_never_deletes_everything(make_project: ProjectFactory) -
     rt = runtime(project, destination)
     run_sync(rt, "contacts")
     write_contacts(project.root / "wh.duckdb", [])
-    with pytest.raises(GuardError, match="no valid rows"):
+    with pytest.raises(GuardError, match="the model returned no rows"):
         run_sync(rt, "contacts")
     assert len(destination.records) == 5
 
@@ -230,19 +231,23 @@ def test_a_model_whose_sql_fails_is_a_model_error(make_project: ProjectFactory) 
         run_sync(runtime(project, RecordingDestination()), "contacts")
 
 
-def test_a_column_whose_type_changes_resends_its_rows(make_project: ProjectFactory) -> None:
-    # Given lead_score stored as integers, synced once
+def test_change_detection_follows_the_values_sent_not_the_column_types(make_project: ProjectFactory) -> None:
+    # Given lead_score synced through the integer transform, and ltv sent as the column holds it
     project = make_project(rows=contacts_rows(10))
     destination = RecordingDestination()
     rt = runtime(project, destination)
     run_sync(rt, "contacts")
-    # When the column becomes a double with the same values
+    # When lead_score becomes a double holding the same whole numbers: Then nothing changed
     con = duckdb.connect(str(project.root / "wh.duckdb"))
     con.execute("alter table analytics.contacts alter lead_score type double")
     con.close()
+    assert run_sync(rt, "contacts").planned["changed"] == 0
+    # When ltv becomes text: its JSON form changes ("1.5" instead of 1.5), so every row with one is sent
+    con = duckdb.connect(str(project.root / "wh.duckdb"))
+    con.execute("alter table analytics.contacts alter lifetime_value type varchar")
+    con.close()
     record = run_sync(rt, "contacts")
-    # Then every row counts as changed and is sent again (documented: a type change re-sends)
-    assert record.planned["changed"] == 10 and destination.records["3"]["lead_score"] == 3
+    assert record.planned["changed"] == 9 and destination.records["3"]["ltv"] == "4.5"
 
 
 def test_two_runs_of_one_sync_never_overlap(make_project: ProjectFactory) -> None:
@@ -308,4 +313,7 @@ def test_two_rows_with_one_destination_identifier_send_only_the_first(make_proje
     # Then one of them is sent and the other is invalid, naming the first
     assert record.delivered == 5 and record.planned["invalid"] == 1
     (invalid,) = record.invalid_sample
-    assert "same value as the record with key" in invalid["reason"] and invalid["key"] in ("2", "6")
+    assert (
+        invalid["key"] == "6"
+        and "the same value (as the destination compares it) as the row with key 2" in invalid["reason"]
+    )

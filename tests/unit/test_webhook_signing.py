@@ -52,7 +52,7 @@ def destination(transport: Transport, secret: str | None = SECRET) -> WebhookDes
         {"type": "webhook", "url": "https://hooks.example.com/in?token=t0k"}
     )
     return WebhookDestination(
-        config, secret, "crm_contacts", session, clock=lambda: NOW, new_id=lambda body: "msg_1"
+        config, secret, "crm_contacts", session, clock=lambda: NOW, new_id=lambda scope, changes: "msg_1"
     )
 
 
@@ -81,12 +81,21 @@ def test_sign_matches_the_reference_librarys_published_vector() -> None:
     assert signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 
-def test_a_secret_without_the_prefix_is_used_as_raw_utf8_bytes() -> None:
-    # Given a secret with no whsec_ prefix (documented: its UTF-8 bytes are the key)
-    # When its key is derived
-    # Then it is not base64-decoded
-    assert signing_key("plain-sécret") == "plain-sécret".encode()
-    assert signing_key("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw") == b"MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+def test_a_secret_without_the_prefix_is_base64_as_the_spec_says() -> None:
+    # Given the same key with and without the optional whsec_ prefix
+    # When its key is derived: Then both decode to the same bytes, as the reference library does
+    assert signing_key("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw") == signing_key(
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    )
+    assert signing_key("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw") == base64.b64decode(
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    )
+
+
+@pytest.mark.parametrize("secret", ["plain-sécret", "has spaces in it", "whsec_abc$"])
+def test_a_secret_that_is_not_base64_is_refused_with_the_fix(secret: str) -> None:
+    with pytest.raises(SecretError, match="not base64.*generate one"):
+        signing_key(secret)
 
 
 def test_a_whsec_secret_without_base64_padding_still_decodes() -> None:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from syncback.batches import dumps
 from syncback.delivery import Budget
 from syncback.errors import RunInProgress
-from syncback.runner import Runtime
+from syncback.runtime import Runtime
 from syncback.shared_budget import DynamoRateBudget
 from syncback.spec import load_project
 from syncback.state import DeadLetter, RunRecord, StateStore

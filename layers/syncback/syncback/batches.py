@@ -1,7 +1,8 @@
 """Where a run's batches, receipts and manifest live: a local folder, or S3 on AWS.
 
 Rows never travel through Step Functions: states pass these keys and counts. Keys are
-``runs/<sync>/<run_id>/{plan.json, manifest.json, batches/00000.json, receipts/00000.json}``.
+``runs/<sync>/<run_id>/{plan.json, manifest-1.json, manifest-2.json, batches/00000.json,
+receipts/00000.json}`` (locally also ``journals/00000.jsonl`` and ``commit.json``).
 """
 
 from __future__ import annotations
@@ -9,10 +10,23 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # the planner writes through this module: a type-only import avoids the cycle
     from syncback.planner import PlanResult
+
+
+@runtime_checkable
+class Journal(Protocol):
+    """A store that can append to a document cheaply (a local file; S3 cannot)."""
+
+    def append_lines(self, key: str, documents: list[Any]) -> None:
+        """Append each document as one JSON line to ``key``, durably."""
+        ...
+
+    def read_lines(self, key: str) -> list[Any] | None:
+        """Return the documents appended to ``key``, or None if there are none."""
+        ...
 
 
 class BatchStore(Protocol):
@@ -45,18 +59,28 @@ def receipt_key(batch: str) -> str:
     return batch.replace("/batches/", "/receipts/")
 
 
+def journal_key(batch: str) -> str:
+    """Return the key of a batch's journal: its outcomes, appended request by request."""
+    return batch.replace("/batches/", "/journals/").replace(".json", ".jsonl")
+
+
+def commit_key(sync: str, run_id: str) -> str:
+    """Return the key of the mark a commit leaves: the run's receipts are in the snapshot."""
+    return f"{run_prefix(sync, run_id)}/commit.json"
+
+
 def plan_key(sync: str, run_id: str) -> str:
     return f"{run_prefix(sync, run_id)}/plan.json"
 
 
-def manifest_key(sync: str, run_id: str) -> str:
-    """Return the key of a run's manifest: the JSON array the Deliver map reads (ItemReader)."""
-    return f"{run_prefix(sync, run_id)}/manifest.json"
+def manifest_key(sync: str, run_id: str, phase: int = 1) -> str:
+    """Return the key of a run's manifest of one phase: the JSON array a Deliver map reads (ItemReader)."""
+    return f"{run_prefix(sync, run_id)}/manifest-{phase}.json"
 
 
-def manifest(plan: PlanResult) -> list[dict[str, Any]]:
-    """Return the manifest of a plan: one item per batch, its key and how many changes it holds."""
-    return [{"batch": ref.key, "count": ref.count} for ref in plan.batches]
+def manifest(plan: PlanResult, phase: int = 1) -> list[dict[str, Any]]:
+    """Return the manifest of one phase of a plan: per batch, its key and how many changes it holds."""
+    return [{"batch": ref.key, "count": ref.count} for ref in plan.batches_of(phase)]
 
 
 def dumps(document: Any) -> bytes:
@@ -85,3 +109,33 @@ class LocalBatchStore:
 
     def exists(self, key: str) -> bool:
         return (self.root / key).exists()
+
+    def append_lines(self, key: str, documents: list[Any]) -> None:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab") as out:
+            out.write(b"".join(dumps(d) + b"\n" for d in documents))
+            out.flush()
+            os.fsync(out.fileno())
+
+    def read_lines(self, key: str) -> list[Any] | None:
+        path = self.root / key
+        if not path.exists():
+            return None
+        documents = []
+        for line in path.read_bytes().splitlines():
+            try:
+                documents.append(json.loads(line))
+            except ValueError:
+                break  # the last line of a process killed while writing it
+        return documents
+
+    def run_ids(self, sync: str) -> list[str]:
+        """Return the ids of the runs of ``sync`` whose plan is stored, oldest first."""
+        folder = self.root / "runs" / sync
+        return sorted(p.parent.name for p in folder.glob("*/plan.json")) if folder.exists() else []
+
+    def remove_batches(self, sync: str, run_id: str) -> None:
+        """Delete a committed run's batch files: they hold record values, and are no longer needed."""
+        for path in (self.root / run_prefix(sync, run_id) / "batches").glob("*.json"):
+            path.unlink()

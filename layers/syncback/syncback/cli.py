@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from syncback.batches import LocalBatchStore
+from syncback.commit import replay
 from syncback.errors import ConfigError, Problem, SecretError, SyncbackError
-from syncback.planner import Planner, model_problems
-from syncback.runner import Progress, Runtime, new_run_id, replay, run_sync
+from syncback.mapping import describe, model_problems
+from syncback.planner import Planner
+from syncback.runner import Progress, run_sync
+from syncback.runtime import Runtime, new_run_id
 from syncback.spec import Project, SyncSpec, json_schemas, load_project
 from syncback.state import LocalStateStore, RunRecord
 
@@ -126,7 +129,9 @@ def _model_problems(project: Project) -> list[Problem]:
                 problems.append(Problem(file, field, str(exc).split(": ", 2)[-1]))
         try:
             with rt.warehouse(sync) as warehouse:
-                problems += model_problems(sync, warehouse.columns(sync.model_sql))
+                problems += model_problems(
+                    sync, describe(warehouse.columns(sync.model_sql), warehouse.dialect)
+                )
         except SecretError as exc:
             # the warehouse's credentials are in syncback.yaml, not in the sync
             problems.append(Problem("syncback.yaml", f"warehouses.{sync.warehouse}", str(exc)))

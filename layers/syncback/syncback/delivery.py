@@ -125,14 +125,16 @@ class Delivery:
         retry: RetryPolicy = RetryPolicy(),
         sleep: Sleep = time.sleep,
         on_progress: Callable[[int], None] | None = None,
+        on_outcomes: Callable[[list[Outcome]], None] | None = None,
     ) -> None:
         self.destination = destination
         self.budget = budget
         self.retry = retry
         self._sleep = sleep
         self._on_progress = on_progress or (lambda n: None)
+        self._on_outcomes = on_outcomes or (lambda outcomes: None)
 
-    def deliver(self, changes: Sequence[Change]) -> list[Outcome]:
+    def deliver(self, changes: Sequence[Change], scope: str = "") -> list[Outcome]:
         """Return one outcome per change; raise the errors that stop the batch.
 
         Those are the destination refusing our credentials (or a 410), and a transient failure
@@ -142,31 +144,33 @@ class Delivery:
         outcomes = [
             Outcome(c.key, "skipped", reason=_NOT_SENT[c.action]) for c in changes if c.action in _NOT_SENT
         ]
+        self._on_outcomes(outcomes)
         self._on_progress(len(outcomes))
         size = self.destination.max_batch_size
-        for action in ("upsert", "archive"):
-            todo = [c for c in changes if c.action == action]
+        for todo in _requests(changes):
             for start in range(0, len(todo), size):
                 chunk = todo[start : start + size]
-                outcomes += self._send(chunk)
+                sent = self._send(chunk, scope)
+                self._on_outcomes(sent)
+                outcomes += sent
                 self._on_progress(len(chunk))
         return outcomes
 
-    def _send(self, chunk: Sequence[Change]) -> list[Outcome]:
+    def _send(self, chunk: Sequence[Change], scope: str) -> list[Outcome]:
         try:
-            outcomes = self._with_retries(chunk)
+            outcomes = self._with_retries(chunk, scope)
         except RequestRejected as exc:
             if len(chunk) == 1:
                 return [Outcome(chunk[0].key, "rejected", reason=str(exc))]
             middle = len(chunk) // 2
-            return self._send(chunk[:middle]) + self._send(chunk[middle:])
+            return self._send(chunk[:middle], scope) + self._send(chunk[middle:], scope)
         return _one_per_change(chunk, outcomes)
 
-    def _with_retries(self, chunk: Sequence[Change]) -> list[Outcome]:
+    def _with_retries(self, chunk: Sequence[Change], scope: str) -> list[Outcome]:
         for attempt in range(1, self.retry.attempts + 1):
             slot = self.budget.acquire() if self.budget is not None else 0.0
             try:
-                return self.destination.write(chunk)
+                return self.destination.write(chunk, scope)
             except TransientError as exc:
                 if attempt == self.retry.attempts:
                     raise
@@ -181,6 +185,18 @@ class Delivery:
         raise AssertionError("unreachable")
 
 
+def _requests(changes: Sequence[Change]) -> list[list[Change]]:
+    """Return the changes to send, grouped so that each request does one thing: write by the
+    destination's id, write by the identifier, or archive; in the order they came."""
+    groups: dict[tuple[str, bool], list[Change]] = {}
+    for change in changes:
+        if change.action in _NOT_SENT:
+            continue
+        kind = "archive" if change.action == "archive" else "write"
+        groups.setdefault((kind, change.destination_id is not None), []).append(change)
+    return list(groups.values())
+
+
 def _one_per_change(chunk: Sequence[Change], outcomes: list[Outcome]) -> list[Outcome]:
     by_key = {o.key: o for o in outcomes}
     return [
@@ -190,10 +206,20 @@ def _one_per_change(chunk: Sequence[Change], outcomes: list[Outcome]) -> list[Ou
     ]
 
 
+def outcome_to_json(o: Outcome) -> list[Any]:
+    """Return an outcome as the compact array receipts store."""
+    return [o.key, o.status, o.destination_id, o.reason, o.created]
+
+
+def outcome_from_json(item: list[Any]) -> Outcome:
+    key, status, destination_id, reason, *created = item
+    return Outcome(key, status, destination_id, reason, created[0] if created else None)
+
+
 def receipt(batch: str, outcomes: Sequence[Outcome]) -> dict[str, Any]:
     """Return the receipt document of a delivered batch."""
-    return {"batch": batch, "outcomes": [[o.key, o.status, o.destination_id, o.reason] for o in outcomes]}
+    return {"batch": batch, "outcomes": [outcome_to_json(o) for o in outcomes]}
 
 
 def outcomes_from_receipt(document: dict[str, Any]) -> list[Outcome]:
-    return [Outcome(k, s, d, r) for k, s, d, r in document["outcomes"]]
+    return [outcome_from_json(item) for item in document["outcomes"]]

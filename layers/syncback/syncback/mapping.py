@@ -1,187 +1,313 @@
-"""Row → destination record: renames, constants, transforms and the per-field null policy.
+"""The mapping as SQL: model row → destination record, computed inside the warehouse.
 
-A value that cannot be converted makes its record invalid: ``Mapper.map`` raises ``InvalidValue``
-with a reason that names the field and the column, never the value itself (record values stay
-out of logs and run history). Values come out JSON-ready: no NaN or infinity, no Decimal, no
-integers a JSON reader would round.
+Every mapped field becomes an SQL expression: the column (or a constant), its transforms in
+order, and its JSON form. The warehouse builds each record as JSON text (fields in name order, so
+the text does not depend on the order the spec lists them), says why a row is invalid (the first
+field, in name order, whose value a transform cannot convert, naming the field and the column,
+never the value), and gives the normalised identifier the identity check compares. Rows never
+pass through Python to be mapped, so a plan's speed and memory do not depend on Python.
+
+Transforms (a name or a list, applied in order; nulls stay null):
+
+    string    the text form: booleans true/false, whole doubles without ".0", dates ISO 8601
+    lower, upper, trim (white space: spaces, tabs, line breaks), sha256 (hex of the text form)
+    integer   whole numbers; text of digits, or of a whole decimal ("12.0"); not booleans
+    float     a finite double; from numbers or text
+    boolean   true/false, yes/no, y/n, t/f, 1/0 (text, any case) and the numbers 1 and 0
+    iso_date  dates as YYYY-MM-DD, timestamps as UTC YYYY-MM-DDTHH:MM:SS[.mmm]Z; text parsed as one
+
+JSON forms: integers beyond 2^53 and decimals a double would change are sent as exact strings;
+NaN and infinity make the row invalid; timestamps without a zone are taken as UTC.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import math
-import uuid
 from collections.abc import Callable, Sequence
-from decimal import Decimal
-from typing import Any
+from dataclasses import dataclass
 
-from syncback.spec import FieldMapping
+from syncback.errors import Problem
+from syncback.spec import FieldMapping, SyncSpec
+from syncback.warehouses.dialect import Dialect, Kind, Typed, literal
 
-# Integers beyond this are sent as strings: JSON readers in JavaScript round them otherwise.
-MAX_SAFE_INTEGER = 2**53 - 1
+_ARTICLE = {
+    Kind.TEXT: "a text",
+    Kind.INTEGER: "an integer",
+    Kind.DECIMAL: "a decimal",
+    Kind.FLOAT: "a float",
+    Kind.BOOLEAN: "a boolean",
+    Kind.DATE: "a date",
+    Kind.TIMESTAMP: "a timestamp",
+    Kind.TIMESTAMPTZ: "a timestamp",
+    Kind.OTHER: "a value of another type",
+    Kind.BINARY: "binary",
+}
+_TRUE = "('true', 't', 'yes', 'y', '1')"
+_FALSE = "('false', 'f', 'no', 'n', '0')"
+_NUMBERS = (Kind.INTEGER, Kind.DECIMAL, Kind.FLOAT)
 
-
-class InvalidValue(ValueError):
-    """A value the mapping cannot convert; the message is the reason shown to operators."""
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, dt.datetime | dt.date):
-        return _iso(value)
-    return str(value)
-
-
-def _integer(value: Any) -> int:
-    if isinstance(value, bool):
-        raise InvalidValue("is a boolean, not an integer")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float | Decimal):
-        if not math.isfinite(value) or value != int(value):
-            raise InvalidValue("is not a whole number")
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            try:
-                return _integer(Decimal(value.strip()))
-            except ArithmeticError:
-                raise InvalidValue("is text that is not an integer") from None
-    raise InvalidValue(f"is a {type(value).__name__}, not an integer")
+#: (the converted value, why it failed when a non-null value came out null; None: it cannot fail)
+Step = tuple[Typed, str | None]
 
 
-def _float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise InvalidValue("is a boolean, not a number")
-    try:
-        result = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
-        raise InvalidValue(f"is a {type(value).__name__} that is not a number") from None
-    if not math.isfinite(result):
-        raise InvalidValue("is NaN or infinite, which no destination accepts")
-    return result
+def _null(kind: Kind) -> Typed:
+    return Typed("null", kind)
 
 
-_TRUE = {"true", "t", "yes", "y", "1"}
-_FALSE = {"false", "f", "no", "n", "0"}
+def _integer(v: Typed, d: Dialect) -> Step:
+    if v.kind is Kind.INTEGER:
+        return v, None
+    if v.kind is Kind.DECIMAL:
+        return Typed(f"(case when {v.sql} = trunc({v.sql}) then {d.to_integer(v.sql)} end)", Kind.INTEGER), (
+            "is not a whole number"
+        )
+    if v.kind is Kind.FLOAT:
+        whole = f"{d.finite(v.sql)} and {v.sql} = trunc({v.sql}) and abs({v.sql}) < 1e38"
+        return Typed(
+            f"(case when {whole} then {d.to_integer(v.sql)} end)", Kind.INTEGER
+        ), "is not a whole number"
+    if v.kind is Kind.TEXT:
+        decimal = d.text_to_decimal(v.sql)
+        whole = f"(case when {decimal} = trunc({decimal}) then {d.to_integer(decimal)} end)"
+        return Typed(f"coalesce({d.text_to_integer(v.sql)}, {whole})", Kind.INTEGER), (
+            "is text that is not an integer"
+        )
+    return _null(Kind.INTEGER), f"is {_ARTICLE[v.kind]}, not an integer"
 
 
-def _boolean(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float | Decimal) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str):
-        word = value.strip().lower()
-        if word in _TRUE | _FALSE:
-            return word in _TRUE
-    raise InvalidValue("is not a boolean (true/false, yes/no, 1/0)")
+def _float(v: Typed, d: Dialect) -> Step:
+    if v.kind in _NUMBERS:
+        number, reason = d.to_double(v.sql), "is NaN or infinite, which no destination accepts"
+    elif v.kind is Kind.TEXT:
+        number, reason = d.text_to_double(v.sql), "is text that is not a finite number"
+    else:
+        return _null(Kind.FLOAT), f"is {_ARTICLE[v.kind]}, not a number"
+    return Typed(f"(case when {d.finite(number)} then {number} end)", Kind.FLOAT), reason
 
 
-def _iso(value: Any) -> str:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.UTC).replace(tzinfo=None)
-        text: str = value.isoformat(timespec="milliseconds" if value.microsecond else "seconds")
-        return text + "Z"
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return (
-                _iso(dt.datetime.fromisoformat(text))
-                if len(text) > 10
-                else dt.date.fromisoformat(text).isoformat()
-            )
-        except ValueError:
-            raise InvalidValue("is text that is not an ISO 8601 date") from None
-    raise InvalidValue(f"is a {type(value).__name__}, not a date")
+def _boolean(v: Typed, d: Dialect) -> Step:
+    reason = "is not a boolean (true/false, yes/no, 1/0)"
+    if v.kind is Kind.BOOLEAN:
+        return v, None
+    if v.kind in _NUMBERS:
+        return Typed(
+            f"(case when {v.sql} = 1 then true when {v.sql} = 0 then false end)", Kind.BOOLEAN
+        ), reason
+    if v.kind is Kind.TEXT:
+        word = f"lower({d.trim(v.sql)})"
+        sql = f"(case when {word} in {_TRUE} then true when {word} in {_FALSE} then false end)"
+        return Typed(sql, Kind.BOOLEAN), reason
+    return _null(Kind.BOOLEAN), f"is {_ARTICLE[v.kind]}, not a boolean"
 
 
-def _sha256(value: Any) -> str:
-    return hashlib.sha256(_text(value).encode("utf-8")).hexdigest()
+def _iso_date(v: Typed, d: Dialect) -> Step:
+    if v.kind in (Kind.DATE, Kind.TIMESTAMP, Kind.TIMESTAMPTZ):
+        return Typed(d.iso(v), Kind.TEXT), None
+    if v.kind is Kind.TEXT:
+        moment = d.iso(Typed(d.text_to_utc(v.sql), Kind.TIMESTAMP))
+        day = d.iso(Typed(d.text_to_date(v.sql), Kind.DATE))
+        sql = f"(case when length({d.trim(v.sql)}) > 10 then {moment} else {day} end)"
+        return Typed(sql, Kind.TEXT), "is text that is not an ISO 8601 date"
+    return _null(Kind.TEXT), f"is {_ARTICLE[v.kind]}, not a date"
 
 
-TRANSFORMS: dict[str, Callable[[Any], Any]] = {
-    "lower": lambda v: _text(v).lower(),
-    "upper": lambda v: _text(v).upper(),
-    "trim": lambda v: _text(v).strip(),
-    "string": _text,
+TRANSFORMS: dict[str, Callable[[Typed, Dialect], Step]] = {
+    "string": lambda v, d: (Typed(d.text(v), Kind.TEXT), None),
+    "lower": lambda v, d: (Typed(f"lower({d.text(v)})", Kind.TEXT), None),
+    "upper": lambda v, d: (Typed(f"upper({d.text(v)})", Kind.TEXT), None),
+    "trim": lambda v, d: (Typed(d.trim(d.text(v)), Kind.TEXT), None),
+    "sha256": lambda v, d: (Typed(d.sha256(d.text(v)), Kind.TEXT), None),
     "integer": _integer,
     "float": _float,
     "boolean": _boolean,
-    "iso_date": _iso,
-    "sha256": _sha256,
+    "iso_date": _iso_date,
 }
 
 
-def json_ready(value: Any) -> Any:
-    """Return ``value`` as something every JSON reader takes exactly; raise InvalidValue if none."""
-    if value is None or isinstance(value, str | bool):
-        return value
-    if isinstance(value, int):
-        return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidValue("is NaN or infinite, which no destination accepts")
-        return value
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise InvalidValue("is NaN or infinite, which no destination accepts")
-        if value == value.to_integral_value():
-            return json_ready(int(value))
-        as_float = float(value)
-        # keep the exact digits when a float would change them
-        return as_float if Decimal(repr(as_float)) == value else str(value)
-    if isinstance(value, dt.datetime | dt.date):
-        return _iso(value)
-    if isinstance(value, dt.time | uuid.UUID):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    raise InvalidValue(f"is a {type(value).__name__}, which cannot be sent as JSON")
+# ---- the model's columns ------------------------------------------------------------------------
 
 
-class Mapper:
-    """Maps rows (tuples in ``columns`` order) onto destination records, as the spec's mapping says."""
+@dataclass(frozen=True)
+class Column:
+    """A model column as the warehouse described it."""
+
+    name: str
+    kind: Kind
+    sqltype: str
+
+
+def resolve(name: str, described: Sequence[Column]) -> Column | None:
+    """Return the described column ``name`` refers to: the same name, else the one equal but for case."""
+    exact = [c for c in described if c.name == name]
+    if exact:
+        return exact[0]
+    folded = [c for c in described if c.name.lower() == name.lower()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def describe(described: Sequence[tuple[str, str]], dialect: Dialect) -> list[Column]:
+    """Return the model's columns with their kinds."""
+    return [Column(name, *dialect.kind(type_name)) for name, type_name in described]
+
+
+def model_problems(sync: SyncSpec, described: Sequence[Column]) -> list[Problem]:
+    """Return a problem for the primary key and each mapped column the model lacks or cannot send."""
+    have = ", ".join(sorted(c.name for c in described))
+    file = f"syncs/{sync.name}.yaml"
+    problems = []
+    if resolve(sync.primary_key, described) is None:
+        problems.append(
+            Problem(file, "primary_key", f"the model has no column {sync.primary_key} (it has: {have})")
+        )
+    for field_name, entry in sorted(sync.mapping.items()):
+        if entry.column is None:
+            continue
+        column = resolve(entry.column, described)
+        if column is None:
+            problems.append(
+                Problem(
+                    file,
+                    f"mapping.{field_name}",
+                    f"the model has no column {entry.column}; fix the name or add it to the model (it has: {have})",
+                )
+            )
+        elif column.kind is Kind.BINARY:
+            problems.append(
+                Problem(
+                    file,
+                    f"mapping.{field_name}",
+                    f"column {column.name} is {column.sqltype}, which has no JSON form; "
+                    "convert it in the model (to hex or base64 text)",
+                )
+            )
+    return problems
+
+
+# ---- the mapping as a query -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    source: str  # "column X" or "constant": named in reasons
+    start: Typed
+    transforms: list[str]
+    keep_null: bool
+
+
+class MappingQuery:
+    """The SQL that turns the model's rows into (key, record, invalid reason, identity) rows.
+
+    ``identifiers`` are the fields that name a record in the destination: each must be non-empty,
+    and ``sb_ident`` holds them normalised the way the destination compares them (trimmed, lower
+    case), joined, so that two rows the destination would take for one record collide in SQL.
+    """
 
     def __init__(
-        self, mapping: dict[str, FieldMapping], columns: Sequence[str], required: Sequence[str] = ()
+        self, sync: SyncSpec, described: Sequence[Column], dialect: Dialect, identifiers: Sequence[str]
     ) -> None:
-        index = {name.lower(): i for i, name in enumerate(columns)}
-        self._fields: list[tuple[str, int | None, Any, list[Callable[[Any], Any]], bool, str]] = []
-        for name, entry in mapping.items():
-            position = None if entry.column is None else index[entry.column.lower()]
-            chain = [TRANSFORMS[t] for t in entry.transforms]
-            source = f"column {entry.column}" if entry.column else "constant"
-            self._fields.append((name, position, entry.value, chain, entry.on_null == "skip", source))
-        self._required = list(required)
+        self.dialect = dialect
+        key = resolve(sync.primary_key, described)
+        if key is None:  # validated before; a model that changed since is a ModelError upstream
+            raise ValueError(f"no column {sync.primary_key}")
+        self.key = Typed(dialect.quote(key.name), key.kind, key.sqltype)
+        self.fields = [self._field(name, entry, described) for name, entry in sorted(sync.mapping.items())]
+        self.identifiers = sorted(identifiers)
+        # each model column read once, under an alias of ours: a model column may be called anything
+        self.columns = {
+            sql: f"c{j}"
+            for j, sql in enumerate(sorted({f.start.sql for f in self.fields if f.source != "constant"}))
+        }
 
-    def map(self, row: Sequence[Any]) -> dict[str, Any]:
-        """Return the destination record for ``row``; raise InvalidValue with the reason."""
-        record: dict[str, Any] = {}
-        for name, position, constant, chain, skip_null, source in self._fields:
-            value = constant if position is None else row[position]
-            try:
-                if value is not None:
-                    for transform in chain:
-                        value = transform(value)
-                value = json_ready(value)
-            except InvalidValue as exc:
-                raise InvalidValue(f"field {name} ({source}): value {exc}") from None
-            if value is None and skip_null:
-                continue
-            record[name] = value
-        for name in self._required:
-            if record.get(name) in (None, ""):
-                raise InvalidValue(f"field {name} identifies the record in the destination and is empty")
-        return record
+    def _field(self, name: str, entry: FieldMapping, described: Sequence[Column]) -> _Field:
+        if entry.column is not None:
+            column = resolve(entry.column, described)
+            assert column is not None, f"unresolved column {entry.column}"
+            start = Typed(self.dialect.quote(column.name), column.kind, column.sqltype)
+            source = f"column {entry.column}"
+        else:
+            start, source = _constant(entry.value, self.dialect), "constant"
+        return _Field(name, source, start, list(entry.transforms), entry.on_null == "send")
+
+    def select(self, model_sql: str) -> str:
+        """Return a query of ``sb_key, sb_record, sb_invalid, sb_ident`` over ``model_sql``'s rows."""
+        d = self.dialect
+        # a newline before the closing parenthesis: a model ending in a -- comment cannot swallow it
+        columns = ", ".join(
+            [f"{d.text(self.key)} as sb_key", *(f"{c} as {a}" for c, a in self.columns.items())]
+        )
+        sql = f"select {columns} from (\n{model_sql}\n) as m"
+        values = [
+            f.start
+            if f.source == "constant"
+            else Typed(self.columns[f.start.sql], f.start.kind, f.start.sqltype)
+            for f in self.fields
+        ]
+        reasons: list[str | None] = [None] * len(self.fields)
+        for depth in range(max((len(f.transforms) for f in self.fields), default=0)):
+            outputs = ["sb_key"]
+            for i, f in enumerate(self.fields):
+                if depth < len(f.transforms):
+                    new, failure = TRANSFORMS[f.transforms[depth]](values[i], d)
+                    if failure is not None:
+                        why = literal(failure)
+                        check = f"case when {values[i].sql} is not null and {new.sql} is null then {why} end"
+                        reasons[i] = check if reasons[i] is None else f"coalesce({reasons[i]}, {check})"
+                    values[i] = Typed(new.sql, new.kind, new.sqltype)
+                outputs.append(f"{values[i].sql} as v{i}")
+                if reasons[i] is not None:
+                    outputs.append(f"{reasons[i]} as r{i}")
+            sql = f"select {', '.join(outputs)} from ({sql}) as l{depth}"
+            values = [Typed(f"v{i}", v.kind, v.sqltype) for i, v in enumerate(values)]
+            reasons = [None if r is None else f"r{i}" for i, r in enumerate(reasons)]
+        return f"select sb_key, {self._record(values)} as sb_record, {self._invalid(values, reasons)} as sb_invalid, {self._identity(values)} as sb_ident from ({sql}) as mapped"
+
+    def _record(self, values: list[Typed]) -> str:
+        members = [
+            (f.name, self.dialect.json(v), f.keep_null) for f, v in zip(self.fields, values, strict=True)
+        ]
+        return self.dialect.json_object(members)
+
+    def _invalid(self, values: list[Typed], reasons: list[str | None]) -> str:
+        d = self.dialect
+        checks = []
+        for f, value, reason in zip(self.fields, values, reasons, strict=True):
+            prefix = literal(f"field {f.name} ({f.source}): value ")
+            if reason is not None:
+                checks.append(f"{prefix} || {reason}")
+            if value.kind is Kind.FLOAT:
+                nan = literal("is NaN or infinite, which no destination accepts")
+                checks.append(
+                    f"case when {value.sql} is not null and not {d.finite(value.sql)} then {prefix} || {nan} end"
+                )
+        for name in self.identifiers:
+            value = values[[f.name for f in self.fields].index(name)]
+            empty = literal(f"field {name} identifies the record in the destination and is empty")
+            checks.append(f"case when coalesce({self._normalised(value)}, '') = '' then {empty} end")
+        if not checks:
+            return "cast(null as varchar)"
+        return checks[0] if len(checks) == 1 else f"coalesce({', '.join(checks)})"
+
+    def _normalised(self, value: Typed) -> str:
+        return f"lower({self.dialect.trim(self.dialect.text(value))})"
+
+    def _identity(self, values: list[Typed]) -> str:
+        if not self.identifiers:
+            return "cast(null as varchar)"
+        names = [f.name for f in self.fields]
+        parts = [self._normalised(values[names.index(n)]) for n in self.identifiers]
+        return parts[0] if len(parts) == 1 else " || '|' || ".join(parts)
+
+
+def _constant(value: object, d: Dialect) -> Typed:
+    if value is None:
+        return Typed("cast(null as varchar)", Kind.TEXT)
+    if isinstance(value, bool):
+        return Typed("true" if value else "false", Kind.BOOLEAN)
+    if isinstance(value, int):
+        return Typed(d.to_integer(str(value)), Kind.INTEGER)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("a constant must be a finite number")
+        return Typed(f"cast({value!r} as double)", Kind.FLOAT)
+    return Typed(literal(str(value)), Kind.TEXT)

@@ -1,29 +1,42 @@
 """The plan: the model diffed against the snapshot inside the warehouse, streamed out in batches.
 
-The model is materialised once in the state schema with, per row, its key, how many rows share
-that key, and a stable md5 of the mapped columns only (plus a fingerprint of the mapping, so a
-changed mapping re-sends every record). Counts come from SQL; only changed rows leave the
-warehouse, and only their mapped columns.
+The model is mapped in SQL (``mapping.py``) into a scratch table with, per row, its key, its
+record as JSON text, an md5 of that text, the normalised identifier and why the row is invalid, if
+it is. Every check runs there, over the whole model, so memory does not grow with it:
+
+- a null or repeated primary key makes its rows invalid;
+- a value a transform cannot convert makes its row invalid, naming the field;
+- two rows the destination would take for one record (one email, by case or white space) are
+  one winner and losers: the row whose record holds the identifier already wins, else the lowest
+  key; the others are invalid, every run, until the conflict is gone.
+
+Only changed rows leave the warehouse, and only their mapped fields. Changes come in two phases:
+a record that takes an identifier another record of this sync still holds is written in phase 2,
+after phase 1 wrote (or emptied) the identifiers that move away, so a new email or a swap of two
+never meets its own previous owner.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from syncback.batches import BatchStore, batch_key, plan_key
+from syncback.destinations import destination_target, identifier_fields
 from syncback.destinations.base import Action, Change
-from syncback.errors import GuardError, ModelError, Problem
-from syncback.mapping import InvalidValue, Mapper
-from syncback.snapshot import SnapshotTables, ensure_snapshot
+from syncback.errors import GuardError, ModelError
+from syncback.mapping import MappingQuery, describe, model_problems
+from syncback.snapshot import SnapshotTables, ensure_snapshot, same_target
 from syncback.spec import SyncSpec
 from syncback.warehouses.base import Warehouse
+from syncback.warehouses.dialect import literal
 
-SAMPLE_SIZE = 10
+SAMPLE_SIZE = 20
+PHASES = (1, 2)
 
 
 @dataclass
@@ -50,6 +63,7 @@ class InvalidRow:
 class BatchRef:
     key: str
     count: int
+    phase: int = 1
 
 
 @dataclass
@@ -61,6 +75,8 @@ class PlanResult:
     counts: PlanCounts
     snapshot_size: int
     full_resync: bool
+    version: int = 0
+    target: str = ""
     started_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
     batches: list[BatchRef] = field(default_factory=list)
     invalid_sample: list[InvalidRow] = field(default_factory=list)
@@ -77,83 +93,21 @@ class PlanResult:
             counts=PlanCounts(**data["counts"]),
             snapshot_size=data["snapshot_size"],
             full_resync=data["full_resync"],
+            version=data.get("version", 0),
+            target=data.get("target", ""),
             started_at=data["started_at"],
             batches=[BatchRef(**b) for b in data["batches"]],
             invalid_sample=[InvalidRow(**r) for r in data["invalid_sample"]],
             change_sample=data.get("change_sample", []),
         )
 
-
-def mapping_fingerprint(sync: SyncSpec, column_types: list[str]) -> str:
-    """Return a digest of everything that shapes a record, so that changing it re-sends all.
-
-    The mapped columns' types are part of it: a column whose type changes (an integer becoming
-    text) may keep its text form but not its JSON form, so every row is sent again.
-    """
-    shape = {
-        "types": column_types,
-        "mapping": {k: v.model_dump(mode="json") for k, v in sync.mapping.items()},
-        "destination": [
-            sync.destination.type,
-            getattr(sync.destination, "object", None),
-            getattr(sync.destination, "id_property", None),
-        ],
-        "mode": sync.mode,
-    }
-    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+    def batches_of(self, phase: int) -> list[BatchRef]:
+        return [b for b in self.batches if b.phase == phase]
 
 
-def required_fields(sync: SyncSpec) -> list[str]:
-    """Return the fields that identify a record in the destination and so may not be empty."""
-    id_property = getattr(sync.destination, "id_property", None)
-    return [id_property] if id_property and sync.mode != "insert" else []
-
-
-def model_problems(sync: SyncSpec, described: list[tuple[str, str]]) -> list[Problem]:
-    """Return a problem for the primary key and each mapped column the model does not have."""
-    have = sorted(name for name, _ in described)
-    lower = {name.lower() for name in have}
-    file = f"syncs/{sync.name}.yaml"
-    problems = []
-    if sync.primary_key.lower() not in lower:
-        problems.append(
-            Problem(
-                file, "primary_key", f"the model has no column {sync.primary_key} (it has: {', '.join(have)})"
-            )
-        )
-    for field_name, entry in sync.mapping.items():
-        if entry.column is not None and entry.column.lower() not in lower:
-            problems.append(
-                Problem(
-                    file,
-                    f"mapping.{field_name}",
-                    f"the model has no column {entry.column}; fix the name or add it to the model (it has: {', '.join(have)})",
-                )
-            )
-    return problems
-
-
-class IdentityCheck:
-    """Refuses a second record with the same destination identifier (two customers, one email).
-
-    The destination keeps one record per identifier, so sending both makes the last one win, and
-    which is last is not up to us. The first is sent; the others are invalid, with the reason.
-    It sees the changes of one plan (unchanged rows are not read), which covers every first run.
-    """
-
-    def __init__(self, fields: list[str]) -> None:
-        self.fields = fields
-        self._seen: dict[tuple[str, str], str] = {}
-
-    def check(self, key: str, record: dict[str, Any]) -> None:
-        for name in self.fields:
-            value = (name, str(record.get(name, "")).strip().lower())
-            first = self._seen.setdefault(value, key)
-            if first != key:
-                raise InvalidValue(
-                    f"field {name} has the same value as the record with key {first}; the destination "
-                    "keeps one record per value, so only that one is sent"
-                )
+def new_version(clock: float | None = None) -> int:
+    """Return a version for a plan made now: microseconds since the epoch."""
+    return int((time.time() if clock is None else clock) * 1_000_000)
 
 
 class Planner:
@@ -163,6 +117,8 @@ class Planner:
         self.sync = sync
         self.warehouse = warehouse
         self.tables = SnapshotTables(state_schema, sync.name)
+        self.identifiers = identifier_fields(sync)
+        self.target = destination_target(sync)
 
     def plan(
         self,
@@ -173,81 +129,124 @@ class Planner:
         started_at: str | None = None,
     ) -> PlanResult:
         """Diff the model against the snapshot; write batches to ``store`` (None: a dry run)."""
-        columns, types = self._check_columns()
+        query = self._mapping_query()
         ensure_snapshot(self.warehouse, self.tables)
-        self._materialise(columns, types)
+        table = self.tables.scratch("plan")
+        self.warehouse.create_scratch_as(table, self._plan_sql(query))
         try:
-            result = self._count(run_id, full_resync)
+            result = self._count(table, run_id, full_resync)
             result.started_at = started_at or result.started_at
             self._check_guards(result)
-            self._write_batches(result, columns, store, sample_changes)
+            self._write_batches(table, result, store, sample_changes)
         finally:
-            self.warehouse.execute(f"drop table if exists {self.tables.plan}")
+            self.warehouse.execute(f"drop table if exists {table}")
         if store is not None:
             store.put_json(plan_key(self.sync.name, run_id), result.to_json())
         return result
 
-    # ---- steps ---------------------------------------------------------------------------
+    # ---- the plan table ---------------------------------------------------------------------
 
-    def _check_columns(self) -> tuple[list[str], list[str]]:
-        """Return the mapped columns and their types; raise ModelError naming any the model lacks."""
-        described = self.warehouse.columns(self.sync.model_sql)
+    def _mapping_query(self) -> MappingQuery:
+        """Return the mapping as SQL over the model; raise ModelError naming what the model lacks."""
+        described = describe(self.warehouse.columns(self.sync.model_sql), self.warehouse.dialect)
         problems = model_problems(self.sync, described)
         if problems:
             raise ModelError("; ".join(str(p) for p in problems))
-        types = {name.lower(): kind for name, kind in described}
-        return self.sync.columns, [types[c.lower()] for c in self.sync.columns]
+        return MappingQuery(self.sync, described, self.warehouse.dialect, self.identifiers)
 
-    def _materialise(self, columns: list[str], types: list[str]) -> None:
-        pk = f"m.{self.sync.primary_key}"
-        parts = [f"'{mapping_fingerprint(self.sync, types)}'"]
-        for c in columns:
-            text = f"cast(m.{c} as varchar)"
-            parts.append(f"coalesce(cast(length({text}) as varchar) || ':' || {text}, '~')")
-        digest = "md5(" + " || '|' || ".join(parts) + ")"
-        mapped = "".join(f", m.{c} as sb_c{i}" for i, c in enumerate(columns))
-        self.warehouse.execute(
-            f"create or replace table {self.tables.plan} as select cast({pk} as varchar) as sb_key, "
-            f"count(*) over (partition by {pk}) as sb_n, {digest} as sb_hash{mapped} "
-            f"from ({self.sync.model_sql}) as m"
+    def _plan_sql(self, query: MappingQuery) -> str:
+        """Return the query of the plan table: every model row, mapped, checked, beside its snapshot row."""
+        digest = self.warehouse.dialect.md5(f"{literal(self.target)} || sb_record")
+        pk = self.sync.primary_key
+
+        def eligible(incumbent: str, row: str) -> str:
+            # who may hold an identifier: rows with a key of their own, valid or holding it already
+            return (
+                f"({row}sb_key is not null and {row}sb_n = 1 and coalesce({row}sb_ident, '') <> '' "
+                f"and ({row}sb_invalid is null or {incumbent}))"
+            )
+
+        incumbent = "coalesce(s.identity = y.sb_ident and not s.removed, false)"
+        window = (
+            f"partition by {eligible(incumbent, 'y.')}, y.sb_ident "
+            f"order by case when {incumbent} then 0 else 1 end, y.sb_key"
+        )
+        names = ", ".join(self.identifiers)
+        loser = literal(
+            f"field {names} has the same value (as the destination compares it) as the row with key "
+        )
+        loser_tail = literal(", and the destination holds one record per value: only that row is sent")
+        reason = (
+            f"case when sb_key is null then {literal(f'primary key {pk} is null (')} || sb_n || ' rows)' "
+            "when sb_n > 1 then 'duplicate primary key (' || sb_n || ' rows share it)' "
+            "when sb_invalid is not null then sb_invalid "
+            f"when {eligible('sb_incumbent', '')} and sb_rank > 1 then {loser} || sb_winner || {loser_tail} end"
+        )
+        checked = (
+            f"select y.*, {incumbent} as sb_incumbent, "
+            "s.key is not null and not s.removed as sb_live, s.row_hash as s_hash, "
+            "s.destination_id as s_dest, s.identity as s_ident, s.created as s_created, "
+            f"row_number() over ({window}) as sb_rank, first_value(y.sb_key) over ({window}) as sb_winner "
+            f"from (select m.*, count(*) over (partition by m.sb_key) as sb_n, {digest} as sb_hash "
+            f"from ({query.select(self.sync.model_sql)}) as m) as y "
+            f"left join {self.tables.snapshot} s on s.key = y.sb_key and {same_target('s', self.target)}"
+        )
+        return (
+            f"select sb_key, sb_record, sb_ident, sb_hash, {reason} as sb_reason, sb_live, s_hash, s_dest, "
+            f"s_ident, s_created from ({checked}) as x"
         )
 
-    def _count(self, run_id: str, full_resync: bool) -> PlanResult:
-        plan, snap = self.tables.plan, self.tables.snapshot
-        added, changed, unchanged = self.warehouse.fetch_all(
-            "select coalesce(sum(case when s.key is null then 1 else 0 end), 0), "
-            "coalesce(sum(case when s.key is not null and s.row_hash <> p.sb_hash then 1 else 0 end), 0), "
-            "coalesce(sum(case when s.key is not null and s.row_hash = p.sb_hash then 1 else 0 end), 0) "
-            f"from {plan} p left join {snap} s on s.key = p.sb_key where p.sb_key is not null and p.sb_n = 1"
+    # ---- counts, guards --------------------------------------------------------------------------
+
+    def _count(self, table: str, run_id: str, full_resync: bool) -> PlanResult:
+        snap = self.tables.snapshot
+        live = f"not s.removed and {same_target('s', self.target)}"
+        differs = "p.s_hash is null or p.s_hash <> p.sb_hash"
+        added, changed, unchanged, invalid = self.warehouse.fetch_all(
+            "select coalesce(sum(case when p.sb_reason is null and not coalesce(p.sb_live, false) then 1 else 0 end), 0), "
+            f"coalesce(sum(case when p.sb_reason is null and p.sb_live and ({differs}) then 1 else 0 end), 0), "
+            f"coalesce(sum(case when p.sb_reason is null and p.sb_live and not ({differs}) then 1 else 0 end), 0), "
+            "coalesce(sum(case when p.sb_reason is not null then 1 else 0 end), 0) "
+            f"from {table} p"
         )[0]
-        null_keys = self.warehouse.fetch_all(f"select count(*) from {plan} where sb_key is null")[0][0]
-        duplicates = self.warehouse.fetch_all(
-            f"select sb_key, max(sb_n) from {plan} where sb_key is not null and sb_n > 1 "
-            f"group by sb_key order by sb_key limit {SAMPLE_SIZE}"
-        )
-        duplicate_rows = self.warehouse.fetch_all(
-            f"select count(*) from {plan} where sb_key is not null and sb_n > 1"
-        )[0][0]
-        removed = self.warehouse.fetch_all(
-            f"select count(*) from {snap} s where not exists (select 1 from {plan} p where p.sb_key = s.key)"
-        )[0][0]
-        size = self.warehouse.fetch_all(f"select count(*) from {snap}")[0][0]
-        counts = PlanCounts(
-            int(added), int(changed), int(removed), int(unchanged), int(null_keys + duplicate_rows)
-        )
+        removed, size, top = self.warehouse.fetch_all(
+            f"select coalesce(sum(case when not exists (select 1 from {table} p where p.sb_key = s.key) "
+            "then 1 else 0 end), 0), count(*), "
+            f"(select max(version) from {snap}) from {snap} s where {live}"
+        )[0]
+        counts = PlanCounts(int(added), int(changed), int(removed), int(unchanged), int(invalid))
         if full_resync:
             # everything is sent again; deletes wait for an ordinary run (as Hightouch does)
             counts.changed, counts.unchanged, counts.removed = counts.changed + counts.unchanged, 0, 0
-        sample = (
-            [InvalidRow(None, f"primary key {self.sync.primary_key} is null ({null_keys} rows)")]
-            if null_keys
-            else []
+        sample = [
+            InvalidRow(None if key is None else str(key), str(why))
+            for key, why in self.warehouse.fetch_all(
+                f"select distinct sb_key, sb_reason from {table} where sb_reason is not null "
+                f"order by sb_key nulls first limit {SAMPLE_SIZE}"
+            )
+        ]
+        # a version above every one the snapshot holds, even if this machine's clock is behind
+        version = max(new_version(), int(top or 0) + 1)
+        return PlanResult(
+            self.sync.name,
+            run_id,
+            counts,
+            int(size),
+            full_resync,
+            version,
+            self.target,
+            invalid_sample=sample,
         )
-        sample += [InvalidRow(str(k), f"duplicate primary key ({n} rows share it)") for k, n in duplicates]
-        return PlanResult(self.sync.name, run_id, counts, int(size), full_resync, invalid_sample=sample)
 
     def _check_guards(self, result: PlanResult) -> None:
         counts = result.counts
+        rows = counts.added + counts.changed + counts.unchanged + counts.invalid
+        if rows == 0 and result.snapshot_size > 0:
+            raise GuardError(
+                f"sync {self.sync.name}: the model returned no rows while {result.snapshot_size} records are "
+                "synced; an upstream job has probably failed, so nothing was sent, archived or forgotten. "
+                "Check the model; when its rows come back, the next run sends only what changed"
+            )
         if self.sync.mode != "mirror" or counts.removed == 0:
             return
         valid = counts.added + counts.changed + counts.unchanged
@@ -265,55 +264,107 @@ class Planner:
                 "Check the model; raise the guard in the spec if the deletes are right"
             )
 
-    def _changes(self, result: PlanResult, columns: list[str]) -> Iterator[tuple[str, Change]]:
-        """Yield (kind, change) for every change, reading the rows in chunks."""
-        plan, snap = self.tables.plan, self.tables.snapshot
-        mapper = Mapper(self.sync.mapping, columns, required_fields(self.sync))
-        selected = "".join(f", p.sb_c{i}" for i in range(len(columns)))
-        differs = "" if result.full_resync else " and (s.key is null or s.row_hash <> p.sb_hash)"
-        sql = (
-            f"select p.sb_key, p.sb_hash, s.destination_id, s.key is null{selected} from {plan} p "
-            f"left join {snap} s on s.key = p.sb_key where p.sb_key is not null and p.sb_n = 1{differs}"
+    # ---- the changes ------------------------------------------------------------------------------
+
+    def _changes(self, table: str, result: PlanResult) -> Iterator[tuple[str, int, Change]]:
+        """Yield (kind, phase, change) for every change, phase by phase, reading rows in chunks."""
+        writes = self._writes_sql(table, result.full_resync)
+        yield from self._writes(f"select * from ({writes}) as c where sb_phase = 1", 1)
+        yield from self._releases(f"select * from ({writes}) as c where sb_release")
+        if not result.full_resync:
+            yield from self._removals(table)
+        yield from self._writes(f"select * from ({writes}) as c where sb_phase = 2", 2)
+
+    def _writes_sql(self, table: str, full_resync: bool) -> str:
+        """Return the query of the rows to write, each with its phase and whether it releases first."""
+        snap = self.tables.snapshot
+        differs = "not coalesce(p.sb_live, false) or p.s_hash is null or p.s_hash <> p.sb_hash"
+        if self.identifiers and self.sync.mode != "insert":
+            live = f"not s.removed and s.identity is not null and {same_target('s', self.target)}"
+            # wait: another record of this sync holds the identifier, and gives it up in phase 1
+            wait = "(h.identity is not null and (h.k1 <> p.sb_key or h.k2 <> p.sb_key))"
+            # release: another row takes this record's identifier while this record waits for its own
+            wanted = "(w.sb_ident is not null and (w.k1 <> p.sb_key or w.k2 <> p.sb_key))"
+            moves = f"p.s_dest is not null and p.sb_live and p.s_ident <> p.sb_ident and {wanted}"
+            joins = (
+                f"left join (select identity, min(key) as k1, max(key) as k2 from {snap} s where {live} "
+                "group by identity) h on h.identity = p.sb_ident "
+                f"left join (select sb_ident, min(sb_key) as k1, max(sb_key) as k2 from {table} "
+                "where sb_reason is null group by sb_ident) w on w.sb_ident = p.s_ident "
+            )
+            phase, release = f"case when {wait} then 2 else 1 end", f"coalesce({moves} and {wait}, false)"
+        else:
+            joins, phase, release = "", "1", "false"
+        return (
+            "select p.sb_key, p.sb_hash, p.sb_record, p.s_dest, p.sb_ident, coalesce(p.sb_live, false) as sb_live, "
+            f"{phase} as sb_phase, {release} as sb_release from {table} p {joins}"
+            f"where p.sb_reason is null{'' if full_resync else f' and ({differs})'}"
         )
-        identities = IdentityCheck(required_fields(self.sync))
+
+    def _writes(self, sql: str, phase: int) -> Iterator[tuple[str, int, Change]]:
+        for chunk in self.warehouse.stream(f"{sql} order by sb_key"):
+            for key, row_hash, record, destination_id, identity, live, *_ in chunk:
+                action: Action = "upsert"
+                if self.sync.mode == "insert" and (live or destination_id is not None):
+                    action = "keep"  # the record exists: insert mode never writes it again
+                change = Change(key, action, row_hash, json.loads(record), destination_id, identity)
+                yield ("changed" if live else "added"), phase, change
+
+    def _releases(self, sql: str) -> Iterator[tuple[str, int, Change]]:
+        emptied = {name: None for name in self.identifiers}
+        for chunk in self.warehouse.stream(f"{sql} order by sb_key"):
+            for key, _, _, destination_id, *_ in chunk:
+                # give the identifier up in phase 1, so the row taking it in phase 2 meets no owner
+                yield "release", 1, Change(key, "release", None, dict(emptied), destination_id)
+
+    def _removals(self, table: str) -> Iterator[tuple[str, int, Change]]:
+        snap = self.tables.snapshot
+        sql = (
+            f"select s.key, s.destination_id, s.created from {snap} s where not s.removed "
+            f"and {same_target('s', self.target)} "
+            f"and not exists (select 1 from {table} p where p.sb_key = s.key) order by s.key"
+        )
+        clearable = [name for name in sorted(self.sync.mapping) if name not in self.identifiers]
         for chunk in self.warehouse.stream(sql):
-            for key, row_hash, destination_id, is_new, *values in chunk:
-                kind = "added" if is_new else "changed"
-                try:
-                    record = mapper.map(values)
-                    identities.check(key, record)
-                except InvalidValue as exc:
-                    setattr(result.counts, kind, getattr(result.counts, kind) - 1)
-                    result.counts.invalid += 1
-                    if len(result.invalid_sample) < 2 * SAMPLE_SIZE:
-                        result.invalid_sample.append(InvalidRow(key, str(exc)))
-                    continue
-                action: Action = "keep" if kind == "changed" and self.sync.mode == "insert" else "upsert"
-                yield kind, Change(key, action, row_hash, record, destination_id)
-        if result.full_resync:
-            return
-        removed_action: Action = "archive" if self.sync.mode == "mirror" else "forget"
-        for chunk in self.warehouse.stream(
-            f"select s.key, s.destination_id from {snap} s "
-            f"where not exists (select 1 from {plan} p where p.sb_key = s.key)"
-        ):
-            for key, destination_id in chunk:
-                yield "removed", Change(key, removed_action, None, {}, destination_id)
+            for key, destination_id, created in chunk:
+                yield "removed", 1, self._removal(key, destination_id, bool(created), clearable)
+
+    def _removal(self, key: str, destination_id: str | None, created: bool, clearable: list[str]) -> Change:
+        """Return what becomes of a record whose row left the model."""
+        if self.sync.mode != "mirror":
+            return Change(key, "forget", destination_id=destination_id)
+        if created:
+            return Change(key, "archive", destination_id=destination_id)
+        if self.sync.remove_not_created == "clear_fields":
+            return Change(key, "clear", None, {name: None for name in clearable}, destination_id)
+        return Change(key, "forget", destination_id=destination_id)
 
     def _write_batches(
-        self, result: PlanResult, columns: list[str], store: BatchStore | None, sample_changes: int
+        self, table: str, result: PlanResult, store: BatchStore | None, sample_changes: int
     ) -> None:
         pending: list[list[Any]] = []
+        current = 1
 
         def flush() -> None:
             key = batch_key(self.sync.name, result.run_id, len(result.batches))
             if store is not None:
-                store.put_json(key, {"sync": self.sync.name, "run_id": result.run_id, "changes": pending})
-            result.batches.append(BatchRef(key, len(pending)))
+                document = {
+                    "sync": self.sync.name,
+                    "run_id": result.run_id,
+                    "version": result.version,
+                    "phase": current,
+                    "changes": pending,
+                }
+                store.put_json(key, document)
+            result.batches.append(BatchRef(key, len(pending), current))
             pending.clear()
 
-        for kind, change in self._changes(result, columns):
-            if len(result.change_sample) < sample_changes:
+        for kind, phase, change in self._changes(table, result):
+            if phase != current:
+                if pending:
+                    flush()
+                current = phase
+            if len(result.change_sample) < sample_changes and kind != "release":
                 result.change_sample.append(
                     {"kind": kind, "key": change.key, "action": change.action, "record": change.record}
                 )
@@ -326,9 +377,9 @@ class Planner:
 
 def change_to_json(change: Change) -> list[Any]:
     """Return a change as the compact array a batch stores."""
-    return [change.key, change.action, change.row_hash, change.destination_id, change.record]
+    return [change.key, change.action, change.row_hash, change.destination_id, change.record, change.identity]
 
 
 def change_from_json(item: list[Any]) -> Change:
-    key, action, row_hash, destination_id, record = item
-    return Change(key, action, row_hash, record, destination_id)
+    key, action, row_hash, destination_id, record, *identity = item
+    return Change(key, action, row_hash, record, destination_id, identity[0] if identity else None)

@@ -1,16 +1,53 @@
-"""The snapshot: per sync, a warehouse table of every record last delivered, with its row hash.
+"""The snapshot: per sync, a warehouse table of what the destination holds of each model row.
 
-``(key, row_hash, destination_id, committed_at, run_id)``. The planner diffs the model against it;
-the commit advances it, and only for what the destination accepted.
+One row per key the sync ever delivered::
+
+    key             the model row's primary key, as text
+    row_hash        md5 of the record last accepted; NULL: send it again (it left the model, gave its
+                    identifier away, or lost its destination record to another key)
+    destination_id  the destination's id of the record (NULL: unknown, or archived)
+    identity        the normalised identifier last sent (an email), to order identifier moves
+    created         this sync created the destination record (mirror archives only those)
+    removed         the row left the model (a tombstone: replays of older versions stay stale, and a
+                    returning row finds its destination record again)
+    version         the version of what was written: the plan's version, which only grows
+    target          which destination the row is about (type, object, id property or URL): a
+                    sync pointed elsewhere starts afresh rather than write by another object's ids
+    run_id, committed_at   which run or replay wrote the row, and when
+
+Commit and replay change it through one function, ``apply_outcomes``: set-wise, in one
+transaction, and only where the snapshot does not already hold a newer version.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from syncback.warehouses.base import Warehouse
+from syncback.warehouses.dialect import literal
+
+SNAPSHOT_COLUMNS = (
+    "key varchar, row_hash varchar, destination_id varchar, identity varchar, created boolean, "
+    "removed boolean, version bigint, target varchar, run_id varchar, committed_at timestamp"
+)
+# columns added since the first release, with what the rows written before them mean
+_ADDED = {
+    "identity": ("varchar", "null"),
+    "created": ("boolean", "true"),  # mirror archived everything syncback wrote: keep doing so
+    "removed": ("boolean", "false"),
+    "version": ("bigint", "0"),
+    "target": ("varchar", "null"),  # rows written before targets were recorded match any
+}
+STAGE_COLUMNS = ("key", "effect", "version", "row_hash", "destination_id", "identity", "created", "seq")
+LOAD_ROWS = 50_000
+
+#: put: the destination holds this record now; release: it gave its identifier away (send it
+#: again); gone: archived; left: the row left the model and the record stays in the destination
+Effect = Literal["put", "release", "gone", "left"]
 
 
 @dataclass(frozen=True)
@@ -24,78 +61,162 @@ class SnapshotTables:
     def snapshot(self) -> str:
         return f"{self.schema}.snapshot__{self.sync}"
 
-    @property
-    def plan(self) -> str:
-        return f"{self.schema}.plan__{self.sync}"
+    def scratch(self, purpose: str) -> str:
+        """Return a fresh table name for one plan, commit or replay (never shared between two)."""
+        return f"{self.schema}.{purpose}__{self.sync}__{secrets.token_hex(4)}"
 
-    @property
-    def staging(self) -> str:
-        return f"{self.schema}.commit__{self.sync}"
+
+@dataclass(frozen=True)
+class Staged:
+    """One outcome to apply: what it does to the key's snapshot row, at which version."""
+
+    key: str
+    effect: Effect
+    version: int
+    row_hash: str | None = None
+    destination_id: str | None = None
+    identity: str | None = None
+    created: bool | None = None
+    seq: int = 0  # a later phase of one run wins over an earlier one for the same key
 
 
 def ensure_snapshot(warehouse: Warehouse, tables: SnapshotTables) -> None:
-    """Create the state schema and the sync's snapshot table if they do not exist yet."""
+    """Create the state schema and the sync's snapshot table, or bring an older one up to date."""
     warehouse.execute(f"create schema if not exists {tables.schema}")
-    warehouse.execute(
-        f"create table if not exists {tables.snapshot} (key varchar, row_hash varchar, "
-        "destination_id varchar, committed_at timestamp, run_id varchar)"
+    warehouse.execute(f"create table if not exists {tables.snapshot} ({SNAPSHOT_COLUMNS})")
+    have = {name.lower() for name, _ in warehouse.columns(f"select * from {tables.snapshot}")}
+    for column, (kind, old_rows) in _ADDED.items():
+        if column not in have:
+            warehouse.execute(f"alter table {tables.snapshot} add column {column} {kind}")
+            warehouse.execute(f"update {tables.snapshot} set {column} = {old_rows}")
+
+
+def apply_outcomes(
+    warehouse: Warehouse,
+    tables: SnapshotTables,
+    staged: Iterable[Staged],
+    run_id: str,
+    target: str,
+    now: dt.datetime,
+) -> int:
+    """Apply ``staged`` outcomes to the snapshot in one transaction; return how many rows changed.
+
+    A key's row changes only if the snapshot holds no newer version of it (a replay of an old dead
+    letter never undoes a later run). A destination id belongs to one key: a key whose record
+    another key took loses it, and is sent again. Whether this sync created a record follows the
+    record, not the key. The outcomes are loaded as a table and applied with set-wise SQL, so memory
+    does not grow with their number.
+    """
+    ensure_snapshot(warehouse, tables)
+    stage = tables.scratch("commit")
+    warehouse.create_scratch(
+        stage,
+        "key varchar, effect varchar, version bigint, row_hash varchar, destination_id varchar, "
+        "identity varchar, created boolean, seq integer",
     )
+    try:
+        loaded = 0
+        for chunk in _chunks(staged, LOAD_ROWS):
+            warehouse.load_rows(stage, STAGE_COLUMNS, [_row(s) for s in chunk])
+            loaded += len(chunk)
+        if loaded == 0:
+            return 0
+        return _merge(warehouse, tables, stage, run_id, target, now)
+    finally:
+        warehouse.execute(f"drop table if exists {stage}")
+
+
+def _merge(
+    warehouse: Warehouse, tables: SnapshotTables, stage: str, run_id: str, target: str, now: dt.datetime
+) -> int:
+    snap, fresh = tables.snapshot, f"{stage}_next"
+    stamp = now.astimezone(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
+    put = "c.effect = 'put'"
+    destination = (
+        f"case when {put} then coalesce(c.destination_id, s.destination_id) "
+        "when c.effect in ('release', 'left') then s.destination_id end"
+    )
+    warehouse.create_scratch(fresh, SNAPSHOT_COLUMNS)
+    warehouse.execute("begin")
+    try:
+        # the newest outcome of each key, where the snapshot does not hold a newer version
+        warehouse.execute(
+            f"insert into {fresh} select c.key, "
+            f"case when {put} then c.row_hash end, "
+            f"{destination}, "
+            f"case when {put} then coalesce(c.identity, s.identity) when c.effect = 'left' then s.identity end, "
+            f"case when {put} then coalesce(c.created, false) or coalesce(h.created, 0) = 1 "
+            "or (c.destination_id is null and coalesce(s.created, false)) "
+            "when c.effect in ('release', 'left') then coalesce(s.created, false) else false end, "
+            "c.effect in ('gone', 'left'), "
+            "case when c.effect = 'release' then coalesce(s.version, c.version) else c.version end, "
+            f"{literal(target)}, ?, cast(? as timestamp) "
+            f"from (select *, row_number() over (partition by key order by seq desc) as sb_rank from {stage}) c "
+            f"left join {snap} s on s.key = c.key and {same_target('s', target)} "
+            # whether any holder of the record's id (this key or another) had created it
+            f"left join (select destination_id, max(case when created then 1 else 0 end) as created from {snap} "
+            "where destination_id is not null group by destination_id) h "
+            f"on h.destination_id = coalesce(c.destination_id, s.destination_id) and {put} "
+            "where c.sb_rank = 1 and (s.key is null or s.version is null or s.version <= c.version)",
+            [run_id, stamp],
+        )
+        # two outcomes naming one record (rare): the newest version keeps it, the other is re-sent
+        warehouse.execute(
+            f"update {fresh} set destination_id = null, row_hash = null, created = false where key in ("
+            f"select key from (select key, row_number() over (partition by destination_id "
+            f"order by version desc, key) as n from {fresh} where destination_id is not null) d where d.n > 1)"
+        )
+        # a key whose record another key now holds loses it, and is sent again next run
+        warehouse.execute(
+            f"update {snap} set destination_id = null, row_hash = null, created = false "
+            f"where destination_id in (select destination_id from {fresh} where destination_id is not null) "
+            f"and key not in (select key from {fresh})"
+        )
+        warehouse.execute(f"delete from {snap} where key in (select key from {fresh})")
+        names = ", ".join(column.split()[0] for column in SNAPSHOT_COLUMNS.split(", "))
+        warehouse.execute(f"insert into {snap} ({names}) select {names} from {fresh}")
+        changed = int(warehouse.fetch_all(f"select count(*) from {fresh}")[0][0])
+        warehouse.execute("commit")
+    except BaseException:
+        warehouse.execute("rollback")
+        raise
+    finally:
+        warehouse.execute(f"drop table if exists {fresh}")
+    return changed
+
+
+def same_target(alias: str, target: str) -> str:
+    """Return SQL that is true when the snapshot row ``alias`` is about destination ``target``."""
+    return f"({alias}.target is null or {alias}.target = {literal(target)})"
+
+
+def _row(s: Staged) -> tuple[object, ...]:
+    return (s.key, s.effect, s.version, s.row_hash, s.destination_id, s.identity, s.created, s.seq)
+
+
+def _chunks(items: Iterable[Staged], size: int) -> Iterator[list[Staged]]:
+    chunk: list[Staged] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 @dataclass(frozen=True)
 class SnapshotEntry:
-    row_hash: str
+    row_hash: str | None
     destination_id: str | None
-    committed_at: dt.datetime
-
-
-def advance_snapshot(
-    warehouse: Warehouse,
-    tables: SnapshotTables,
-    run_id: str,
-    puts: Sequence[tuple[str, str, str | None]],
-    deletes: Iterable[str],
-    now: dt.datetime,
-) -> None:
-    """Record ``puts`` (key, row_hash, destination_id) and forget ``deletes``, in one transaction.
-
-    A put without a destination id keeps the one the snapshot already had.
-    """
-    rows: list[tuple[str, str | None, str | None, str]] = [(k, h, d, "put") for k, h, d in puts]
-    rows += [(key, None, None, "delete") for key in deletes]
-    if not rows:
-        return
-    ensure_snapshot(warehouse, tables)
-    warehouse.execute(
-        f"create or replace table {tables.staging} "
-        "(key varchar, row_hash varchar, destination_id varchar, op varchar)"
-    )
-    warehouse.load_rows(tables.staging, ("key", "row_hash", "destination_id", "op"), rows)
-    stamp = now.astimezone(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
-    warehouse.execute("begin")
-    try:
-        warehouse.execute(
-            f"update {tables.staging} as c set destination_id = s.destination_id from {tables.snapshot} s "
-            "where c.key = s.key and c.destination_id is null"
-        )
-        warehouse.execute(f"delete from {tables.snapshot} where key in (select key from {tables.staging})")
-        warehouse.execute(
-            f"insert into {tables.snapshot} (key, row_hash, destination_id, committed_at, run_id) "
-            f"select key, row_hash, destination_id, cast(? as timestamp), ? from {tables.staging} "
-            "where op = 'put'",
-            [stamp, run_id],
-        )
-        warehouse.execute("commit")
-    except Exception:
-        warehouse.execute("rollback")
-        raise
-    warehouse.execute(f"drop table if exists {tables.staging}")
+    version: int
+    removed: bool
 
 
 def read_snapshot(
     warehouse: Warehouse, tables: SnapshotTables, keys: Sequence[str]
 ) -> dict[str, SnapshotEntry]:
-    """Return the snapshot entries of ``keys`` (those it has)."""
+    """Return the snapshot rows of ``keys`` (those it has); for replays, a few keys at a time."""
     if not keys:
         return {}
     ensure_snapshot(warehouse, tables)
@@ -103,15 +224,16 @@ def read_snapshot(
     for start in range(0, len(keys), 1000):
         chunk = keys[start : start + 1000]
         marks = ", ".join("?" for _ in chunk)
-        for key, row_hash, destination_id, committed_at in warehouse.fetch_all(
-            f"select key, row_hash, destination_id, committed_at from {tables.snapshot} where key in ({marks})",
+        for key, row_hash, destination_id, version, removed in warehouse.fetch_all(
+            f"select key, row_hash, destination_id, version, removed from {tables.snapshot} "
+            f"where key in ({marks})",
             chunk,
         ):
-            found[key] = SnapshotEntry(row_hash, destination_id, committed_at)
+            found[key] = SnapshotEntry(row_hash, destination_id, int(version or 0), bool(removed))
     return found
 
 
-def snapshot_size(warehouse: Warehouse, tables: SnapshotTables) -> int:
-    """Return how many records the snapshot holds."""
+def live_size(warehouse: Warehouse, tables: SnapshotTables) -> int:
+    """Return how many records the snapshot holds for rows still in the model's last plan."""
     ensure_snapshot(warehouse, tables)
-    return int(warehouse.fetch_all(f"select count(*) from {tables.snapshot}")[0][0])
+    return int(warehouse.fetch_all(f"select count(*) from {tables.snapshot} where not removed")[0][0])

@@ -191,7 +191,9 @@ class SyncSpec(_Strict):
     warehouse: str
     model: str | None = Field(None, description="a SELECT whose rows are synced")
     table: str | None = Field(None, pattern=IDENTIFIER, description="or a table or view name")
-    primary_key: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$]*$")
+    primary_key: str = Field(
+        min_length=1, pattern=r"^[^\x00-\x1f\"]+$", description="the column that names a row (any name)"
+    )
     mode: Mode = "upsert"
     destination: DestinationConfig
     mapping: dict[str, FieldMapping] = Field(
@@ -199,6 +201,12 @@ class SyncSpec(_Strict):
     )
     schedule: str | None = Field(None, description="rate(1 hour), cron(0 6 * * ? *), or left out")
     guards: Guards | None = None
+    remove_not_created: Literal["leave", "clear_fields"] = Field(
+        "leave",
+        description="mirror: what becomes of a record this sync did not create when its row leaves the model "
+        "(records it created are archived): leave it, or clear_fields (empty the fields this sync maps, "
+        "except the identifier)",
+    )
     batch_size: int = Field(1000, ge=1, le=50_000, description="changes per batch (one delivery unit)")
 
     @field_validator("mapping", mode="before")

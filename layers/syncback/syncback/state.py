@@ -55,6 +55,9 @@ class DeadLetter:
     record: dict[str, Any]
     reason: str
     rejected_at: str
+    version: int = 0  # the version of the record: a replay never writes over a newer one
+    identity: str | None = None
+    target: str = ""  # which destination it was for (destinations.destination_target)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,8 +119,12 @@ class LocalStateStore(StateStore):
         if not path.exists():
             return []
         lines = path.read_text(encoding="utf-8").splitlines()
-        records = [RunRecord(**json.loads(line)) for line in reversed(lines) if line.strip()]
-        return [r for r in records if sync is None or r.sync == sync][:limit]
+        records: dict[tuple[str, str], RunRecord] = {}
+        for line in reversed(lines):  # a run recorded twice (a commit retried) counts once: the last
+            if line.strip():
+                record = RunRecord(**json.loads(line))
+                records.setdefault((record.sync, record.run_id), record)
+        return [r for r in records.values() if sync is None or r.sync == sync][:limit]
 
     # ---- dead letters: the latest rejection of each key ---------------------------------------
 
@@ -137,10 +144,13 @@ class LocalStateStore(StateStore):
 
     def put_dead_letters(self, sync: str, letters: Iterable[DeadLetter]) -> None:
         current = self._load(sync)
-        before = len(current)
+        changed = False
         for letter in letters:
-            current[letter.key] = letter.to_json()
-        if len(current) != before or current:
+            # one letter per key: the newest version's (a replay of an older one is stale anyway)
+            if current.get(letter.key, {}).get("version", 0) <= letter.version:
+                current[letter.key] = letter.to_json()
+                changed = True
+        if changed:
             self._save(sync, current)
 
     def resolve_dead_letters(self, sync: str, keys: Iterable[str]) -> None:

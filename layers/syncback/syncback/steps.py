@@ -14,10 +14,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from syncback.batches import manifest, manifest_key
+from syncback.batches import manifest, manifest_key, plan_key
+from syncback.commit import commit_run, counted
 from syncback.errors import PermanentError, RunInProgress
-from syncback.planner import change_from_json
-from syncback.runner import Runtime, commit_run, plan_run, utcnow
+from syncback.planner import PHASES, change_from_json
+from syncback.runner import plan_run
+from syncback.runtime import Runtime, utcnow
 from syncback.spec import Project
 from syncback.state import DeadLetter, RunRecord
 
@@ -30,8 +32,10 @@ class StartedRun(BaseModel):
     sync: str
     run_id: str
     bucket: str
-    manifest: str
+    manifest: str  # phase 1: writes by id, archives, identifiers given up
     batches: int
+    second_manifest: str  # phase 2: records taking identifiers that phase 1 gave up
+    second_batches: int
     changes: int
     concurrency: int
 
@@ -50,8 +54,8 @@ def start_run(
         raise
     try:
         plan = plan_run(rt, sync, run_id, full_resync)
-        key = manifest_key(sync, run_id)
-        rt.store.put_json(key, manifest(plan))
+        for phase in PHASES:
+            rt.store.put_json(manifest_key(sync, run_id, phase), manifest(plan, phase))
     except Exception as exc:
         state.release(sync, run_id)
         # a transient failure is retried by the state machine: only a permanent one is the run's end
@@ -65,8 +69,10 @@ def start_run(
         sync=sync,
         run_id=run_id,
         bucket=bucket,
-        manifest=key,
-        batches=len(plan.batches),
+        manifest=manifest_key(sync, run_id, 1),
+        batches=len(plan.batches_of(1)),
+        second_manifest=manifest_key(sync, run_id, 2),
+        second_batches=len(plan.batches_of(2)),
         changes=plan.counts.changes,
         concurrency=concurrency,
     )
@@ -140,7 +146,8 @@ class FailedBatch(BaseModel):
 
 def letters_of_failed_batch(rt: Runtime, failed: FailedBatch) -> list[DeadLetter]:
     """Return the records of a batch that failed whole, as dead letters ready for ``replay``."""
-    changes = [change_from_json(item) for item in rt.store.get_json(failed.batch)["changes"]]
+    batch = rt.store.get_json(failed.batch)
+    target = rt.store.get_json(plan_key(failed.sync, failed.run_id)).get("target", "")
     reason = f"{failed.error}: the whole batch failed"
     return [
         DeadLetter(
@@ -153,8 +160,12 @@ def letters_of_failed_batch(rt: Runtime, failed: FailedBatch) -> list[DeadLetter
             dict(c.record),
             reason,
             failed.failed_at,
+            batch.get("version", 0),
+            c.identity,
+            target,
         )
-        for c in changes
+        for c in map(change_from_json, batch["changes"])
+        if counted(c)
     ]
 
 

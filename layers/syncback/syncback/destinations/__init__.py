@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import requests
 from requests.adapters import HTTPAdapter
 
@@ -33,6 +35,24 @@ def build_destination(
         else None
     )
     return WebhookDestination(config, secret, sync.name, session)
+
+
+def identifier_fields(sync: SyncSpec) -> list[str]:
+    """Return the mapped fields by which the destination finds a record (HubSpot's id property).
+
+    No two model rows may send one value of them (compared as the destination compares them), and
+    a record this sync has written is addressed by its destination id, not by them.
+    """
+    id_property = getattr(sync.destination, "id_property", None)
+    return [id_property] if id_property and id_property in sync.mapping else []
+
+
+def destination_target(sync: SyncSpec) -> str:
+    """Return a digest of where the sync writes: a sync pointed at another object or URL starts afresh."""
+    config = sync.destination
+    where = [config.type, getattr(config, "object", ""), getattr(config, "id_property", "")]
+    where.append(getattr(config, "url", "") or getattr(config, "base_url", ""))
+    return hashlib.sha256("\x00".join(str(w) for w in where).encode()).hexdigest()[:16]
 
 
 def request_budget(sync: SyncSpec) -> tuple[str, int, float] | None:

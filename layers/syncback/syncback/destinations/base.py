@@ -8,8 +8,13 @@ what became of it. It classifies its own HTTP responses in one place:
 - our credentials were refused: raise ``DestinationAuthError`` (the run stops);
 - the whole request was refused because of its content (a 400 for the batch): raise
   ``RequestRejected``; the delivery splits the slice to find the records at fault;
-- otherwise return one ``Outcome`` per change: delivered (with the destination's id),
-  rejected (with the destination's reason) or skipped (with why nothing was sent).
+- otherwise return one ``Outcome`` per change: delivered (with the destination's id, and
+  whether the destination created the record), rejected (with the destination's reason) or
+  skipped (with why nothing was sent).
+
+A change with a ``destination_id`` names a record the destination already holds: it is written by
+that id (an identifier that changed, a customer's new email, then moves with the record); a
+change without one is written by its identifier (upsert), which finds or creates the record.
 """
 
 from __future__ import annotations
@@ -19,9 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 #: upsert: write the record (the sync's mode says create, update or upsert); archive: delete it;
+#: clear: empty the fields this sync maps (mirror, a record this sync did not create); release:
+#: empty the record's identifier, so that another record may take it in the run's second phase;
 #: forget / keep: send nothing (removed from the model without mirror; changed in insert mode)
-Action = Literal["upsert", "archive", "forget", "keep"]
-Status = Literal["delivered", "rejected", "skipped"]
+Action = Literal["upsert", "archive", "clear", "release", "forget", "keep"]
+#: the actions that write fields of an existing or new record
+WRITES = ("upsert", "clear", "release")
+#: undelivered: the delivery stopped before sending it (the next run plans it again)
+Status = Literal["delivered", "rejected", "skipped", "undelivered"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +43,7 @@ class Change:
     row_hash: str | None = None
     record: dict[str, Any] = field(default_factory=dict)
     destination_id: str | None = None
+    identity: str | None = None  # the identifier, normalised: what the snapshot remembers
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +54,7 @@ class Outcome:
     status: Status
     destination_id: str | None = None
     reason: str | None = None
+    created: bool | None = None  # the destination created the record (None: it did not say)
 
 
 class Destination(Protocol):
@@ -51,8 +63,12 @@ class Destination(Protocol):
     #: the most records one API request may carry
     max_batch_size: int
 
-    def write(self, changes: Sequence[Change]) -> list[Outcome]:
-        """Send ``changes`` (at most ``max_batch_size``) in one request; one outcome per change."""
+    def write(self, changes: Sequence[Change], scope: str) -> list[Outcome]:
+        """Send ``changes`` (at most ``max_batch_size``, one action) in one request; one outcome each.
+
+        ``scope`` names this delivery (the batch and its run): the same on every retry of the same
+        changes, different in every other run, for destinations that deduplicate requests by id.
+        """
         ...
 
     def close(self) -> None:

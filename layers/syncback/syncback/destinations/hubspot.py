@@ -25,6 +25,7 @@ from syncback.spec import HubSpotDestinationConfig, Mode
 MAX_INPUTS = 100
 _EXISTING_ID = re.compile(r"Existing ID: ?(\d+)")
 _WRITE_ENDPOINT = {"upsert": "upsert", "mirror": "upsert", "update": "update", "insert": "create"}
+_GONE = "the HubSpot record this sync wrote is gone"
 
 
 class HubSpotDestination:
@@ -45,30 +46,60 @@ class HubSpotDestination:
         self._session.headers.update({"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
         self._base = f"{config.base_url.rstrip('/')}/crm/v3/objects/{config.object}/batch"
 
-    def write(self, changes: Sequence[Change]) -> list[Outcome]:
+    def write(self, changes: Sequence[Change], scope: str = "") -> list[Outcome]:
         if not changes:
             return []
         if len(changes) > MAX_INPUTS:
             raise ValueError(f"HubSpot takes at most {MAX_INPUTS} inputs a request, got {len(changes)}")
         if changes[0].action == "archive":
             return self._archive(changes)
-        endpoint = _WRITE_ENDPOINT[self.mode]
-        body = {"inputs": [self._input(change, endpoint) for change in changes]}
-        response = self._post(endpoint, body)
-        if response.status_code == 409 and endpoint == "create":
-            return self._conflict(changes, response)
-        self._raise_for_request(response, changes)
-        return self._outcomes(changes, response)
+        if changes[0].destination_id is not None:
+            return self._write_by_id(changes)
+        return self._write_by_identifier(changes)
 
     def close(self) -> None:
         self._session.close()
 
     # ---- requests ----------------------------------------------------------------------
 
+    def _write_by_identifier(self, changes: Sequence[Change]) -> list[Outcome]:
+        """Upsert (or, by the mode, create or update) records by the id property's value."""
+        endpoint = _WRITE_ENDPOINT[self.mode]
+        body = {"inputs": [self._input(change, endpoint) for change in changes]}
+        response = self._post(endpoint, body)
+        if response.status_code == 409 and endpoint == "create":
+            return self._conflict(changes, response)
+        self._raise_for_request(response, changes)
+        return self._outcomes(changes, response, created=endpoint == "create")
+
+    def _write_by_id(self, changes: Sequence[Change]) -> list[Outcome]:
+        """Update records by the HubSpot id the snapshot holds: an identifier that changed moves
+        with its record instead of making a second one. A record deleted in HubSpot since is
+        written again by its identifier (mode update: only where one exists)."""
+        inputs = [
+            {"id": c.destination_id, "properties": _properties(c), "objectWriteTraceId": c.key}
+            for c in changes
+        ]
+        response = self._post("update", {"inputs": inputs})
+        self._raise_for_request(response, changes)
+        outcomes = self._outcomes(changes, response, created=None)
+        gone = [o.key for o in outcomes if o.reason == _GONE]
+        if not gone:
+            return outcomes
+        again = {c.key: Change(c.key, c.action, c.row_hash, c.record, None, c.identity) for c in changes}
+        written = {
+            o.key: o
+            for o in self._write_by_identifier([again[k] for k in gone if again[k].action == "upsert"])
+        }
+        return [
+            written.get(o.key) or Outcome(o.key, "skipped", reason="no longer in HubSpot; nothing to clear")
+            if o.reason == _GONE
+            else o
+            for o in outcomes
+        ]
+
     def _input(self, change: Change, endpoint: str) -> dict[str, Any]:
-        # HubSpot clears a property when given "", and documents no meaning for null
-        properties = {k: "" if v is None else v for k, v in change.record.items()}
-        item: dict[str, Any] = {"properties": properties, "objectWriteTraceId": change.key}
+        item: dict[str, Any] = {"properties": _properties(change), "objectWriteTraceId": change.key}
         if endpoint != "create":
             item["id"] = str(change.record[self.config.id_property])
             item["idProperty"] = self.config.id_property
@@ -85,7 +116,7 @@ class HubSpotDestination:
             response = self._post("archive", {"inputs": [{"id": c.destination_id} for c in known]})
             self._raise_for_request(response, known)
             # archive answers 204 with no body: every input was archived (unknown ids are ignored)
-            outcomes += [Outcome(c.key, "delivered", c.destination_id) for c in known]
+            outcomes += [Outcome(c.key, "delivered", c.destination_id, created=False) for c in known]
         return outcomes
 
     def _post(self, endpoint: str, body: dict[str, Any]) -> requests.Response:
@@ -144,7 +175,9 @@ class HubSpotDestination:
             )
         ]
 
-    def _outcomes(self, changes: Sequence[Change], response: requests.Response) -> list[Outcome]:
+    def _outcomes(
+        self, changes: Sequence[Change], response: requests.Response, created: bool | None
+    ) -> list[Outcome]:
         body = _json(response)
         by_key: dict[str, Outcome] = {}
         by_id_value = {_normal(c.record.get(self.config.id_property)): c.key for c in changes}
@@ -153,7 +186,9 @@ class HubSpotDestination:
                 _normal(result.get("properties", {}).get(self.config.id_property))
             )
             if key is not None:
-                by_key[key] = Outcome(key, "delivered", str(result.get("id")))
+                # an upsert says whether it created the record; create always does, update never
+                made = result.get("new") if isinstance(result.get("new"), bool) else created
+                by_key[key] = Outcome(key, "delivered", str(result.get("id")), created=made)
         for error in body.get("errors", []):
             for key in _error_keys(error):
                 by_key[key] = self._error_outcome(key, error, [c for c in changes if c.key == key])
@@ -166,9 +201,16 @@ class HubSpotDestination:
         category = str(error.get("category", "ERROR"))
         # HubSpot quotes the values it refused; reasons are kept and shown, values must not be
         message = redact(str(error.get("message", "")), sent)[:500]
+        if category == "OBJECT_NOT_FOUND" and sent and sent[0].destination_id is not None:
+            return Outcome(key, "skipped", reason=_GONE)
         if category == "OBJECT_NOT_FOUND" and self.mode == "update":
             return Outcome(key, "skipped", reason="not in HubSpot; mode update changes existing records only")
         return Outcome(key, "rejected", reason=f"{category}: {message}")
+
+
+def _properties(change: Change) -> dict[str, Any]:
+    # HubSpot clears a property when given "", and documents no meaning for null
+    return {k: "" if v is None else v for k, v in change.record.items()}
 
 
 def _error_keys(error: dict[str, Any]) -> list[str]:

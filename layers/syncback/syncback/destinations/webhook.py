@@ -5,11 +5,12 @@ The request body is ``{"sync": ..., "records": [{"key", "action", "fields"?, "de
 holds ``"rejected": [{"key": ..., "reason": ...}]`` rejects those keys; every other record of a 2xx
 was delivered.
 
-Signing (https://www.standardwebhooks.com): each request carries ``webhook-id`` (derived from the body, so the same on every retry),
+Signing (https://www.standardwebhooks.com): each request carries ``webhook-id`` (derived from the
+delivery: the sync, the run, the batch and the records' keys; the same on every retry of it, and
+different in every other run, so a receiver that drops repeated ids drops only real repeats),
 ``webhook-timestamp`` (unix seconds) and ``webhook-signature: v1,<base64 HMAC-SHA256>`` over
-``"{id}.{timestamp}.{body}"``. A secret ``whsec_<base64>`` signs with the base64-decoded bytes; a
-secret without the ``whsec_`` prefix signs with its raw UTF-8 bytes (the ``standardwebhooks``
-library would base64-decode it instead, so give receivers a ``whsec_`` secret).
+``"{id}.{timestamp}.{body}"``. The secret is what the spec says it is: base64, optionally after a
+``whsec_`` prefix; the key is the decoded bytes.
 
 Status handling follows the spec: 2xx success, 3xx failure (redirects are not followed), 410 means
 stop sending. Reasons and error messages never carry record values or the secret.
@@ -50,19 +51,25 @@ _SPACES = re.compile(r"\s+")
 
 
 def signing_key(secret: str) -> bytes:
-    """Return the HMAC key of a secret: base64-decoded after ``whsec_``, else the raw UTF-8 bytes."""
-    if not secret:
-        raise SecretError("the webhook signing secret is empty")
-    if not secret.startswith(SECRET_PREFIX):
-        return secret.encode("utf-8")
-    encoded = secret[len(SECRET_PREFIX) :]
+    """Return the HMAC key of a Standard Webhooks secret: base64 (after an optional ``whsec_``), decoded.
+
+    Exactly what receivers using the ``standardwebhooks`` library decode, so they verify every
+    request; a secret that is not valid base64 is refused, since a receiver would read another key.
+    """
+    encoded = secret.removeprefix(SECRET_PREFIX).strip()
+    fix = "generate one with: python -c \"import base64,os; print('whsec_' + base64.b64encode(os.urandom(24)).decode())\""
+    if not encoded:
+        raise SecretError(f"the webhook signing secret is empty; {fix}")
     try:
         # senders often drop base64 padding; add it back like the reference library does
         key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
-    except binascii.Error:
-        raise SecretError("the webhook secret starts with whsec_ but the rest is not base64") from None
+    except (binascii.Error, ValueError):  # ValueError: characters base64 never holds
+        raise SecretError(
+            "the webhook signing secret is not base64 (optionally after whsec_), as Standard Webhooks "
+            f"requires; receivers would verify with another key. Give the secret your receiver uses, or {fix}"
+        ) from None
     if not key:
-        raise SecretError("the webhook secret whsec_ holds no key")
+        raise SecretError(f"the webhook signing secret holds no key; {fix}")
     return key
 
 
@@ -72,14 +79,18 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode("ascii")
 
 
-def message_id(body: bytes) -> str:
-    """Return the ``webhook-id`` of a body: the same for every retry of it, so receivers drop repeats.
+def message_id(scope: str, changes: Sequence[Change]) -> str:
+    """Return the ``webhook-id`` of one delivery: the same for every retry of it, so receivers drop
+    repeats, and different in every other delivery, even of byte-identical bodies.
 
-    Standard Webhooks receivers use the id as an idempotency key; they refuse timestamps older than
-    their tolerance (minutes), so they need to remember ids only that long, and a record that
-    changes and changes back days later is not mistaken for a repeat.
+    ``scope`` names the run's batch (or the replay); the keys and actions name the slice of it, so
+    the halves of a split request get ids of their own. A value that goes B → A → B is three
+    deliveries with three ids, never a repeat.
     """
-    return "msg_" + hashlib.sha256(body).hexdigest()[:32]
+    digest = hashlib.sha256(scope.encode())
+    for change in changes:
+        digest.update(f"\x00{change.action}\x00{change.key}".encode())
+    return "msg_" + digest.hexdigest()[:32]
 
 
 class WebhookDestination:
@@ -92,7 +103,7 @@ class WebhookDestination:
         sync: str,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.time,
-        new_id: Callable[[bytes], str] | None = None,
+        new_id: Callable[[str, Sequence[Change]], str] | None = None,
     ) -> None:
         self.config = config
         self.sync = sync
@@ -106,13 +117,13 @@ class WebhookDestination:
         # the host alone names the receiver in messages: a URL's path or query may carry a token
         self._host = urlsplit(config.url).hostname or "the receiver"
 
-    def write(self, changes: Sequence[Change]) -> list[Outcome]:
+    def write(self, changes: Sequence[Change], scope: str = "") -> list[Outcome]:
         if len(changes) > self.max_batch_size:
             raise ValueError(f"{len(changes)} records; this webhook takes {self.max_batch_size} a request")
         settled = {
             i: Outcome(c.key, "skipped", reason=f"action {c.action}: nothing is sent")
             for i, c in enumerate(changes)
-            if c.action not in ("upsert", "archive")
+            if c.action not in ("upsert", "archive")  # nothing else reaches a webhook
         }
         try:
             body = self._body([c for i, c in enumerate(changes) if i not in settled])
@@ -125,7 +136,11 @@ class WebhookDestination:
             }
             body = self._body([c for i, c in enumerate(changes) if i not in settled])
         to_send = [c for i, c in enumerate(changes) if i not in settled]
-        sent = iter(self._outcomes_or_raise(self._post(body), to_send) if to_send else ())
+        sent = iter(
+            self._outcomes_or_raise(self._post(body, self._new_id(scope, to_send)), to_send)
+            if to_send
+            else ()
+        )
         return [settled[i] if i in settled else next(sent) for i in range(len(changes))]
 
     def close(self) -> None:
@@ -136,9 +151,9 @@ class WebhookDestination:
     def _body(self, changes: Sequence[Change]) -> bytes:
         return _dumps({"sync": self.sync, "records": [_record(c) for c in changes]})
 
-    def _post(self, body: bytes) -> requests.Response:
+    def _post(self, body: bytes, msg_id: str) -> requests.Response:
         # the id goes on every request, signed or not: receivers use it to drop repeats
-        msg_id, timestamp = self._new_id(body), int(self._clock())
+        timestamp = int(self._clock())
         headers = {
             "Content-Type": "application/json",
             "webhook-id": msg_id,
@@ -238,7 +253,7 @@ def _delivered_or_rejected(response: requests.Response, changes: Sequence[Change
     return [
         Outcome(c.key, "rejected", reason=reasons[c.key])
         if c.key in reasons
-        else Outcome(c.key, "delivered", c.destination_id or c.key)
+        else Outcome(c.key, "delivered", c.destination_id or c.key, created=True)
         for c in changes
     ]
 

@@ -10,9 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
+from syncback.warehouses.dialect import Dialect
+
 
 class Warehouse(Protocol):
     """A connection to one warehouse."""
+
+    #: how the SQL syncback generates is spelled here
+    dialect: Dialect
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run a statement that returns nothing we need."""
@@ -28,6 +33,14 @@ class Warehouse(Protocol):
 
     def columns(self, sql: str) -> list[tuple[str, str]]:
         """Return the (name, type) of each column the query would produce, without running it in full."""
+        ...
+
+    def create_scratch(self, table: str, columns: str) -> None:
+        """Create a table for one plan, commit or replay (temporary where the warehouse has them)."""
+        ...
+
+    def create_scratch_as(self, table: str, query: str) -> None:
+        """Create such a table from the rows of ``query``."""
         ...
 
     def load_rows(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:

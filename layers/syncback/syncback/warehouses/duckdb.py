@@ -12,10 +12,13 @@ from typing import Any
 import duckdb
 
 from syncback.errors import ModelError, WarehouseUnavailable
+from syncback.warehouses.dialect import Dialect, DuckDBDialect
 
 
 class DuckDBWarehouse:
     """A connection to a DuckDB database file (or ``:memory:``)."""
+
+    dialect: Dialect = DuckDBDialect()
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
@@ -24,6 +27,8 @@ class DuckDBWarehouse:
         except duckdb.IOException as exc:
             # another process holds the file's write lock
             raise WarehouseUnavailable(f"cannot open DuckDB file {self.path}: {exc}") from exc
+        # what a timestamp with time zone reads as must not depend on the machine: UTC, always
+        self._run("set TimeZone = 'UTC'", ())
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._run(sql, params)
@@ -42,8 +47,14 @@ class DuckDBWarehouse:
         cursor.close()
 
     def columns(self, sql: str) -> list[tuple[str, str]]:
-        cursor = self._run(f"select * from ({sql}) as model limit 0", ())
+        cursor = self._run(f"select * from (\n{sql}\n) as model limit 0", ())
         return [(d[0], str(d[1])) for d in cursor.description or []]
+
+    def create_scratch(self, table: str, columns: str) -> None:
+        self._run(f"create or replace table {table} ({columns})", ())
+
+    def create_scratch_as(self, table: str, query: str) -> None:
+        self._run(f"create or replace table {table} as {query}", ())
 
     def load_rows(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:

@@ -46,6 +46,7 @@ from syncback.errors import (
 )
 from syncback.secrets import SecretResolver
 from syncback.spec import SnowflakeWarehouseConfig
+from syncback.warehouses.dialect import Dialect, SnowflakeDialect
 
 if TYPE_CHECKING:
     from snowflake.connector import SnowflakeConnection
@@ -85,6 +86,8 @@ _CREATE_SCHEMA = re.compile(r"^\s*create\s+(or\s+replace\s+)?(transient\s+)?sche
 
 class SnowflakeWarehouse:
     """A connection to Snowflake, configured by a ``type: snowflake`` warehouse in syncback.yaml."""
+
+    dialect: Dialect = SnowflakeDialect()
 
     def __init__(
         self, config: SnowflakeWarehouseConfig, secrets: SecretResolver, name: str | None = None
@@ -153,8 +156,21 @@ class SnowflakeWarehouse:
         from snowflake.connector.constants import FIELD_ID_TO_NAME
 
         with self._cursor() as cursor:
-            described = self._call(cursor.describe, f"select * from ({sql}) as model")
-        return [(d.name, FIELD_ID_TO_NAME.get(d.type_code, str(d.type_code))) for d in described or []]
+            described = self._call(cursor.describe, f"select * from (\n{sql}\n) as model")
+        columns = []
+        for d in described or []:
+            name = FIELD_ID_TO_NAME.get(d.type_code, str(d.type_code))
+            if name == "FIXED":  # NUMBER(p, s): an integer when its scale is 0
+                name = f"FIXED({d.precision or 38},{d.scale or 0})"
+            columns.append((d.name, name))
+        return columns
+
+    def create_scratch(self, table: str, columns: str) -> None:
+        # transient: no Fail-safe storage is paid for a table that lives for one plan or commit
+        self.execute(f"create or replace transient table {table} ({columns})")
+
+    def create_scratch_as(self, table: str, query: str) -> None:
+        self.execute(f"create or replace transient table {table} as {query}")
 
     def load_rows(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:

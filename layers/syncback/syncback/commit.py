@@ -1,0 +1,232 @@
+"""Commit and replay: what the destination did, applied to the snapshot through one rule.
+
+``effect`` says what one outcome does to its key's snapshot row; commit (a run's receipts) and
+replay (dead letters delivered again) both stage their outcomes through it and apply them with
+``snapshot.apply_outcomes``, conditionally on the version, so a replay of an old dead letter never
+writes over what a later run delivered. A replay holds the sync's run lock: it never runs between
+a run's delivery and that run's commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets as random_tokens
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from syncback.batches import Journal, commit_key, journal_key, plan_key, receipt_key
+from syncback.delivery import Delivery, outcome_from_json, outcomes_from_receipt
+from syncback.destinations import destination_target
+from syncback.destinations.base import Change, Outcome
+from syncback.planner import PlanResult, change_from_json
+from syncback.runtime import Runtime, utcnow
+from syncback.snapshot import Staged, apply_outcomes, read_snapshot
+from syncback.state import DeadLetter, RunRecord
+
+SAMPLE = 20
+log = logging.getLogger("syncback")
+
+
+def effect(change: Change, outcome: Outcome, version: int, seq: int = 0) -> Staged | None:
+    """Return what ``outcome`` of ``change`` does to the snapshot, or None (nothing: rejected, or
+    skipped with nothing learnt). The one rule commit and replay both apply."""
+    if outcome.status not in ("delivered", "skipped"):
+        return None
+    key, destination_id = change.key, outcome.destination_id
+    if change.action == "archive":
+        return Staged(key, "gone", version, seq=seq)
+    if change.action in ("forget", "clear"):
+        return Staged(key, "left", version, seq=seq)
+    if change.action == "release":
+        return Staged(key, "release", version, seq=seq) if outcome.status == "delivered" else None
+    if change.action == "keep" or outcome.status == "delivered" or destination_id is not None:
+        # delivered; or skipped because the record exists already (insert mode): it holds this row
+        created = outcome.created if outcome.status == "delivered" else False
+        return Staged(key, "put", version, change.row_hash, destination_id, change.identity, created, seq)
+    return None  # skipped and not there (update mode): planned again next run
+
+
+def counted(change: Change) -> bool:
+    """Say whether a change is one of the plan's (a release only prepares another change)."""
+    return change.action != "release"
+
+
+def dead_letter(
+    sync: str, run_id: str, version: int, target: str, change: Change, outcome: Outcome
+) -> DeadLetter:
+    return DeadLetter(
+        sync,
+        run_id,
+        change.key,
+        change.action,
+        change.row_hash,
+        change.destination_id,
+        change.record,
+        outcome.reason or "rejected",
+        utcnow().isoformat(),
+        version,
+        change.identity,
+        target,
+    )
+
+
+# ---- commit ----------------------------------------------------------------------------------
+
+
+def batch_outcomes(rt: Runtime, batch: str) -> list[Outcome] | None:
+    """Return what delivering a batch did: its receipt, else its journal (a delivery cut off), else None."""
+    if rt.store.exists(receipt_key(batch)):
+        return outcomes_from_receipt(rt.store.get_json(receipt_key(batch)))
+    if isinstance(rt.store, Journal):
+        lines = rt.store.read_lines(journal_key(batch))
+        if lines is not None:
+            return [outcome_from_json(item) for item in lines]
+    return None
+
+
+def commit_run(rt: Runtime, sync_name: str, run_id: str, error: str | None = None) -> RunRecord:
+    """Apply what the run delivered to the snapshot, keep its dead letters, record the run.
+
+    Safe to do twice (a commit retried, a run recovered after a crash): applying the same
+    outcomes at the same version changes nothing more, and the run is recorded once.
+    """
+    sync = rt.project.sync(sync_name)
+    plan = PlanResult.from_json(rt.store.get_json(plan_key(sync_name, run_id)))
+    record = RunRecord(sync_name, run_id, "succeeded", plan.started_at, planned=planned(plan), error=error)
+    record.invalid_sample = [{"key": r.key, "reason": r.reason} for r in plan.invalid_sample]
+    with rt.warehouse(sync) as warehouse:
+        staged = _staged(rt, plan, record)
+        apply_outcomes(warehouse, rt.tables(sync), staged, run_id, plan.target, utcnow())
+    if error is not None:
+        record.status = "failed"
+    elif record.rejected or record.undelivered:
+        record.status = "partial"
+    finish(record)
+    rt.state.record_run(record)
+    rt.store.put_json(commit_key(sync_name, run_id), {"status": record.status})
+    log.info(
+        "committed",
+        extra={
+            "sync": sync_name,
+            "run_id": run_id,
+            "status": record.status,
+            "delivered": record.delivered,
+            "rejected": record.rejected,
+            "skipped": record.skipped,
+            "undelivered": record.undelivered,
+        },
+    )
+    return record
+
+
+def _staged(rt: Runtime, plan: PlanResult, record: RunRecord) -> Iterator[Staged]:
+    """Yield the snapshot effect of every outcome of the run, batch by batch (phase order), counting
+    outcomes into ``record`` and handing dead letters to the state store as it goes."""
+    for ref in sorted(plan.batches, key=lambda b: b.phase):
+        changes = [change_from_json(item) for item in rt.store.get_json(ref.key)["changes"]]
+        outcomes = {o.key: o for o in batch_outcomes(rt, ref.key) or []}
+        letters, settled = [], []
+        for change in changes:
+            outcome = outcomes.get(change.key)
+            if outcome is None or outcome.status == "undelivered":
+                record.undelivered += counted(change)  # planned again next run
+                continue
+            staged = effect(change, outcome, plan.version, ref.phase)
+            if staged is not None:
+                yield staged
+            if not counted(change):
+                continue
+            if outcome.status == "rejected":
+                record.rejected += 1
+                letters.append(
+                    dead_letter(plan.sync, plan.run_id, plan.version, plan.target, change, outcome)
+                )
+                if len(record.rejected_sample) < SAMPLE:
+                    record.rejected_sample.append({"key": change.key, "reason": outcome.reason or "rejected"})
+                continue
+            settled.append(change.key)
+            record.delivered += outcome.status == "delivered"
+            record.skipped += outcome.status == "skipped"
+        rt.state.put_dead_letters(plan.sync, letters)
+        rt.state.resolve_dead_letters(plan.sync, settled)
+
+
+def planned(plan: PlanResult) -> dict[str, int]:
+    c = plan.counts
+    return {
+        "added": c.added,
+        "changed": c.changed,
+        "removed": c.removed,
+        "unchanged": c.unchanged,
+        "invalid": c.invalid,
+    }
+
+
+def finish(record: RunRecord) -> None:
+    now = utcnow()
+    record.finished_at = now.isoformat()
+    if record.started_at:
+        record.duration_s = round((now - dt.datetime.fromisoformat(record.started_at)).total_seconds(), 3)
+
+
+# ---- replay ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ReplayResult:
+    delivered: int = 0
+    rejected: int = 0
+    stale: int = 0
+
+
+def replay(rt: Runtime, sync_name: str, letters: list[DeadLetter]) -> ReplayResult:
+    """Deliver dead letters again under the sync's run lock; a letter whose record a later run (or
+    replay) already wrote is stale and dropped. Raises RunInProgress while a run holds the lock."""
+    sync = rt.project.sync(sync_name)
+    target = destination_target(sync)
+    replay_id = f"replay-{utcnow():%Y%m%dT%H%M%S}-{random_tokens.token_hex(3)}"
+    result = ReplayResult()
+    with rt.state.lock(sync_name), rt.warehouse(sync) as warehouse:
+        newest: dict[str, DeadLetter] = {}
+        for letter in letters:
+            if letter.target not in ("", target) or newest.get(letter.key, letter).version > letter.version:
+                result.stale += 1
+            else:
+                if letter.key in newest:
+                    result.stale += 1  # an older letter of the same key
+                newest[letter.key] = letter
+        current = read_snapshot(warehouse, rt.tables(sync), list(newest))
+        fresh = [d for d in newest.values() if d.key not in current or current[d.key].version < d.version]
+        result.stale += len(newest) - len(fresh)
+        changes = {d.key: _as_change(d, current.get(d.key)) for d in fresh}
+        destination = rt.destination(sync)
+        try:
+            outcomes = Delivery(destination, rt.budget(sync), rt.retry).deliver(
+                list(changes.values()), replay_id
+            )
+        finally:
+            destination.close()
+        by_key = {d.key: d for d in fresh}
+        staged, again = [], []
+        for outcome in outcomes:
+            letter, change = by_key[outcome.key], changes[outcome.key]
+            if outcome.status == "rejected":
+                result.rejected += 1
+                again.append(dead_letter(sync_name, letter.run_id, letter.version, target, change, outcome))
+                continue
+            result.delivered += outcome.status == "delivered"
+            found = effect(change, outcome, letter.version)
+            if found is not None:
+                staged.append(found)
+        apply_outcomes(warehouse, rt.tables(sync), staged, replay_id, target, utcnow())
+    rejected_keys = {d.key for d in again}
+    rt.state.resolve_dead_letters(sync_name, [d.key for d in letters if d.key not in rejected_keys])
+    rt.state.put_dead_letters(sync_name, again)
+    return result
+
+
+def _as_change(letter: DeadLetter, entry: object) -> Change:
+    # the snapshot's destination id is at least as current as the letter's
+    destination_id = getattr(entry, "destination_id", None) or letter.destination_id
+    return Change(letter.key, letter.action, letter.row_hash, letter.record, destination_id, letter.identity)  # type: ignore[arg-type]

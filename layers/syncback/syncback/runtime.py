@@ -1,0 +1,81 @@
+"""What the use cases run against: the project, the stores, secrets, retries and rate budgets.
+
+One ``Runtime`` per entry point (the CLI, each Lambda handler) is the composition root: it builds
+the implementations, and the use cases in ``runner`` and ``commit`` receive it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import secrets as random_tokens
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from syncback.batches import BatchStore
+from syncback.delivery import Budget, RateBudget, RetryPolicy
+from syncback.destinations import build_destination, request_budget
+from syncback.destinations.base import Destination
+from syncback.secrets import SecretResolver
+from syncback.snapshot import SnapshotTables
+from syncback.spec import Project, SyncSpec
+from syncback.state import StateStore
+from syncback.warehouses import connect
+from syncback.warehouses.base import Warehouse
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    """Return a run id that sorts by start time: ``20261123T101500Z-3f9a1c``."""
+    return f"{(now or utcnow()):%Y%m%dT%H%M%SZ}-{random_tokens.token_hex(3)}"
+
+
+@dataclass
+class Runtime:
+    """What the use cases run against: the project and the stores, injected."""
+
+    project: Project
+    store: BatchStore
+    state: StateStore
+    secrets: SecretResolver = field(default_factory=SecretResolver)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    destination_factory: Callable[[SyncSpec], Destination] | None = None
+    budget_factory: Callable[[str, int, float], Budget] | None = None
+    budgets: dict[str, Budget] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def warehouse(self, sync: SyncSpec) -> Iterator[Warehouse]:
+        config = self.project.config.warehouses[sync.warehouse]
+        warehouse = connect(sync.warehouse, config, self.project.root, self.secrets)
+        try:
+            yield warehouse
+        finally:
+            warehouse.close()
+
+    def tables(self, sync: SyncSpec) -> SnapshotTables:
+        return SnapshotTables(self.project.config.state.schema_, sync.name)
+
+    def destination(self, sync: SyncSpec) -> Destination:
+        if self.destination_factory is not None:
+            return self.destination_factory(sync)
+        return build_destination(sync, self.secrets)
+
+    def budget(self, sync: SyncSpec) -> Budget | None:
+        """Return the one rate budget every delivery of this destination shares.
+
+        Locally a budget shared by the run's threads; ``budget_factory`` gives another kind (the
+        DynamoDB one that concurrent Lambdas share).
+        """
+        limit = request_budget(sync)
+        if limit is None:
+            return None
+        account, requests, per_seconds = limit
+        if account not in self.budgets:
+            if self.budget_factory is not None:
+                self.budgets[account] = self.budget_factory(account, requests, per_seconds)
+            else:
+                self.budgets[account] = RateBudget(requests, per_seconds)
+        return self.budgets[account]
