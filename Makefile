@@ -9,7 +9,7 @@ TOOLS := $(CURDIR)/.tools
 SAM := $(TOOLS)/bin/sam
 export PATH := $(TOOLS)/bin:$(PATH)
 
-.PHONY: install demo test lint typecheck unit integration sam schema bench clean
+.PHONY: install demo test soak lint typecheck unit integration sam schema bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,13 @@ test: $(STAMP) $(SAM) lint typecheck
 	$(BIN)/python -m syncback.cli schema --check
 	$(BIN)/python infra/render_schedules.py --check
 	CI=$${CI:-} $(BIN)/pytest -n 2 --durations=10 tests
+
+# not part of make test: the convergence property test, searching thousands of sequences per
+# destination (SOAK=N sets how many); a failure prints the sequence to keep as a named test
+SOAK ?= 1000
+soak: $(STAMP)
+	SYNCBACK_SOAK_EXAMPLES=$(SOAK) $(BIN)/pytest -n 2 --timeout=0 -p no:cacheprovider \
+		--hypothesis-show-statistics tests/integration/test_convergence_property.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)

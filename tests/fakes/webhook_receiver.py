@@ -1,8 +1,10 @@
 """A webhook receiver on loopback that behaves as the Standard Webhooks spec tells a receiver to.
 
-It verifies ``webhook-signature`` (each space-separated ``v1,`` signature, constant-time compare),
-refuses timestamps outside its tolerance, and treats ``webhook-id`` as an idempotency key. It
-speaks our receiver contract: 200 with ``{"accepted": n, "rejected": [{"key", "reason"}]}``.
+It verifies requests with the ``standardwebhooks`` reference library itself (the signature, and
+timestamps within its five-minute tolerance), and treats ``webhook-id`` as an idempotency key, as
+the spec tells receivers to. It speaks our receiver contract: 200 with ``{"accepted": n,
+"rejected": [{"key", "reason"}]}``, and ``held()`` is what a receiver applying each accepted
+record (upsert: store its fields; archive: drop it) holds.
 
 Fault knobs: ``fail_next`` (answer the next requests with a status), ``reject_keys`` (reject
 those records in a 200), ``reject_batch_if_key_in`` (400 for the whole request) and ``delay_s``
@@ -11,10 +13,6 @@ those records in a 200), ``reject_batch_if_key_in`` (400 for the whole request) 
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import json
 import threading
 import time
@@ -23,25 +21,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
 Answer = tuple[int, dict[str, str], bytes]
-
-SECRET_PREFIX = "whsec_"
-
-
-def receiver_key(secret: str) -> bytes:
-    """Return the HMAC key syncback documents: base64 after ``whsec_``, else the raw UTF-8 bytes."""
-    if secret.startswith(SECRET_PREFIX):
-        encoded = secret[len(SECRET_PREFIX) :]
-        return base64.b64decode(encoded + "=" * (-len(encoded) % 4))
-    return secret.encode("utf-8")
 
 
 class WebhookReceiver:
     """A threaded HTTP/1.1 server on 127.0.0.1 that records the batches it accepts."""
 
-    def __init__(self, secret: str | None = None, tolerance_s: int = 300) -> None:
+    def __init__(self, secret: str | None = None) -> None:
         self.secret = secret
-        self.tolerance_s = tolerance_s
         #: parsed bodies of the requests answered 2xx (partial rejections included)
         self.received: list[dict[str, Any]] = []
         #: raw bodies and headers of those requests, in the same order
@@ -57,6 +47,8 @@ class WebhookReceiver:
         #: seconds to wait before answering (for client timeouts)
         self.delay_s = 0.0
         self._faults: deque[Answer] = deque()
+        self._answers: list[set[str]] = []  # the keys rejected in each accepted request
+        self._library = Webhook(secret) if secret is not None else None
         self._answered_ids: dict[str, Answer] = {}
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
@@ -134,6 +126,7 @@ class WebhookReceiver:
         answer = _json_answer(200, {"accepted": len(records) - len(rejected), "rejected": rejected})
         with self._lock:
             self.received.append(payload)
+            self._answers.append({r["key"] for r in rejected})
             self.raw_bodies.append(body)
             self.headers.append(headers)
             if msg_id:
@@ -142,30 +135,27 @@ class WebhookReceiver:
 
     def _verified(self, headers: dict[str, str], body: bytes) -> bool:
         assert self.secret is not None
-        msg_id = headers.get("webhook-id")
-        timestamp = headers.get("webhook-timestamp")
-        signatures = headers.get("webhook-signature")
-        if not (msg_id and timestamp and signatures):
-            return False
         try:
-            sent_at = int(timestamp)
-        except ValueError:
+            self._library.verify(body, headers)
+        except (WebhookVerificationError, ValueError):
             return False
-        if abs(time.time() - sent_at) > self.tolerance_s:
-            return False
-        signed = f"{msg_id}.{timestamp}.".encode() + body
-        expected = hmac.new(receiver_key(self.secret), signed, hashlib.sha256).digest()
-        for versioned in signatures.split(" "):
-            version, _, signature = versioned.partition(",")
-            if version != "v1":
-                continue
-            try:
-                candidate = base64.b64decode(signature, validate=True)
-            except binascii.Error:
-                continue
-            if hmac.compare_digest(expected, candidate):
-                return True
-        return False
+        return True
+
+    def held(self) -> dict[str, dict[str, Any]]:
+        """Return what the receiver holds by key, having applied every accepted record in order."""
+        with self._lock:
+            bodies = list(self.received)
+            answers = list(self._answers)
+        state: dict[str, dict[str, Any]] = {}
+        for body, rejected in zip(bodies, answers, strict=True):
+            for record in body["records"]:
+                if record["key"] in rejected:
+                    continue
+                if record["action"] == "archive":
+                    state.pop(record["key"], None)
+                else:
+                    state[record["key"]] = record["fields"]
+        return state
 
 
 def _json_answer(status: int, body: dict[str, Any]) -> Answer:

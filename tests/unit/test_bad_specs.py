@@ -152,3 +152,23 @@ def test_validate_names_an_unset_environment_variable(
     assert main(["--project", str(tmp_path), "validate"]) == 2
     err = capsys.readouterr().err
     assert "syncs/contacts.yaml: destination.token: environment variable HUBSPOT_TOKEN is not set" in err
+
+
+@pytest.mark.parametrize("secret", ["not base64 at all", "whsec_!!!"])
+def test_validate_refuses_a_webhook_secret_standard_webhooks_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, secret: str
+) -> None:
+    # Given a webhook secret that is not base64 (after an optional whsec_), as receivers decode it
+    monkeypatch.setenv("HOOK_SECRET", secret)
+    spec = sync(
+        destination={"type": "webhook", "url": "https://hooks.example.com/x", "secret": "env:HOOK_SECRET"},
+        mapping={"email": "email"},
+    )
+    write_project(tmp_path, spec, contacts_rows(3))
+    # When validated: Then it names the field, says why, gives the fix, and never quotes the secret
+    assert main(["--project", str(tmp_path), "validate"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "syncs/contacts.yaml: destination.secret: " in err and "not base64" in err and "generate one" in err
+    )
+    assert secret not in err

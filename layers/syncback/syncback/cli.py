@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from syncback.batches import LocalBatchStore
 from syncback.commit import replay
+from syncback.destinations import check_secret
 from syncback.errors import ConfigError, Problem, SecretError, SyncbackError
 from syncback.mapping import describe, model_problems
 from syncback.planner import Planner
@@ -124,9 +125,14 @@ def _model_problems(project: Project) -> list[Problem]:
         file = f"syncs/{sync.name}.yaml"
         for field, reference in _env_references(sync):
             try:
-                rt.secrets.resolve(reference, f"{file}: {field}")
+                value = rt.secrets.resolve(reference, f"{file}: {field}")
             except SecretError as exc:
                 problems.append(Problem(file, field, str(exc).split(": ", 2)[-1]))
+                continue
+            try:
+                check_secret(sync, field, value)
+            except SecretError as exc:
+                problems.append(Problem(file, field, str(exc)))
         try:
             with rt.warehouse(sync) as warehouse:
                 problems += model_problems(

@@ -160,11 +160,13 @@ def _merge(
             "where c.sb_rank = 1 and (s.key is null or s.version is null or s.version <= c.version)",
             [run_id, stamp],
         )
-        # two outcomes naming one record (rare): the newest version keeps it, the other is re-sent
+        # two outcomes naming one record: a row in the model keeps it over one that left (a row
+        # taking a departed row's email takes its record), else the newest; the other is re-sent
         warehouse.execute(
             f"update {fresh} set destination_id = null, row_hash = null, created = false where key in ("
             f"select key from (select key, row_number() over (partition by destination_id "
-            f"order by version desc, key) as n from {fresh} where destination_id is not null) d where d.n > 1)"
+            f"order by removed, version desc, key) as n from {fresh} where destination_id is not null) d "
+            "where d.n > 1)"
         )
         # a key whose record another key now holds loses it, and is sent again next run
         warehouse.execute(

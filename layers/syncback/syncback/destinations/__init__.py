@@ -37,6 +37,14 @@ def build_destination(
     return WebhookDestination(config, secret, sync.name, session)
 
 
+def check_secret(sync: SyncSpec, field: str, value: str) -> None:
+    """Raise SecretError if a resolved secret cannot work as ``field`` of ``sync``'s destination."""
+    if field == "destination.secret" and sync.destination.type == "webhook":
+        from syncback.destinations.webhook import signing_key
+
+        signing_key(value)
+
+
 def identifier_fields(sync: SyncSpec) -> list[str]:
     """Return the mapped fields by which the destination finds a record (HubSpot's id property).
 

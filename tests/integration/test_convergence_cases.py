@@ -1,0 +1,357 @@
+"""Each way the destination drifted from the model in trials, as a named regression test.
+
+The numbered cases are those of the convergence issue; the ones after them were found by the
+property test (``test_convergence_property.py``). Each runs the real engine against the HubSpot
+sandbox or the webhook receiver over loopback and ends with the convergence check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncback.errors import GuardError, RunInProgress
+from tests.convergence import Killed, Row, World, check_converged, held_emails
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVERGENCE_TOKEN", "convergence-token")
+    monkeypatch.setenv("CONVERGENCE_SECRET", "whsec_c3luY2JhY2stY29udmVyZ2VuY2Uta2V5LTMyYnl0ZXM=")
+
+
+@pytest.fixture
+def hubspot(tmp_path: Path) -> Iterator[World]:
+    with World(tmp_path, "hubspot", "upsert").started() as world:
+        yield world
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Iterator[World]:
+    with World(tmp_path, "hubspot", "mirror").started() as world:
+        yield world
+
+
+@pytest.fixture
+def webhook(tmp_path: Path) -> Iterator[World]:
+    with World(tmp_path, "webhook", "upsert").started() as world:
+        yield world
+
+
+def converge(world: World, **run: Any) -> None:
+    """Run once with the destination healthy, and check the property."""
+    world.reject(set())
+    held = held_emails(world)
+    check_converged(world, world.run(**run), held)
+
+
+def model(world: World, rows: dict[int, Row]) -> None:
+    world.rows = dict(rows)
+    world.write_model()
+
+
+# ---- 1. a replay never overwrites a newer version ---------------------------------------------------
+
+
+def test_case_1_a_replay_while_a_run_has_delivered_a_newer_version_waits_and_is_then_stale(
+    hubspot: World,
+) -> None:
+    import syncback.runner as runner_module
+
+    # Given row 5 rejected at v1 (its dead letter holds v1)
+    model(hubspot, {5: Row("five@x.io", "v1"), 6: Row("six@x.io")})
+    hubspot.reject({"five@x.io"})
+    assert hubspot.run().rejected == 1
+    hubspot.reject(set())
+    # When the model changes to v2 and a run delivers v2, but has not committed yet
+    model(hubspot, {5: Row("five@x.io", "v2"), 6: Row("six@x.io")})
+    delivered, go_on = threading.Event(), threading.Event()
+    real_commit = runner_module.commit_run
+
+    def paused_commit(*args: Any, **kwargs: Any) -> Any:
+        delivered.set()
+        go_on.wait(10)
+        return real_commit(*args, **kwargs)
+
+    runner_module.commit_run = paused_commit  # type: ignore[assignment]
+    try:
+        thread = threading.Thread(target=hubspot.run)
+        thread.start()
+        assert delivered.wait(10)
+        # Then a replay now is refused: it would send v1 over v2
+        with pytest.raises(RunInProgress):
+            hubspot.replay()
+        go_on.set()
+        thread.join(10)
+    finally:
+        runner_module.commit_run = real_commit  # type: ignore[assignment]
+    # and once the run committed, its letter is settled (on AWS, where letters stay in SQS, a
+    # replay finds it stale: the next test) and a replay sends nothing
+    assert hubspot.replay().delivered == 0
+    assert [r["firstname"] for r in hubspot.records() if r["email"] == "five@x.io"] == ["v2"]
+    converge(hubspot)
+
+
+def test_case_1_a_replay_of_an_older_version_never_wins_even_without_the_lock(hubspot: World) -> None:
+    from syncback.commit import replay
+
+    model(hubspot, {5: Row("five@x.io", "v1")})
+    hubspot.reject({"five@x.io"})
+    hubspot.run()
+    rt = hubspot.runtime()
+    letters = rt.state.dead_letters("people")
+    hubspot.reject(set())
+    model(hubspot, {5: Row("five@x.io", "v2")})
+    hubspot.run()
+    # When the old letter is replayed after the run that delivered v2: Then it is stale
+    result = replay(rt, "people", letters)
+    assert (result.stale, result.delivered) == (1, 0)
+    converge(hubspot)
+
+
+# ---- 2. one rule applies outcomes, for commit and replay alike ----------------------------------------
+
+
+def test_case_2_a_replayed_record_that_is_skipped_does_not_advance_the_snapshot(tmp_path: Path) -> None:
+    with World(tmp_path, "hubspot", "update").started() as world:
+        # Given contacts made by hand; row 2 rejected on its first run
+        world.create_by_hand("one@x.io")
+        world.create_by_hand("two@x.io")
+        model(world, {1: Row("one@x.io"), 2: Row("two@x.io")})
+        world.reject({"two@x.io"})
+        world.run()
+        world.reject(set())
+        # When the contact is deleted in HubSpot, then the dead letter is replayed
+        assert world.sandbox is not None
+        (two,) = [o for o in world.sandbox.objects("contacts") if o["properties"]["email"] == "two@x.io"]
+        import requests
+
+        requests.post(
+            f"{world.sandbox.url}/crm/v3/objects/contacts/batch/archive",
+            json={"inputs": [{"id": two["id"]}]},
+            headers={"Authorization": "Bearer convergence-token"},
+            timeout=5,
+        )
+        world.replay()
+        # Then the snapshot does not claim row 2 is synced: it is planned again, as commit would do
+        assert "2" not in world.snapshot()
+        assert world.plan().counts.added == 1
+
+
+# ---- 3. webhook ids are per delivery ----------------------------------------------------------------
+
+
+def test_case_3_a_value_that_goes_b_a_b_a_reaches_a_receiver_that_drops_repeated_ids(webhook: World) -> None:
+    for name in ("B", "A", "B", "A"):
+        model(webhook, {1: Row("one@x.io", name)})
+        webhook.run()
+    assert webhook.records()[0]["firstname"] == "A"
+    assert webhook.receiver is not None
+    ids = [h["webhook-id"] for h in webhook.receiver.headers]
+    assert len(set(ids)) == 4, ids
+    converge(webhook)
+
+
+def test_case_3_a_retried_delivery_keeps_its_id(tmp_path: Path) -> None:
+    from syncback.destinations.base import Change
+    from syncback.destinations.webhook import message_id
+
+    changes = [Change("1", "upsert", record={"a": 1})]
+    assert message_id("runs/s/r1/batches/00000.json", changes) == message_id(
+        "runs/s/r1/batches/00000.json", changes
+    )
+    assert message_id("runs/s/r1/batches/00000.json", changes) != message_id(
+        "runs/s/r2/batches/00000.json", changes
+    )
+
+
+# ---- 4, 5. change detection depends only on the values sent ------------------------------------------
+
+
+def test_case_4_reordering_the_mapping_sends_nothing(hubspot: World) -> None:
+    model(hubspot, {1: Row("one@x.io"), 2: Row("two@x.io")})
+    hubspot.run()
+    hubspot.order = 1
+    hubspot.write_spec()
+    assert hubspot.plan().counts.changed == 0
+    converge(hubspot)
+
+
+def test_case_5_another_process_time_zone_sends_nothing(hubspot: World) -> None:
+    model(hubspot, {1: Row("one@x.io"), 2: Row("two@x.io")})
+    hubspot.run()
+    env = {**os.environ, "TZ": "America/New_York", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "syncback.cli", "--project", str(hubspot.root), "plan", "people", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    counts = json.loads(result.stdout)["counts"]
+    assert (counts["changed"], counts["unchanged"]) == (0, 2)
+
+
+# ---- 6. one identifier, two rows: checked over the whole model ---------------------------------------
+
+
+@pytest.mark.parametrize("twin", ["one@x.io", " ONE@x.io", "One@X.IO "])
+def test_case_6_a_row_that_takes_an_unchanged_rows_email_stays_invalid_every_run(
+    hubspot: World, twin: str
+) -> None:
+    model(hubspot, {1: Row("one@x.io", "first"), 2: Row("two@x.io", "second")})
+    hubspot.run()
+    # When row 2 takes row 1's email (by case or white space too) while row 1 does not change
+    model(hubspot, {1: Row("one@x.io", "first"), 2: Row(twin, "second")})
+    for _ in range(2):
+        record = hubspot.run()
+        # Then row 2 is invalid every run, naming row 1, and customer 1's contact keeps its values
+        assert record.planned["invalid"] == 1 and record.delivered == 0
+        assert "row with key 1" in record.invalid_sample[0]["reason"]
+    assert {r["email"]: r["firstname"] for r in hubspot.records()}["one@x.io"] == "first"
+    converge(hubspot)
+
+
+def test_case_6_when_the_holder_leaves_the_other_row_takes_the_email(mirror: World) -> None:
+    model(mirror, {1: Row("one@x.io", "first"), 2: Row("one@x.io", "second")})
+    mirror.run()
+    model(mirror, {2: Row("one@x.io", "second")})
+    converge(mirror)
+    assert [(r["customer_id"], r["firstname"]) for r in mirror.records()] == [("2", "second")]
+
+
+def test_case_6_the_lowest_key_wins_a_new_collision(hubspot: World) -> None:
+    model(hubspot, {10: Row("x@x.io", "ten"), 9: Row("X@x.io", "nine")})
+    record = hubspot.run()
+    # keys compare as text: "10" < "9"
+    assert record.invalid_sample[0]["key"] == "9"
+    converge(hubspot)
+
+
+# ---- 7. an identifier that changes moves with its record ---------------------------------------------
+
+
+def test_case_7_a_new_email_updates_the_same_contact_and_mirror_archives_it_later(mirror: World) -> None:
+    model(mirror, {1: Row("old@x.io")})
+    mirror.run()
+    (before,) = mirror.records()
+    model(mirror, {1: Row("new@x.io")})
+    converge(mirror)
+    (after,) = mirror.records()
+    assert (after["id"], after["email"]) == (before["id"], "new@x.io")
+    model(mirror, {})
+    mirror.rows = {}
+    mirror.write_model({2: Row("other@x.io")})
+    mirror.rows = {2: Row("other@x.io")}
+    converge(mirror)
+    assert [r["email"] for r in mirror.records()] == ["other@x.io"]
+
+
+def test_case_7_two_rows_swapping_emails_in_one_run_both_arrive(hubspot: World) -> None:
+    model(hubspot, {1: Row("a@x.io", "one"), 2: Row("b@x.io", "two")})
+    hubspot.run()
+    model(hubspot, {1: Row("b@x.io", "one"), 2: Row("a@x.io", "two")})
+    converge(hubspot)
+    assert {r["email"]: r["customer_id"] for r in hubspot.records()} == {"b@x.io": "1", "a@x.io": "2"}
+
+
+def test_case_7_a_chain_of_moves_in_one_run_all_arrive(hubspot: World) -> None:
+    model(hubspot, {1: Row("a@x.io"), 2: Row("b@x.io"), 3: Row("c@x.io")})
+    hubspot.run()
+    model(hubspot, {1: Row("b@x.io"), 2: Row("c@x.io"), 3: Row("d@x.io")})
+    converge(hubspot)
+
+
+# ---- 8. mirror archives only what this sync created ----------------------------------------------------
+
+
+@pytest.mark.parametrize("removal", ["leave", "clear_fields"])
+def test_case_8_mirror_never_archives_a_contact_a_person_made(tmp_path: Path, removal: str) -> None:
+    with World(tmp_path, "hubspot", "mirror", removal).started() as world:
+        world.create_by_hand("person@x.io")
+        model(world, {1: Row("person@x.io", "synced"), 2: Row("ours@x.io")})
+        world.run()
+        model(world, {3: Row("else@x.io")})
+        converge(world)
+        records = {r["email"]: r for r in world.records()}
+        assert "ours@x.io" not in records and "person@x.io" in records
+        kept = records["person@x.io"]
+        if removal == "clear_fields":
+            assert (kept["firstname"], kept["lead_score"]) == ("", "")
+        else:
+            assert kept["firstname"] == "synced"
+
+
+# ---- 9. an empty model changes nothing ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["upsert", "mirror"])
+def test_case_9_an_empty_model_stops_the_run_and_forgets_nothing(tmp_path: Path, mode: str) -> None:
+    with World(tmp_path, "hubspot", mode).started() as world:
+        model(world, {1: Row("one@x.io"), 2: Row("two@x.io")})
+        world.run()
+        world.write_model({})
+        with pytest.raises(GuardError, match="the model returned no rows"):
+            world.run()
+        world.write_model()
+        # When the rows come back unchanged, nothing is sent
+        assert world.plan().counts.unchanged == 2
+        converge(world)
+
+
+# ---- 10. generated SQL takes any valid model ----------------------------------------------------------
+
+
+def test_case_10_a_model_ending_in_a_comment_and_a_quoted_alias_plan_and_run(hubspot: World) -> None:
+    import yaml
+
+    model(hubspot, {1: Row("one@x.io")})
+    spec_path = hubspot.root / "syncs" / "people.yaml"
+    spec = yaml.safe_load(spec_path.read_text())
+    spec.pop("table")
+    spec["model"] = (
+        'select customer_id, email, first_name, lead_score as "Lead Score", last_seen '
+        "from analytics.people -- the people we sync"
+    )
+    spec["mapping"]["lead_score"] = {"column": "Lead Score", "transform": "integer"}
+    spec_path.write_text(yaml.safe_dump(spec))
+    record = hubspot.run()
+    assert record.delivered == 1 and record.planned["invalid"] == 0
+
+
+# ---- crashes ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("point", "after"), [("answer", 1), ("commit", 0), ("snapshot", 0), ("record", 0)])
+def test_a_run_killed_anywhere_converges_on_the_next(mirror: World, point: str, after: int) -> None:
+    model(mirror, {i: Row(f"p{i}@x.io") for i in range(1, 8)})
+    with pytest.raises(Killed), mirror.killed_at(point, after):
+        mirror.run()
+    # the killed run created records; the identities move before the next run
+    model(mirror, {i: Row(f"q{i}@x.io") for i in range(1, 8)})
+    converge(mirror)
+
+
+# ---- found by the property test ------------------------------------------------------------------
+
+
+def test_found_a_row_taking_the_email_of_a_row_that_left_takes_its_contact_in_upsert_mode(
+    hubspot: World,
+) -> None:
+    # rows 1 and 3 share an email: 1 wins; then 1 leaves (upsert mode: its contact stays)
+    model(hubspot, {1: Row("a@x.io", "one"), 3: Row("a@x.io", "three")})
+    hubspot.run()
+    model(hubspot, {3: Row("a@x.io", "three")})
+    # row 3 upserts by the email and finds row 1's contact: it is row 3's record from now on
+    converge(hubspot)
+    assert [(r["customer_id"], r["firstname"]) for r in hubspot.records()] == [("3", "three")]
