@@ -18,6 +18,7 @@ the engine, so that a wrong verdict of the engine is caught.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -108,7 +109,8 @@ class World:
     rows: dict[int, Row] = field(default_factory=dict)
     order: int = 0
     extra: bool = False
-    lost: set[str] = field(default_factory=set)  # HubSpot ids created by requests whose answer was lost
+    # records written by requests whose answer was lost: HubSpot ids created, or webhook keys
+    lost: set[str] = field(default_factory=set)
     by_hand: set[str] = field(default_factory=set)  # HubSpot ids of contacts a person created
     sandbox: HubSpotSandbox | None = None
     receiver: WebhookReceiver | None = None
@@ -282,6 +284,8 @@ class World:
                 if ("/batch/" in (request.url or "") or self.kind == "webhook") and due():
                     if self.kind == "hubspot":
                         self.lost |= {o["id"] for o in self.records()} - before
+                    else:  # the receiver holds these records; syncback never learns it
+                        self.lost |= {r["key"] for r in json.loads(request.body or b"{}").get("records", [])}
                     raise Killed(point)
                 return response
 

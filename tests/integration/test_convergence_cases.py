@@ -355,3 +355,16 @@ def test_found_a_row_taking_the_email_of_a_row_that_left_takes_its_contact_in_up
     # row 3 upserts by the email and finds row 1's contact: it is row 3's record from now on
     converge(hubspot)
     assert [(r["customer_id"], r["firstname"]) for r in hubspot.records()] == [("3", "three")]
+
+
+def test_found_a_row_whose_record_another_row_took_does_not_win_its_old_email_back(hubspot: World) -> None:
+    # rows 1 and 7 share a@ (1 wins, its contact D); row 4 holds c@
+    model(hubspot, {1: Row("a@x.io"), 4: Row("c@x.io"), 7: Row("a@x.io")})
+    hubspot.run()
+    # row 1 moves to c@, which row 4 keeps: row 1 is invalid, and row 7, now alone on a@, takes D
+    model(hubspot, {1: Row("c@x.io"), 4: Row("c@x.io"), 7: Row("a@x.io")})
+    converge(hubspot)
+    # row 1 comes back to a@: row 7 holds it now, so row 7 keeps it and row 1 is the invalid one
+    model(hubspot, {1: Row("a@x.io"), 4: Row("c@x.io"), 7: Row("a@x.io")})
+    converge(hubspot)
+    assert {r["email"]: r["customer_id"] for r in hubspot.records()}["a@x.io"] == "7"

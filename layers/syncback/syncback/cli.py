@@ -7,14 +7,20 @@ Exit codes: 0 every planned record delivered; 1 the run finished with rejected r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from syncback.batches import LocalBatchStore
 from syncback.commit import replay
+from syncback.delivery import Interrupt
 from syncback.destinations import check_secret
 from syncback.errors import ConfigError, Problem, SecretError, SyncbackError
 from syncback.mapping import describe, model_problems
@@ -24,7 +30,7 @@ from syncback.runtime import Runtime, new_run_id
 from syncback.spec import Project, SyncSpec, json_schemas, load_project
 from syncback.state import LocalStateStore, RunRecord
 
-OK, REJECTED, CONFIG, FAILED = 0, 1, 2, 3
+OK, REJECTED, CONFIG, FAILED, CANCELLED = 0, 1, 2, 3, 130
 SCHEMA_DIR = Path(__file__).resolve().parents[3] / "schema"
 
 
@@ -190,7 +196,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         project = load_project(args.project)
         bar = None if args.json else Bar()
-        record = run_sync(_runtime(project), args.sync, args.full_resync, bar)
+        with interruptible() as interrupt:
+            record = run_sync(_runtime(project), args.sync, args.full_resync, bar, interrupt)
     except SyncbackError as exc:
         if not args.json:
             raise
@@ -201,7 +208,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(summary(record)))
     else:
         _print_summary(record)
-    return {"succeeded": OK, "skipped": OK, "partial": REJECTED}.get(record.status, FAILED)
+    return {"succeeded": OK, "skipped": OK, "partial": REJECTED, "cancelled": CANCELLED}.get(
+        record.status, FAILED
+    )
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[Interrupt]:
+    """Yield an Interrupt that the first Ctrl-C (or SIGTERM) sets: the run stops sending, commits
+    what was delivered and is recorded cancelled. A second Ctrl-C exits at once."""
+    interrupt = Interrupt()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupt  # signals reach the main thread only (a run started from a test's thread)
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        if interrupt.is_set and signum == signal.SIGINT:
+            print("\nstopped at once; the next run commits what was delivered", file=sys.stderr)
+            os._exit(CANCELLED)
+        interrupt.set(f"cancelled by {signal.Signals(signum).name}")
+        print(
+            f"\n{signal.Signals(signum).name}: stopping; committing what was delivered (Ctrl-C again to quit now)",
+            file=sys.stderr,
+        )
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield interrupt
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_runs(args: argparse.Namespace) -> int:

@@ -74,18 +74,23 @@ def dead_letter(
 # ---- commit ----------------------------------------------------------------------------------
 
 
-def batch_outcomes(rt: Runtime, batch: str) -> list[Outcome] | None:
-    """Return what delivering a batch did: its receipt, else its journal (a delivery cut off), else None."""
+def answers(rt: Runtime, batch: str) -> list[Outcome]:
+    """Return what the destination answered for a batch: its receipt's and journal's outcomes (a
+    delivery cut off keeps a journal locally, or a receipt with the rest undelivered), without
+    those left undelivered."""
+    found: dict[str, Outcome] = {}
     if rt.store.exists(receipt_key(batch)):
-        return outcomes_from_receipt(rt.store.get_json(receipt_key(batch)))
+        found.update((o.key, o) for o in outcomes_from_receipt(rt.store.get_json(receipt_key(batch))))
     if isinstance(rt.store, Journal):
-        lines = rt.store.read_lines(journal_key(batch))
-        if lines is not None:
-            return [outcome_from_json(item) for item in lines]
-    return None
+        found.update(
+            (o.key, o) for o in map(outcome_from_json, rt.store.read_lines(journal_key(batch)) or [])
+        )
+    return [o for o in found.values() if o.status != "undelivered"]
 
 
-def commit_run(rt: Runtime, sync_name: str, run_id: str, error: str | None = None) -> RunRecord:
+def commit_run(
+    rt: Runtime, sync_name: str, run_id: str, error: str | None = None, cancelled: bool = False
+) -> RunRecord:
     """Apply what the run delivered to the snapshot, keep its dead letters, record the run.
 
     Safe to do twice (a commit retried, a run recovered after a crash): applying the same
@@ -98,7 +103,9 @@ def commit_run(rt: Runtime, sync_name: str, run_id: str, error: str | None = Non
     with rt.warehouse(sync) as warehouse:
         staged = _staged(rt, plan, record)
         apply_outcomes(warehouse, rt.tables(sync), staged, run_id, plan.target, utcnow())
-    if error is not None:
+    if cancelled:
+        record.status = "cancelled"
+    elif error is not None:
         record.status = "failed"
     elif record.rejected or record.undelivered:
         record.status = "partial"
@@ -125,11 +132,11 @@ def _staged(rt: Runtime, plan: PlanResult, record: RunRecord) -> Iterator[Staged
     outcomes into ``record`` and handing dead letters to the state store as it goes."""
     for ref in sorted(plan.batches, key=lambda b: b.phase):
         changes = [change_from_json(item) for item in rt.store.get_json(ref.key)["changes"]]
-        outcomes = {o.key: o for o in batch_outcomes(rt, ref.key) or []}
+        outcomes = {o.key: o for o in answers(rt, ref.key)}
         letters, settled = [], []
         for change in changes:
             outcome = outcomes.get(change.key)
-            if outcome is None or outcome.status == "undelivered":
+            if outcome is None:
                 record.undelivered += counted(change)  # planned again next run
                 continue
             staged = effect(change, outcome, plan.version, ref.phase)

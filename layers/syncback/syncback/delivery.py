@@ -18,17 +18,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from syncback.destinations.base import Change, Destination, Outcome
-from syncback.errors import RateLimited, RequestRejected, TransientError
+from syncback.errors import RateLimited, RequestRejected, SystemicError, TransientError
 
-Sleep = Callable[[float], None]
+Sleep = Callable[[float], object]
 Clock = Callable[[], float]
 
 
 class Budget(Protocol):
     """A request budget one or many deliverers share."""
 
-    def acquire(self) -> float:
-        """Block until one more request may start, count it, and return when its slot began."""
+    def acquire(self, interrupt: Interrupt | None = None) -> float | None:
+        """Block until one more request may start, count it, and return when its slot began; None
+        if ``interrupt`` was set while waiting (nothing counted)."""
         ...
 
     def settle(self, slot: float) -> None:
@@ -66,9 +67,11 @@ class RateBudget:
         self._clock = clock
         self._sleep = sleep
 
-    def acquire(self) -> float:
+    def acquire(self, interrupt: Interrupt | None = None) -> float | None:
         """Block until one more request fits in the window, count it, and return that time."""
         while True:
+            if interrupt is not None and interrupt.is_set:
+                return None
             with self._lock:
                 now = self._clock()
                 expired = bisect.bisect_right(self._sent, now - self.window)
@@ -79,7 +82,8 @@ class RateBudget:
                     return now
                 if wait <= 0:
                     wait = self.window - (now - self._sent[0])
-            self._sleep(max(wait, 0.001))
+            # in short steps, so that an interrupt is seen within a quarter of a second
+            self._sleep(min(max(wait, 0.001), 0.25))
 
     def settle(self, slot: float) -> None:
         with self._lock:
@@ -115,6 +119,44 @@ _NOT_SENT = {
 }
 
 
+class Interrupt:
+    """Tells deliveries to start nothing new: set on Ctrl-C or SIGTERM, or past a deadline (a
+    Lambda's remaining time). Requests under way finish; what was not sent is undelivered."""
+
+    def __init__(self, deadline: float | None = None, clock: Clock = time.monotonic) -> None:
+        self.deadline = deadline
+        self.reason = ""
+        self._event = threading.Event()
+        self._clock = clock
+
+    def set(self, reason: str) -> None:
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    @property
+    def is_set(self) -> bool:
+        if not self._event.is_set() and self.deadline is not None and self._clock() >= self.deadline:
+            self.set("out of time: the rest is sent by the next run")
+        return self._event.is_set()
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` unless interrupted first; return False if interrupted."""
+        if self.deadline is not None:
+            seconds = min(seconds, max(0.0, self.deadline - self._clock()))
+        self._event.wait(seconds)
+        return not self.is_set
+
+
+class _Interrupted(Exception):
+    """Internal: the delivery was interrupted before this request was sent."""
+
+
+#: a request refused whole, split, whose parts are all refused the same way this many levels in a
+#: row (halves, then quarters: 7 requests) is refused for a reason no record caused
+SYSTEMIC_LEVELS = 2
+
+
 class Delivery:
     """Delivers changes through one destination, sharing one rate budget."""
 
@@ -123,23 +165,28 @@ class Delivery:
         destination: Destination,
         budget: Budget | None = None,
         retry: RetryPolicy = RetryPolicy(),
-        sleep: Sleep = time.sleep,
+        sleep: Sleep | None = None,
         on_progress: Callable[[int], None] | None = None,
         on_outcomes: Callable[[list[Outcome]], None] | None = None,
+        interrupt: Interrupt | None = None,
     ) -> None:
         self.destination = destination
         self.budget = budget
         self.retry = retry
-        self._sleep = sleep
+        self.interrupt = interrupt or Interrupt()
+        # waits between retries end early when interrupted
+        self._sleep: Sleep = sleep or self.interrupt.sleep
         self._on_progress = on_progress or (lambda n: None)
         self._on_outcomes = on_outcomes or (lambda outcomes: None)
 
     def deliver(self, changes: Sequence[Change], scope: str = "") -> list[Outcome]:
         """Return one outcome per change; raise the errors that stop the batch.
 
-        Those are the destination refusing our credentials (or a 410), and a transient failure
-        that outlasted the retries: a destination that is down has not rejected anything, so its
-        records are not dead letters; the batch stays undelivered and is planned again.
+        Those are the destination refusing our credentials (or a 410), a request refused for a
+        reason no record caused (SystemicError), and a transient failure that outlasted the
+        retries: a destination that is down has not rejected anything, so its records are not dead
+        letters; they stay undelivered and are planned again. When interrupted, the changes not
+        sent come back ``undelivered``.
         """
         outcomes = [
             Outcome(c.key, "skipped", reason=_NOT_SENT[c.action]) for c in changes if c.action in _NOT_SENT
@@ -151,37 +198,80 @@ class Delivery:
             for start in range(0, len(todo), size):
                 chunk = todo[start : start + size]
                 sent = self._send(chunk, scope)
-                self._on_outcomes(sent)
+                self._on_outcomes([o for o in sent if o.status != "undelivered"])
                 outcomes += sent
                 self._on_progress(len(chunk))
         return outcomes
 
+    def _undelivered(self, chunk: Sequence[Change]) -> list[Outcome]:
+        return [Outcome(c.key, "undelivered", reason=self.interrupt.reason) for c in chunk]
+
     def _send(self, chunk: Sequence[Change], scope: str) -> list[Outcome]:
         try:
-            outcomes = self._with_retries(chunk, scope)
+            return _one_per_change(chunk, self._with_retries(chunk, scope))
+        except _Interrupted:
+            return self._undelivered(chunk)
         except RequestRejected as exc:
-            if len(chunk) == 1:
-                return [Outcome(chunk[0].key, "rejected", reason=str(exc))]
-            middle = len(chunk) // 2
-            return self._send(chunk[:middle], scope) + self._send(chunk[middle:], scope)
-        return _one_per_change(chunk, outcomes)
+            return self._split(chunk, scope, exc)
+
+    def _split(self, chunk: Sequence[Change], scope: str, refused: RequestRejected) -> list[Outcome]:
+        """Find the records a refused request holds at fault, level by level of halves; raise
+        SystemicError when every part is refused the same way ``SYSTEMIC_LEVELS`` levels in a row."""
+        found: dict[str, Outcome] = {}
+        level: list[tuple[Sequence[Change], RequestRejected]] = [(chunk, refused)]
+        uniform = 0
+        while level:
+            refusals: list[str | None] = []
+            below: list[tuple[Sequence[Change], RequestRejected]] = []
+            for part, error in level:
+                if len(part) == 1:
+                    found[part[0].key] = Outcome(part[0].key, "rejected", reason=str(error))
+                    continue
+                middle = len(part) // 2
+                for half in (part[:middle], part[middle:]):
+                    try:
+                        found.update(
+                            (o.key, o) for o in _one_per_change(half, self._with_retries(half, scope))
+                        )
+                        refusals.append(None)
+                    except _Interrupted:
+                        found.update((o.key, o) for o in self._undelivered(half))
+                        refusals.append(None)
+                    except RequestRejected as exc:
+                        below.append((half, exc))
+                        refusals.append(str(exc))
+            uniform = uniform + 1 if refusals and all(r == str(refused) for r in refusals) else 0
+            if uniform >= SYSTEMIC_LEVELS:
+                raise SystemicError(
+                    f"{refused}; every part of the request is refused the same way, so no record is at fault",
+                    "destination",
+                )
+            level = below
+        return [found[c.key] for c in chunk]
 
     def _with_retries(self, chunk: Sequence[Change], scope: str) -> list[Outcome]:
         for attempt in range(1, self.retry.attempts + 1):
-            slot = self.budget.acquire() if self.budget is not None else 0.0
+            slot: float | None = None
             try:
+                # waiting for the budget is part of the attempt: a budget that fails is retried too
+                if self.budget is not None:
+                    slot = self.budget.acquire(self.interrupt)
+                if self.interrupt.is_set:
+                    raise _Interrupted
                 return self.destination.write(chunk, scope)
             except TransientError as exc:
                 if attempt == self.retry.attempts:
                     raise
                 failure = exc
             finally:
-                if self.budget is not None:
+                if self.budget is not None and slot is not None:
                     self.budget.settle(slot)
             wait = self.retry.delay(attempt, failure.retry_after)
             if isinstance(failure, RateLimited) and self.budget is not None:
                 self.budget.pause(wait)
             self._sleep(wait)
+            if self.interrupt.is_set:
+                raise _Interrupted
         raise AssertionError("unreachable")
 
 

@@ -13,8 +13,14 @@
         ├── RunInProgress         another run of the same sync holds the lock
         ├── DestinationAuthError  401/403: the token is wrong or lacks a scope
         ├── DestinationGone       410: the receiver asked us to stop sending
+        ├── SystemicError         a request refused for a reason no record caused (a wrong object
+        │                         type, a property that does not exist, a 404 URL): the run stops,
+        │                         no record is blamed; ``field`` names the spec field to fix
         └── RequestRejected       the destination refused a whole request (400/409); the
                                   delivery splits the batch to isolate the records at fault
+
+``RunCancelled`` is not an error of the destination: the operator stopped the run (Ctrl-C,
+SIGTERM) or its time ran out; what was delivered is committed and the rest planned again.
 
 The Step Functions definition matches these class names in ``ErrorEquals`` (it does not match base
 classes), so a Lambda handler re-raises as exactly one of them. Per-record rejections are not
@@ -100,3 +106,15 @@ class DestinationGone(PermanentError):
 
 class RequestRejected(PermanentError):
     """The destination refused a whole request because of what it contained (400/409)."""
+
+
+class SystemicError(PermanentError):
+    """A request refused for a reason no record caused; ``field`` is the spec field to fix."""
+
+    def __init__(self, message: str, field: str = "destination") -> None:
+        super().__init__(f"{message} (fix {field} in the sync spec)")
+        self.field = field
+
+
+class RunCancelled(SyncbackError):
+    """The run was stopped before it finished (Ctrl-C, SIGTERM, a deadline)."""

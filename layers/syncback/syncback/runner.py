@@ -9,16 +9,17 @@ commits any earlier run of the sync that a crash left uncommitted, so what it de
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from syncback.batches import Journal, LocalBatchStore, commit_key, journal_key, receipt_key
-from syncback.commit import commit_run, finish, planned
-from syncback.delivery import Delivery, outcome_from_json, outcome_to_json, outcomes_from_receipt, receipt
+from syncback.commit import answers, commit_run, finish, planned
+from syncback.delivery import Delivery, Interrupt, outcome_to_json, receipt
 from syncback.destinations.base import Destination, Outcome
 from syncback.errors import RunInProgress, SyncbackError
-from syncback.planner import PHASES, Planner, PlanResult, change_from_json
+from syncback.planner import PHASES, BatchRef, Planner, PlanResult, change_from_json
 from syncback.runtime import Runtime, new_run_id, utcnow
 from syncback.spec import SyncSpec
 from syncback.state import RunRecord
@@ -48,51 +49,59 @@ def deliver_batch(
     batch: str,
     destination: Destination | None = None,
     on_progress: Callable[[int], None] | None = None,
+    interrupt: Interrupt | None = None,
 ) -> list[Outcome]:
     """Deliver one stored batch and store its receipt; return the outcomes.
 
-    Delivering a batch again (a Lambda or Step Functions retry after a timeout) returns the stored
-    receipt and sends nothing: the receipt is the idempotency record of (run, batch). Where the
-    store keeps a journal (locally), the outcome of every request is appended to it as it comes, so
-    that a process killed mid-batch loses no answer it had. A delivery cut off before its receipt
-    was stored is sent again; upserts by the destination's id or identifier make that harmless.
+    The receipt is the idempotency record of (run, batch): delivering a batch again (a Lambda or
+    Step Functions retry) sends only what its receipt does not answer yet. A delivery that stops
+    (interrupted, out of time, or failing) still stores a receipt of what it did, with the rest
+    ``undelivered``, before it returns or raises; where the store keeps a journal (locally) every
+    answer is also appended as it comes, so a process killed mid-batch loses no answer it had.
     ``destination`` may be shared by the batches of a run (its connections are reused); without
     one, a client is made for this batch and closed after it.
     """
     sync = rt.project.sync(sync_name)
-    if rt.store.exists(receipt_key(batch)):
-        return outcomes_from_receipt(rt.store.get_json(receipt_key(batch)))
     changes = [change_from_json(item) for item in rt.store.get_json(batch)["changes"]]
+    answered = {o.key: o for o in answers(rt, batch)}
+    if all(c.key in answered for c in changes):
+        return [answered[c.key] for c in changes]
     journal = rt.store if isinstance(rt.store, Journal) else None
-    done: list[Outcome] = []
-    if journal is not None:
-        # a delivery cut off earlier: what it was answered stays; only the rest is sent
-        done = [outcome_from_json(item) for item in journal.read_lines(journal_key(batch)) or []]
-        answered = {o.key for o in done}
-        changes = [c for c in changes if c.key not in answered]
 
     def keep(outcomes: list[Outcome]) -> None:
+        answered.update((o.key, o) for o in outcomes)
         if journal is not None and outcomes:
             journal.append_lines(journal_key(batch), [outcome_to_json(o) for o in outcomes])
 
+    def store_receipt() -> list[Outcome]:
+        outcomes = [answered.get(c.key) or Outcome(c.key, "undelivered", reason=why) for c in changes]
+        rt.store.put_json(receipt_key(batch), receipt(batch, outcomes))
+        return outcomes
+
+    why = "not sent: the delivery stopped before it"
     client = destination or rt.destination(sync)
     try:
-        delivery = Delivery(client, rt.budget(sync), rt.retry, on_progress=on_progress, on_outcomes=keep)
-        outcomes = delivery.deliver(changes, batch)
+        delivery = Delivery(
+            client, rt.budget(sync), rt.retry, on_progress=on_progress, on_outcomes=keep, interrupt=interrupt
+        )
+        delivery.deliver([c for c in changes if c.key not in answered], batch)
+    except SyncbackError as exc:
+        why = f"not sent: {type(exc).__name__}"
+        store_receipt()  # what was done stays done; a retry sends only the rest
+        raise
     finally:
         if destination is None:
             client.close()
-    outcomes = [*done, *outcomes]
-    rt.store.put_json(receipt_key(batch), receipt(batch, outcomes))
+    if interrupt is not None and interrupt.is_set:
+        why = f"not sent: {interrupt.reason}"
+    outcomes = store_receipt()
     statuses = [o.status for o in outcomes]
     log.info(
         "delivered batch",
         extra={
             "sync": sync_name,
             "batch": batch,
-            "delivered": statuses.count("delivered"),
-            "rejected": statuses.count("rejected"),
-            "skipped": statuses.count("skipped"),
+            **{s: statuses.count(s) for s in ("delivered", "rejected", "skipped", "undelivered")},
         },
     )
     return outcomes
@@ -111,47 +120,63 @@ class Progress:
     def finish(self) -> None: ...
 
 
+#: after an interrupt, how long requests under way may take to finish before they are abandoned
+GRACE_S = 1.5
+
+
 def run_sync(
-    rt: Runtime, sync_name: str, full_resync: bool = False, progress: Progress | None = None
+    rt: Runtime,
+    sync_name: str,
+    full_resync: bool = False,
+    progress: Progress | None = None,
+    interrupt: Interrupt | None = None,
 ) -> RunRecord:
     """Run one sync here and now: plan, deliver every batch (phase by phase, in parallel), commit.
 
-    A run that finds another run of the sync in progress is not started: it is recorded as
-    ``skipped``, and returned.
+    Every run that starts is in the history: one that finds another run of the sync in progress is
+    ``skipped``; one that fails (a missing secret, the warehouse, the destination, the commit) is
+    ``failed`` with its error, and raised; one that ``interrupt`` stops (Ctrl-C) is committed with
+    what it delivered and recorded ``cancelled``. The warehouse connection is held from plan to
+    commit, so what was delivered is always committed, now or by the next run.
     """
     sync = rt.project.sync(sync_name)
     progress = progress or Progress()
+    interrupt = interrupt or Interrupt()
     started = utcnow()
     run_id = new_run_id(started)
     try:
         rt.state.acquire(sync_name, run_id)
     except RunInProgress as exc:
         return _record_early_end(rt, sync_name, run_id, started.isoformat(), "skipped", str(exc))
+    committed = False
     try:
-        recover(rt, sync_name)
-        # made first, so that a missing secret stops the run before the warehouse is queried
-        destination = rt.destination(sync)
-        try:
-            plan = plan_run(rt, sync_name, run_id, full_resync, started.isoformat())
-        except SyncbackError as exc:
-            destination.close()
+        with rt.holding(sync):
+            recover(rt, sync_name)
+            destination = rt.destination(sync)  # first: a missing secret stops the run before a query
+            try:
+                plan = plan_run(rt, sync_name, run_id, full_resync, started.isoformat())
+                progress.start(plan.counts.changes)
+                error = None
+                for phase in PHASES:
+                    error = _deliver_all(rt, sync, destination, plan.batches_of(phase), progress, interrupt)
+                    if error is not None or interrupt.is_set:
+                        break  # the next phase would meet identifiers not yet given up
+            finally:
+                destination.close()
+            progress.finish()
+            cancelled = interrupt.is_set and error is None
+            reason = f"RunCancelled: {interrupt.reason}" if cancelled else error
+            record = commit_run(rt, sync_name, run_id, reason, cancelled)
+            committed = True
+        _tidy(rt, sync_name, run_id)
+        return record
+    except SyncbackError as exc:
+        if not committed:
+            # recorded now; what it delivered (if anything) is committed by the next run
             _record_early_end(
                 rt, sync_name, run_id, started.isoformat(), "failed", f"{type(exc).__name__}: {exc}"
             )
-            raise
-        progress.start(plan.counts.changes)
-        try:
-            error = None
-            for phase in PHASES:
-                error = _deliver_all(rt, sync, destination, [b.key for b in plan.batches_of(phase)], progress)
-                if error is not None:
-                    break  # a phase cut short: the next phase would meet identifiers not yet released
-        finally:
-            destination.close()
-        progress.finish()
-        record = commit_run(rt, sync_name, run_id, error)
-        _tidy(rt, sync_name, run_id)
-        return record
+        raise
     finally:
         rt.state.release(sync_name, run_id)
 
@@ -192,28 +217,52 @@ def _record_early_end(
 
 
 def _deliver_all(
-    rt: Runtime, sync: SyncSpec, destination: Destination, batches: list[str], progress: Progress
+    rt: Runtime,
+    sync: SyncSpec,
+    destination: Destination,
+    batches: list[BatchRef],
+    progress: Progress,
+    interrupt: Interrupt,
 ) -> str | None:
-    """Deliver every batch; return the error that stopped the run, or None."""
+    """Deliver the batches on ``destination.concurrency`` threads; return the error that stopped
+    them, or None. An error or an interrupt stops every thread from starting requests; requests
+    under way get ``GRACE_S`` to finish, then are abandoned (their threads are daemons)."""
     lock = threading.Lock()
-    stop = threading.Event()
+    pending: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for ref in batches:
+        pending.put(ref.key)
+    errors: list[BaseException] = []
 
     def advance(n: int) -> None:
         with lock:
             progress.advance(n)
 
-    def deliver(key: str) -> None:
-        if stop.is_set():
-            return  # the run is stopping: leave this batch undelivered, planned again next run
-        try:
-            deliver_batch(rt, sync.name, key, destination, advance)
-        except BaseException:
-            stop.set()
-            raise
+    def work() -> None:
+        while not interrupt.is_set:
+            try:
+                key = pending.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                deliver_batch(rt, sync.name, key, destination, advance, interrupt)
+            except BaseException as exc:
+                errors.append(exc)
+                interrupt.set(f"another batch failed ({type(exc).__name__})")
 
-    with ThreadPoolExecutor(max_workers=sync.destination.concurrency) as pool:
-        futures = [pool.submit(deliver, key) for key in batches]
-        errors = [e for e in (f.exception() for f in futures) if e is not None]
+    threads = [
+        threading.Thread(target=work, daemon=True)
+        for _ in range(min(sync.destination.concurrency, len(batches)))
+    ]
+    for thread in threads:
+        thread.start()
+    abandon_at: float | None = None
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.05)  # short waits: a signal handler runs on this thread meanwhile
+            if interrupt.is_set and not errors:
+                abandon_at = abandon_at or time.monotonic() + GRACE_S
+                if time.monotonic() >= abandon_at:
+                    return None
     if not errors:
         return None
     if isinstance(errors[0], SyncbackError):

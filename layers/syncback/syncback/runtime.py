@@ -45,15 +45,32 @@ class Runtime:
     destination_factory: Callable[[SyncSpec], Destination] | None = None
     budget_factory: Callable[[str, int, float], Budget] | None = None
     budgets: dict[str, Budget] = field(default_factory=dict)
+    held: dict[str, Warehouse] = field(default_factory=dict)
 
     @contextlib.contextmanager
     def warehouse(self, sync: SyncSpec) -> Iterator[Warehouse]:
+        """Yield a connection to the sync's warehouse: the one ``holding`` keeps open, or a new one."""
+        if sync.warehouse in self.held:
+            yield self.held[sync.warehouse]
+            return
         config = self.project.config.warehouses[sync.warehouse]
         warehouse = connect(sync.warehouse, config, self.project.root, self.secrets)
         try:
             yield warehouse
         finally:
             warehouse.close()
+
+    @contextlib.contextmanager
+    def holding(self, sync: SyncSpec) -> Iterator[None]:
+        """Keep one connection to the sync's warehouse open for the block: a local run plans and
+        commits on it, so another process cannot take the DuckDB file between its delivery and its
+        commit (it waits, or fails before it sends anything)."""
+        with self.warehouse(sync) as warehouse:
+            self.held[sync.warehouse] = warehouse
+            try:
+                yield
+            finally:
+                del self.held[sync.warehouse]
 
     def tables(self, sync: SyncSpec) -> SnapshotTables:
         return SnapshotTables(self.project.config.state.schema_, sync.name)

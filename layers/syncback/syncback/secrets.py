@@ -38,9 +38,13 @@ class SecretResolver:
         kind, _, name = reference.partition(":")
         if kind == "env":
             value = self._environ.get(name)
-            if not value:
+            if value is None:
                 raise SecretError(
                     f"{where}: environment variable {name} is not set; export it or use secret:NAME"
+                )
+            if not value.strip():
+                raise SecretError(
+                    f"{where}: environment variable {name} is set but empty; give it the secret"
                 )
             return value
         if kind == "secret":

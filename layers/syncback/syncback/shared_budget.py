@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from syncback.errors import RateLimited
+from syncback.errors import DestinationUnavailable, RateLimited
+
+if TYPE_CHECKING:
+    from syncback.delivery import Interrupt
 
 #: give up on a reservation after this many lost races (another deliverer wrote first each time)
 MAX_RACES = 50
@@ -41,12 +44,15 @@ class DynamoRateBudget:
         self._clock = clock
         self._sleep = sleep
 
-    def acquire(self) -> float:
-        """Reserve the next slot on the shared schedule, wait for it, and return its time."""
+    def acquire(self, interrupt: Interrupt | None = None) -> float | None:
+        """Reserve the next slot on the shared schedule, wait for it, and return its time (None if
+        ``interrupt`` was set while waiting: the slot goes unused)."""
         slot = self._move(lambda opens, now: max(opens, now), self.interval)
         wait = slot - self._clock()
-        if wait > 0:
+        if wait > 0 and interrupt is None:
             self._sleep(wait)
+        elif wait > 0 and interrupt is not None and not interrupt.sleep(wait):
+            return None
         return slot
 
     def settle(self, slot: float) -> None:
@@ -61,7 +67,10 @@ class DynamoRateBudget:
         from botocore.exceptions import ClientError
 
         for _ in range(MAX_RACES):
-            current = self._read()
+            try:
+                current = self._read()
+            except ClientError as exc:
+                raise _unavailable(self.name, exc) from exc
             now = self._clock()
             slot = start(current if current is not None else now, now)
             item = {"budget": {"S": self.name}, "opens_at": {"N": repr(slot + step)}}
@@ -80,7 +89,7 @@ class DynamoRateBudget:
                 return slot
             except ClientError as exc:
                 if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                    raise
+                    raise _unavailable(self.name, exc) from exc
         raise RateLimited(f"rate budget {self.name}: {MAX_RACES} reservations lost in a row", 1.0)
 
     def _read(self) -> float | None:
@@ -89,3 +98,9 @@ class DynamoRateBudget:
         )
         item = response.get("Item")
         return float(item["opens_at"]["N"]) if item else None
+
+
+def _unavailable(name: str, exc: Exception) -> DestinationUnavailable:
+    # throttled or unreachable DynamoDB: the request waits and is retried like a busy destination
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+    return DestinationUnavailable(f"rate budget {name}: DynamoDB answered {code}", 1.0)

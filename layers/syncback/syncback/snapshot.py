@@ -163,14 +163,16 @@ def _merge(
         # two outcomes naming one record: a row in the model keeps it over one that left (a row
         # taking a departed row's email takes its record), else the newest; the other is re-sent
         warehouse.execute(
-            f"update {fresh} set destination_id = null, row_hash = null, created = false where key in ("
+            f"update {fresh} set destination_id = null, row_hash = null, identity = null, created = false "
+            "where key in ("
             f"select key from (select key, row_number() over (partition by destination_id "
             f"order by removed, version desc, key) as n from {fresh} where destination_id is not null) d "
             "where d.n > 1)"
         )
-        # a key whose record another key now holds loses it, and is sent again next run
+        # a key whose record another key now holds loses it (and the identifier it held there),
+        # and is sent again next run
         warehouse.execute(
-            f"update {snap} set destination_id = null, row_hash = null, created = false "
+            f"update {snap} set destination_id = null, row_hash = null, identity = null, created = false "
             f"where destination_id in (select destination_id from {fresh} where destination_id is not null) "
             f"and key not in (select key from {fresh})"
         )

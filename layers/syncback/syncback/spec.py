@@ -51,6 +51,11 @@ class DuckDBWarehouseConfig(_Strict):
 
     type: Literal["duckdb"]
     path: str = Field("warehouse.duckdb", description="DuckDB file, relative to the project folder")
+    lock_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="how long a run waits while another process holds the file (one writer at a time)",
+    )
 
 
 class SnowflakeWarehouseConfig(_Strict):

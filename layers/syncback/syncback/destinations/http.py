@@ -1,20 +1,61 @@
-"""What every HTTP destination reads the same way: Retry-After, and JSON bodies that may not be."""
+"""What every HTTP destination does the same way: sending (every failure to get an answer classified
+here, and nowhere else), Retry-After, JSON bodies that may not be, and naming a URL safely."""
 
 from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
 from syncback.destinations.base import Change
+from syncback.errors import DestinationUnavailable, SystemicError
 
 # shorter values are left alone: redacting "1" or "no" would garble every message
 _MIN_REDACTED = 3
+
+
+def send(
+    session: requests.Session, method: str, url: str, who: str, field: str, timeout: float, **kwargs: Any
+) -> requests.Response:
+    """Return the destination's answer to one request; raise DestinationUnavailable when there is
+    none (a timeout, a refused or reset connection, an answer cut off mid-body) and SystemicError
+    when the URL itself is wrong. ``who`` names the destination in messages (never a full URL)."""
+    try:
+        return session.request(method, url, timeout=timeout, allow_redirects=False, **kwargs)
+    except (
+        requests.exceptions.InvalidURL,
+        requests.exceptions.InvalidSchema,
+        requests.exceptions.MissingSchema,
+    ) as exc:
+        raise SystemicError(f"{who}: the address is not usable ({type(exc).__name__})", field) from exc
+    except requests.Timeout as exc:
+        raise DestinationUnavailable(f"{who}: no answer from {where(url)} within {timeout:g}s") from exc
+    except requests.RequestException as exc:
+        # refused, reset, or cut off while the answer was coming (ChunkedEncodingError, ...)
+        raise DestinationUnavailable(f"{who}: no answer from {where(url)} ({type(exc).__name__})") from exc
+
+
+def where(url: str) -> str:
+    """Return the scheme, host and port of ``url``: enough to find the server, nothing after it."""
+    parts = urlsplit(url)
+    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme, 0)
+    return f"{parts.scheme}://{parts.hostname}:{port}"
+
+
+def url_label(url: str) -> str:
+    """Return ``url`` safe to log, key a budget or put in a message: scheme and host, the rest
+    hashed (a webhook's path or query may hold a token)."""
+    parts = urlsplit(url)
+    rest = parts.path + ("?" + parts.query if parts.query else "")
+    digest = hashlib.sha256(rest.encode()).hexdigest()[:8] if rest.strip("/") else ""
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}" + (f"/#{digest}" if digest else "")
 
 
 def retry_after(response: requests.Response, clock: Callable[[], float] = time.time) -> float | None:

@@ -13,12 +13,13 @@ from typing import Any
 import requests
 
 from syncback.destinations.base import Change, Outcome
-from syncback.destinations.http import json_body, redact, retry_after
+from syncback.destinations.http import json_body, redact, retry_after, send
 from syncback.errors import (
     DestinationAuthError,
     DestinationUnavailable,
     RateLimited,
     RequestRejected,
+    SystemicError,
 )
 from syncback.spec import HubSpotDestinationConfig, Mode
 
@@ -120,16 +121,16 @@ class HubSpotDestination:
         return outcomes
 
     def _post(self, endpoint: str, body: dict[str, Any]) -> requests.Response:
-        try:
-            return self._session.post(f"{self._base}/{endpoint}", json=body, timeout=self.config.timeout_s)
-        except requests.Timeout as exc:
-            raise DestinationUnavailable(
-                f"HubSpot {endpoint}: no answer within {self.config.timeout_s}s"
-            ) from exc
-        except requests.ConnectionError as exc:
-            raise DestinationUnavailable(
-                f"HubSpot {endpoint}: connection failed ({type(exc).__name__})"
-            ) from exc
+        url = f"{self._base}/{endpoint}"
+        return send(
+            self._session,
+            "POST",
+            url,
+            f"HubSpot {endpoint}",
+            "destination.base_url",
+            self.config.timeout_s,
+            json=body,
+        )
 
     # ---- responses: classified here and nowhere else -------------------------------------------
 
@@ -157,7 +158,30 @@ class HubSpotDestination:
             raise RateLimited("HubSpot locked the records (423)", wait or 2.0)
         if status >= 500 or status == 477:
             raise DestinationUnavailable(f"HubSpot answered {status}: {message}", wait)
+        self._raise_if_systemic(status, str(body.get("message", "")), message)
         raise RequestRejected(f"HubSpot answered {status} {body.get('category', '')}: {message}")
+
+    def _raise_if_systemic(self, status: int, raw: str, message: str) -> None:
+        """Raise SystemicError for an answer that says the request could never work, whatever it held."""
+        said = f"HubSpot answered {status}: {message}"
+        if "Unable to infer object type" in raw:
+            raise SystemicError(
+                f"{said}; no object type {self.config.object!r} in this portal", "destination.object"
+            )
+        if "by non-unique" in raw:
+            raise SystemicError(
+                f"{said}; id_property {self.config.id_property!r} is not a unique property of {self.config.object}",
+                "destination.id_property",
+            )
+        missing = _missing_property(raw)
+        if missing is not None:
+            raise SystemicError(
+                f"HubSpot has no property {missing!r} on {self.config.object}; create it in HubSpot or "
+                "map another field",
+                f"mapping.{missing}",
+            )
+        if status in (404, 405) or 300 <= status < 400:
+            raise SystemicError(f"{said}; the API address is wrong", "destination.base_url")
 
     def _conflict(self, changes: Sequence[Change], response: requests.Response) -> list[Outcome]:
         if len(changes) > 1:
@@ -199,6 +223,9 @@ class HubSpotDestination:
 
     def _error_outcome(self, key: str, error: dict[str, Any], sent: Sequence[Change]) -> Outcome:
         category = str(error.get("category", "ERROR"))
+        missing = _missing_property(str(error.get("message", "")))
+        if missing is not None:  # not this record's fault: every record writes the property
+            self._raise_if_systemic(400, str(error.get("message", "")), "")
         # HubSpot quotes the values it refused; reasons are kept and shown, values must not be
         message = redact(str(error.get("message", "")), sent)[:500]
         if category == "OBJECT_NOT_FOUND" and sent and sent[0].destination_id is not None:
@@ -206,6 +233,18 @@ class HubSpotDestination:
         if category == "OBJECT_NOT_FOUND" and self.mode == "update":
             return Outcome(key, "skipped", reason="not in HubSpot; mode update changes existing records only")
         return Outcome(key, "rejected", reason=f"{category}: {message}")
+
+
+_MISSING = re.compile(r'PROPERTY_DOESNT_EXIST[^}]*?\\?"name\\?"\s*:\s*\\?"([^"\\]+)')
+_MISSING_BEFORE = re.compile(r'\\?"name\\?"\s*:\s*\\?"([^"\\]+)\\?"[^}]*?PROPERTY_DOESNT_EXIST')
+
+
+def _missing_property(message: str) -> str | None:
+    """Return the property a HubSpot "Property values were not valid" message says does not exist."""
+    if "PROPERTY_DOESNT_EXIST" not in message:
+        return None
+    found = _MISSING.search(message) or _MISSING_BEFORE.search(message)
+    return found.group(1) if found else "?"
 
 
 def _properties(change: Change) -> dict[str, Any]:

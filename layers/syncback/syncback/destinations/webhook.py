@@ -27,12 +27,11 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 
 from syncback.destinations.base import Change, Outcome
-from syncback.destinations.http import json_body, redact, retry_after
+from syncback.destinations.http import json_body, redact, retry_after, send, url_label
 from syncback.errors import (
     DestinationAuthError,
     DestinationGone,
@@ -40,6 +39,7 @@ from syncback.errors import (
     RateLimited,
     RequestRejected,
     SecretError,
+    SystemicError,
 )
 from syncback.spec import WebhookDestinationConfig
 
@@ -114,8 +114,8 @@ class WebhookDestination:
         self._session = session or requests.Session()
         self._clock = clock
         self._new_id = new_id or message_id
-        # the host alone names the receiver in messages: a URL's path or query may carry a token
-        self._host = urlsplit(config.url).hostname or "the receiver"
+        # scheme and host name the receiver in messages: a URL's path or query may carry a token
+        self._label = url_label(config.url)
 
     def write(self, changes: Sequence[Change], scope: str = "") -> list[Outcome]:
         if len(changes) > self.max_batch_size:
@@ -161,20 +161,16 @@ class WebhookDestination:
         }
         if self._key is not None:
             headers["webhook-signature"] = sign(self._key, msg_id, timestamp, body)
-        try:
-            return self._session.post(
-                self.config.url,
-                data=body,
-                headers=headers,
-                timeout=self.config.timeout_s,
-                allow_redirects=False,
-            )
-        except requests.Timeout as exc:
-            message = f"webhook {self._host}: no answer within {self.config.timeout_s}s"
-            raise DestinationUnavailable(message) from exc
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            message = f"webhook {self._host}: connection failed ({type(exc).__name__})"
-            raise DestinationUnavailable(message) from exc
+        return send(
+            self._session,
+            "POST",
+            self.config.url,
+            f"webhook {self._label}",
+            "destination.url",
+            self.config.timeout_s,
+            data=body,
+            headers=headers,
+        )
 
     # ---- responses: classified here and nowhere else -------------------------------------------
 
@@ -183,7 +179,7 @@ class WebhookDestination:
         status = response.status_code
         if 200 <= status < 300:
             return _delivered_or_rejected(response, changes)
-        said = f"webhook {self._host} answered {status}"
+        said = f"webhook {self._label} answered {status}"
         excerpt = redact(_excerpt(response), changes, self._secret_forms)
         wait = retry_after(response, self._clock)
         if status in (401, 403):
@@ -195,11 +191,19 @@ class WebhookDestination:
         if status == 410:
             raise DestinationGone(f"{said} Gone: the receiver asked us to stop; fix or remove this sync")
         if 300 <= status < 400:
-            location = response.headers.get("Location", "")[:EXCERPT_CHARS]
-            location = redact(location, changes, self._secret_forms)
-            raise RequestRejected(
-                f"{said} (redirect to {location or 'nowhere'}): redirects are not followed; set the final URL"
+            location = (
+                url_label(response.headers.get("Location", ""))
+                if response.headers.get("Location")
+                else "nowhere"
             )
+            raise SystemicError(
+                f"{said} (a redirect to {location}): redirects are not followed; set the final URL",
+                "destination.url",
+            )
+        if status in (404, 405):
+            raise SystemicError(f"{said}: no receiver takes POST there; check the URL", "destination.url")
+        if status == 413:
+            raise RequestRejected(f"{said}: the request is larger than the receiver takes")
         raise RequestRejected(f"{said}: {excerpt}")
 
 

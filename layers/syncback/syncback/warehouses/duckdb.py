@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,21 +16,39 @@ import duckdb
 from syncback.errors import ModelError, WarehouseUnavailable
 from syncback.warehouses.dialect import Dialect, DuckDBDialect
 
+#: how long a run waits for a DuckDB file another process holds (one writer process at a time)
+LOCK_WAIT_S = 30.0
+_HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
+
 
 class DuckDBWarehouse:
     """A connection to a DuckDB database file (or ``:memory:``)."""
 
     dialect: Dialect = DuckDBDialect()
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, lock_wait_s: float = LOCK_WAIT_S) -> None:
         self.path = str(path)
-        try:
-            self._con = duckdb.connect(self.path)
-        except duckdb.IOException as exc:
-            # another process holds the file's write lock
-            raise WarehouseUnavailable(f"cannot open DuckDB file {self.path}: {exc}") from exc
+        self._con = self._connect(lock_wait_s)
         # what a timestamp with time zone reads as must not depend on the machine: UTC, always
         self._run("set TimeZone = 'UTC'", ())
+
+    def _connect(self, lock_wait_s: float) -> duckdb.DuckDBPyConnection:
+        """Open the file, waiting up to ``lock_wait_s`` while another process holds it."""
+        deadline = time.monotonic() + lock_wait_s
+        while True:
+            try:
+                return duckdb.connect(self.path)
+            except duckdb.IOException as exc:
+                holder = _HOLDER.search(str(exc))
+                if holder is None:
+                    raise WarehouseUnavailable(f"cannot open DuckDB file {self.path}: {exc}") from exc
+                if time.monotonic() >= deadline:
+                    raise WarehouseUnavailable(
+                        f"the DuckDB file {self.path} is in use by another process ({holder.group(1)}, "
+                        f"PID {holder.group(2)}); waited {lock_wait_s:g}s. Stop that process, or let it "
+                        "finish, and run again. Nothing was sent"
+                    ) from exc
+                time.sleep(0.2)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._run(sql, params)

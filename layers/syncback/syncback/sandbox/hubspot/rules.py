@@ -35,8 +35,11 @@ def _now() -> str:
 class _CrmApi:
     """Answers /crm requests as HubSpot does, counting into ``stats``; every call holds the sandbox lock."""
 
-    def __init__(self, store: _Store, unique: dict[str, str], faults: Faults) -> None:
+    def __init__(
+        self, store: _Store, unique: dict[str, str], faults: Faults, known: dict[str, set[str]] | None = None
+    ) -> None:
         self.store, self.unique, self.faults = store, unique, faults
+        self.known = known or {}
         self.stats = _Stats()
 
     def route(self, method: str, path: str, query: dict[str, str], body: bytes) -> _Response:
@@ -110,7 +113,13 @@ class _CrmApi:
         return _clean(raw, self.unique.get(object_type))
 
     def _invalid(self, object_type: str, inp: _Input) -> dict[str, Any] | None:
-        return _invalid(object_type, inp, self.faults.reject_values)
+        known = self.known.get(object_type)
+        return _invalid(
+            object_type,
+            inp,
+            self.faults.reject_values,
+            None if known is None else known | {self.unique.get(object_type, "")},
+        )
 
     def _result(self, object_type: str, record: _Record, inp: _Input, new: bool | None) -> dict[str, Any]:
         result = record.api(object_type)

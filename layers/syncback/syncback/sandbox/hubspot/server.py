@@ -36,6 +36,7 @@ class HubSpotSandbox:
         db_path: str | None = None,
         faults: Faults | None = None,
         unique_properties: dict[str, str] | None = None,
+        known_properties: dict[str, set[str]] | None = None,
     ) -> None:
         self.host, self.port, self.token = host, port, token
         self.url = ""
@@ -44,7 +45,9 @@ class HubSpotSandbox:
         self._store = _Store(unique, db_path)
         self._limits = _RateLimits(requests_per_window, window_seconds, daily_limit)
         faults = faults or Faults()
-        self._api = _CrmApi(self._store, unique, faults)
+        # by object type, the properties that exist (HubSpot refuses others: PROPERTY_DOESNT_EXIST);
+        # None: every name is taken as a property that exists
+        self._api = _CrmApi(self._store, unique, faults, known_properties)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.set_faults(faults)

@@ -77,8 +77,25 @@ def _clean(raw: dict[str, Any], unique: str | None) -> _Input:
     return inp
 
 
-def _invalid(object_type: str, inp: _Input, reject_values: set[str]) -> dict[str, Any] | None:
-    """Return the error item for an input HubSpot would refuse, or None."""
+def _invalid(
+    object_type: str, inp: _Input, reject_values: set[str], known: set[str] | None = None
+) -> dict[str, Any] | None:
+    """Return the error item for an input HubSpot would refuse, or None. ``known``: the properties
+    the object has (None: any name is taken as an existing property)."""
+    missing = sorted(set(inp.properties) - known) if known is not None else []
+    if missing:
+        details = [
+            {
+                "isValid": False,
+                "message": f'Property "{name}" does not exist',
+                "error": "PROPERTY_DOESNT_EXIST",
+                "name": name,
+            }
+            for name in missing
+        ]
+        return _item(
+            "VALIDATION_ERROR", f"Property values were not valid: {json.dumps(details)}", inp, details
+        )
     if inp.problems:
         details = [{"isValid": False, "error": "INVALID_PROPERTY_VALUE", **p} for p in inp.problems]
         return _item(
