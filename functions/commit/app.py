@@ -10,17 +10,19 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
 from syncback.aws import handler_runtime as runtime
-from syncback.steps import finish_run
+from syncback.steps import abandon_run, finish_run, run_id_for
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()
-tracer = Tracer()
+tracer = Tracer(patch_modules=("boto3", "botocore"))  # not requests: a URL may hold a secret
 
 
 class CommitEvent(BaseModel):
     sync: str
-    run_id: str
+    execution: str
+    started_at: str
     error: str | None = None
+    abandon: bool = False  # the run cannot finish: record it failed and free the lock, no warehouse
 
 
 @logger.inject_lambda_context
@@ -28,8 +30,12 @@ class CommitEvent(BaseModel):
 @tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = CommitEvent.model_validate(event)
-    logger.append_keys(sync=request.sync, run_id=request.run_id)
-    record = finish_run(runtime(), request.sync, request.run_id, request.error)
+    run_id = run_id_for(request.execution, request.started_at)
+    logger.append_keys(sync=request.sync, run_id=run_id)
+    if request.abandon:
+        record = abandon_run(runtime(), request.sync, run_id, request.error or "the run failed")
+    else:
+        record = finish_run(runtime(), request.sync, run_id, request.error)
     metrics.add_dimension("sync", request.sync)
     for name in ("delivered", "rejected", "skipped", "undelivered"):
         metrics.add_metric(name, MetricUnit.Count, getattr(record, name))

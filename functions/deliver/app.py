@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -10,11 +11,15 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
 from syncback.aws import handler_runtime as runtime
+from syncback.delivery import Interrupt
 from syncback.runner import deliver_batch
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()
-tracer = Tracer()
+tracer = Tracer(patch_modules=("boto3", "botocore"))  # not requests: a URL may hold a secret
+
+
+RECEIPT_S = 5.0  # time kept to write the receipt after the last request
 
 
 class DeliverEvent(BaseModel):
@@ -29,8 +34,12 @@ class DeliverEvent(BaseModel):
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
     request = DeliverEvent.model_validate(event)
     logger.append_keys(sync=request.sync, run_id=request.run_id, batch=request.batch)
-    outcomes = deliver_batch(runtime(), request.sync, request.batch)
-    counts = {status: sum(o.status == status for o in outcomes) for status in ("delivered", "rejected")}
+    rt = runtime()
+    # stop starting requests while there is time left to finish one and store the receipt
+    reserve = rt.project.sync(request.sync).destination.timeout_s + RECEIPT_S
+    deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000 - reserve
+    outcomes = deliver_batch(rt, request.sync, request.batch, interrupt=Interrupt(deadline))
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("delivered", "rejected", "undelivered")}
     metrics.add_dimension("sync", request.sync)
     for status, count in counts.items():  # progress while a run goes on; commit publishes the run's totals
         metrics.add_metric(f"batch_{status}", MetricUnit.Count, count)

@@ -11,18 +11,19 @@ from pydantic import BaseModel
 
 from syncback.aws import LambdaSettings
 from syncback.aws import handler_runtime as runtime
-from syncback.runtime import new_run_id
-from syncback.steps import start_run
+from syncback.steps import SyncRequest, run_id_for, start_run
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()
-tracer = Tracer()
+tracer = Tracer(patch_modules=("boto3", "botocore"))  # not requests: a URL may hold a secret
 SETTINGS = LambdaSettings.from_env()
 
 
 class PlanEvent(BaseModel):
     sync: str
-    full_resync: bool = False
+    execution: str  # $$.Execution.Name and StartTime: the run id is theirs, the same on a retry
+    started_at: str
+    request: SyncRequest  # the execution's input
 
 
 @logger.inject_lambda_context
@@ -30,10 +31,15 @@ class PlanEvent(BaseModel):
 @tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = PlanEvent.model_validate(event)
-    run_id = new_run_id()
+    run_id = run_id_for(request.execution, request.started_at)
     logger.append_keys(sync=request.sync, run_id=run_id)
     started = start_run(
-        runtime(), SETTINGS.bucket, request.sync, run_id, request.full_resync, SETTINGS.max_concurrency
+        runtime(),
+        SETTINGS.bucket,
+        request.sync,
+        run_id,
+        request.request.full_resync,
+        SETTINGS.max_concurrency,
     )
     metrics.add_dimension("sync", request.sync)
     metrics.add_metric("planned", MetricUnit.Count, started.changes)

@@ -13,11 +13,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from syncback.aws import LambdaSettings
 from syncback.aws import handler_runtime as runtime
-from syncback.steps import requested_runs
+from syncback.steps import requested_runs, run_ended
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()
-tracer = Tracer()
+tracer = Tracer(patch_modules=("boto3", "botocore"))  # not requests: a URL may hold a secret
 SETTINGS = LambdaSettings.from_env()
 
 
@@ -30,6 +30,10 @@ def stepfunctions() -> Any:
 @metrics.log_metrics
 @tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, list[str]]:
+    if event.get("source") == "aws.states":  # an execution timed out or was aborted
+        ended = run_ended(runtime(), event["detail"])
+        logger.info("run ended abnormally", extra={"sync": ended.sync, "run_id": ended.run_id})
+        return {"ended": [ended.run_id]}
     started = []
     for request in requested_runs(event, runtime()):
         execution = stepfunctions().start_execution(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import sys
 import threading
 import time
 import uuid
@@ -27,7 +28,20 @@ import boto3
 import duckdb
 import pytest
 from moto import mock_aws
+from moto.stepfunctions.parser.api import HistoryEventType, MapRunFailedEventDetails
+from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import (
+    FailureEvent,
+    FailureEventException,
+)
+from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import StatesErrorName
+from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import (
+    StatesErrorNameType,
+)
+from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.distributed_iteration_component import (
+    DistributedIterationComponent,
+)
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 
 from syncback.aws import LambdaSettings, lambda_runtime
 from syncback.delivery import RetryPolicy
@@ -71,6 +85,10 @@ class FakeContext:
     memory_limit_in_mb: int = 512
     invoked_function_arn: str = ""
     aws_request_id: str = "req-1"
+    remaining_ms: int = 900_000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
 
 
 def load_handler(name: str) -> ModuleType:
@@ -78,6 +96,7 @@ def load_handler(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"syncback_fn_{name}", ROOT / "functions" / name / "app.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as the Lambda runtime imports it: pydantic resolves names there
     spec.loader.exec_module(module)
     return module
 
@@ -152,8 +171,35 @@ def mocked_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "POWERTOOLS_LOG_LEVEL": "WARNING",
     }.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setattr(DistributedIterationComponent, "_map_run", _map_run_failing_on_a_failed_item)
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
         yield
+
+
+_moto_map_run = DistributedIterationComponent._map_run
+
+
+def _map_run_failing_on_a_failed_item(self: Any, env: Any, eval_input: Any) -> None:
+    """moto's Distributed Map counts a failed iteration but succeeds anyway; AWS fails the map run
+    (States.ExceedToleratedFailureThreshold) when more fail than it tolerates, 0 unless the ASL
+    says otherwise. Do as AWS does."""
+    _moto_map_run(self, env, eval_input)
+    record = eval_input.map_run_record
+    failed = record.item_counter.failed.get()
+    if failed > eval_input.tolerated_failure_count:
+        raise FailureEventException(
+            failure_event=FailureEvent(
+                env=env,
+                error_name=StatesErrorName(typ=StatesErrorNameType.StatesExceedToleratedFailureThreshold),
+                event_type=HistoryEventType.MapRunFailed,
+                event_details=EventDetails(
+                    mapRunFailedEventDetails=MapRunFailedEventDetails(
+                        error="States.ExceedToleratedFailureThreshold",
+                        cause=f"{failed} of the map's iterations failed",
+                    )
+                ),
+            )
+        )
 
 
 def _create_table(ddb: Any, name: str, hash_key: str, range_key: str | None = None) -> None:

@@ -295,3 +295,62 @@ def test_two_syncs_on_one_duckdb_file_at_once_both_complete(tmp_path: Path, sand
     results = [json.loads(p.communicate(timeout=60)[0]) for p in (first, second)]
     assert [r["status"] for r in results] == ["succeeded", "succeeded"], results
     assert len(sandbox.objects("contacts")) == 300 and len(sandbox.objects("companies")) == 300
+
+
+# ---- invalid rows are not silent ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rows", "guard", "code", "status"),
+    [
+        ([(i, None, "x", 1, 1.0) for i in range(1, 6)], None, 3, "failed"),  # every row invalid
+        (
+            [*contacts_rows(8), (9, None, "x", 1, 1.0), (10, None, "y", 1, 1.0)],
+            None,
+            1,
+            "partial",
+        ),  # 20% > 0%
+        (
+            [*contacts_rows(8), (9, None, "x", 1, 1.0), (10, None, "y", 1, 1.0)],
+            25,
+            0,
+            "succeeded",
+        ),  # 20% <= 25%
+    ],
+)
+def test_invalid_rows_count_toward_the_runs_status(
+    tmp_path: Path,
+    sandbox: HubSpotSandbox,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    rows: list[tuple[Any, ...]],
+    guard: float | None,
+    code: int,
+    status: str,
+) -> None:
+    monkeypatch.setenv("HUBSPOT_TOKEN", "t")
+    spec: dict[str, Any] = {**BASE_SYNC, "destination": {**BASE_SYNC["destination"], "base_url": sandbox.url}}
+    if guard is not None:
+        spec["guards"] = {"max_invalid_pct": guard}
+    write_project(tmp_path, spec, rows)
+    got, summary = run_json(tmp_path, capsys)
+    assert (got, summary["status"]) == (code, status), summary
+    if status != "succeeded":
+        assert "InvalidRows" in summary["error"]
+
+
+def test_a_rejection_that_names_its_record_by_value_keeps_hubspots_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HUBSPOT_TOKEN", "t")
+    faults = Faults(reject_values={"user7@example.com"}, errors_without_trace=True)
+    with HubSpotSandbox(token="t", requests_per_window=None, faults=faults) as sandbox:
+        project = hubspot_project(tmp_path, sandbox, 20)
+        code, summary = run_json(project, capsys)
+    assert code == 1 and summary["rejected"] == 1
+    (letter,) = LocalStateStore(project / ".syncback").dead_letters("contacts")
+    assert (
+        letter.key == "7"
+        and letter.reason.startswith("VALIDATION_ERROR")
+        and "acknowledge" not in letter.reason
+    )

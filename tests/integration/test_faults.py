@@ -19,7 +19,7 @@ from syncback.delivery import RetryPolicy
 from syncback.runner import Runtime, commit_run, deliver_batch, new_run_id, plan_run, run_sync
 from syncback.sandbox.hubspot import Faults, HubSpotSandbox
 from syncback.spec import load_project
-from syncback.state import LocalStateStore
+from syncback.state import LocalStateStore, RunRecord
 from tests.conftest import BASE_SYNC, contacts_rows, write_contacts
 
 ROWS = 20_000
@@ -123,6 +123,7 @@ def test_a_run_killed_before_commit_converges_without_duplicates(
     rt = make_runtime(tmp_path, sandbox, rows, mode=mode)
     # Given a run that delivered 2 of its 3 batches, then died before delivering the last and committing
     run_id = new_run_id()
+    rt.state.record_run(RunRecord("contacts", run_id, "running", "2026-01-01T00:00:00+00:00", settled=False))
     plan = plan_run(rt, "contacts", run_id)
     for ref in plan.batches[:2]:
         deliver_batch(rt, "contacts", ref.key)

@@ -26,7 +26,12 @@ def client(
     sandbox: HubSpotSandbox, mode: Mode = "upsert", token: str = "t", timeout_s: float = 5
 ) -> HubSpotDestination:
     config = HubSpotDestinationConfig(
-        type="hubspot", token="env:X", base_url=sandbox.url, timeout_s=timeout_s
+        type="hubspot",
+        object="contacts",
+        id_property="email",
+        token="env:X",
+        base_url=sandbox.url,
+        timeout_s=timeout_s,
     )
     return HubSpotDestination(config, token, mode)
 

@@ -68,6 +68,8 @@ def destination(
 
             spec = {
                 "type": "hubspot",
+                "object": "contacts",
+                "id_property": "email",
                 "token": "env:NASTY_TOKEN",
                 "base_url": sandbox.url,
                 "rate_limit": {"requests": 1000, "per_seconds": 1},

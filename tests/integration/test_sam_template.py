@@ -55,6 +55,13 @@ def test_sam_build_without_docker_builds_the_layer_and_every_function(tmp_path: 
     for name in ("Plan", "Deliver", "Commit", "Trigger", "Replay"):
         assert (build / f"{name}Function" / "app.py").exists()
     assert (build / "SyncSchedules" / "template.yaml").exists()
+    # the project layer is the spec files and nothing else (never .syncback/ or a DuckDB file)
+    project = build / "SyncProjectLayer"
+    shipped = sorted(str(p.relative_to(project)) for p in project.rglob("*") if p.is_file())
+    assert shipped == [
+        "syncback.yaml",
+        *(f"syncs/{p.name}" for p in sorted((ROOT / "project/syncs").glob("*.yaml"))),
+    ]
 
 
 @pytest.mark.slow

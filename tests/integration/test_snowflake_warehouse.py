@@ -420,6 +420,8 @@ def contacts_sync() -> SyncSpec:
             "mode": "upsert",
             "destination": {
                 "type": "hubspot",
+                "object": "contacts",
+                "id_property": "email",
                 "token": "env:HUBSPOT_TOKEN",
                 "base_url": "http://127.0.0.1:1",
             },

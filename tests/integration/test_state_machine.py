@@ -130,7 +130,7 @@ def test_transient_failure_is_retried_by_the_state_machine_then_succeeds(
     assert len(snapshot(project)) == 100 and history
 
 
-def test_permanent_batch_failure_goes_to_the_dead_letter_queue_while_the_rest_commits(
+def test_refused_credentials_fail_the_execution_record_the_run_and_send_no_dead_letter(
     aws: None, make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a destination that refuses our credentials for the batch holding key 77
@@ -140,62 +140,37 @@ def test_permanent_batch_failure_goes_to_the_dead_letter_queue_while_the_rest_co
     stack = build_stack(project, lambda sync: destination, monkeypatch)
     # When the sync runs
     execution = stack.run()
-    # Then the run goes on: the other two batches are delivered and committed
-    assert execution["status"] == "SUCCEEDED", execution
-    run = json.loads(execution["output"])["run"]
-    assert (run["delivered"], run["undelivered"]) == (100, 50)
-    (message,) = stack.drain(stack.dead_letter_queue)
-    failed = json.loads(message["Body"])
-    assert failed["error"] == "DestinationAuthError" and "HubSpot answered 401" in failed["cause"]
-    assert (
-        failed["sync"] == "contacts" and failed["run_id"] == json.loads(execution["output"])["plan"]["run_id"]
-    )
-    held = {c[0] for c in stack.rt.store.get_json(failed["batch"])["changes"]}
-    assert "77" in held and len(held) == 50
-    # and exactly the failed batch's records are missing from the snapshot: the next run plans them again
-    assert set(snapshot(project)) == {str(i) for i in range(1, 151)} - held
-    destination.auth_fail_keys = set()
-    assert json.loads(stack.run()["output"])["plan"]["changes"] == 50
-
-
-def test_redriven_dead_letters_are_replayed_and_a_stale_one_is_skipped(
-    aws: None, make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given a run where keys 4 and 8 were rejected
-    project = make_project(rows=contacts_rows(20))
-    destination = RecordingDestination()
-    destination.reject_keys = {"4", "8"}
-    stack = build_stack(project, lambda sync: destination, monkeypatch)
-    assert json.loads(stack.run()["output"])["run"]["rejected"] == 2
-    # and a later run that delivered a newer version of 4 (8 still rejected, dead-lettered twice now)
-    write_contacts(
-        project.root / "wh.duckdb",
-        [(i, e, "Newer" if i == 4 else f, s, v) for i, e, f, s, v in contacts_rows(20)],
-    )
-    destination.reject_keys = {"8"}
-    stack.run()
-    # When the operator redrives the DLQ to the ReplayQueue (moto lacks StartMessageMoveTask: move by hand)
-    destination.reject_keys = set()
-    moved = stack.drain(stack.dead_letter_queue)
-    assert sorted(json.loads(m["Body"])["key"] for m in moved) == ["4", "8", "8"]
-    for message in moved:
-        stack.sqs.send_message(QueueUrl=stack.replay_queue, MessageBody=message["Body"])
-    received = stack.drain(stack.replay_queue)
-    event = {"Records": [sqs_record(m) for m in received]}
-    response = stack.invoke("replay", event)
-    # Then every message is processed: 8 delivered, the stale 4 skipped, no partial failures
-    assert response == {"batchItemFailures": []}
-    assert destination.records["4"]["firstname"] == "Newer" and "8" in snapshot(project)
+    # Then the execution fails (the failed-runs alarm), the run is committed as failed with the
+    # error, and no record went to the dead-letter queue: credentials are not the records' fault
+    assert execution["status"] == "FAILED", execution
+    (record,) = stack.rt.state.runs("contacts")
+    assert record.status == "failed" and "DestinationAuthError" in (record.error or "")
+    assert record.rejected == 0 and record.delivered + record.undelivered == 150
     assert stack.drain(stack.dead_letter_queue) == []
-    assert json.loads(stack.run()["output"])["plan"]["changes"] == 0
+    # and what was delivered stays delivered: the next run sends only the rest
+    destination.auth_fail_keys = set()
+    assert json.loads(stack.run()["output"])["plan"]["changes"] == record.undelivered
+
+
+class DownDestination(RecordingDestination):
+    """Answers 503 for any request holding one of ``down_keys`` (an outage past every retry)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down_keys: set[str] = set()
+
+    def write(self, changes: Sequence[Change], scope: str = "") -> list[Outcome]:
+        if any(c.key in self.down_keys for c in changes):
+            raise DestinationUnavailable("HubSpot answered 503")
+        return super().write(changes, scope)
 
 
 def test_replay_reports_only_the_failing_message_as_a_batch_item_failure(
     aws: None, make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project = make_project(rows=contacts_rows(60))
-    destination = FailingDestination()
-    destination.auth_fail_keys = {"10"}
+    destination = DownDestination()
+    destination.down_keys = {"10"}
     stack = build_stack(project, lambda sync: destination, monkeypatch)
     stack.run()
     (failed_batch,) = stack.drain(stack.dead_letter_queue)
@@ -207,7 +182,7 @@ def test_replay_reports_only_the_failing_message_as_a_batch_item_failure(
             sqs_record({"MessageId": "m2", "Body": json.dumps(bogus)}),
         ]
     }
-    destination.auth_fail_keys = set()
+    destination.down_keys = set()
     # When replay handles them
     response = stack.invoke("replay", event)
     # Then the batch's 50 records are delivered and only the bogus message goes back to SQS

@@ -64,7 +64,7 @@ def template() -> dict[str, Any]:
 
 def test_every_error_name_in_the_asl_is_an_error_class_or_a_service_error() -> None:
     names = {n for kind in ("Retry", "Catch") for _, clause in clauses(kind) for n in clause["ErrorEquals"]}
-    ours = {n for n in names if not n.startswith(("States.", "Lambda."))}
+    ours = {n for n in names if not n.startswith(("States.", "Lambda.", "Sandbox."))}
     # Given the names the ASL matches, When compared with errors.py, Then each is exactly a class there
     assert ours and ours <= set(error_classes()), ours - set(error_classes())
     # and none is a base class: ErrorEquals does not match subclasses
@@ -89,7 +89,34 @@ def test_every_transient_error_is_retried_by_deliver() -> None:
         if issubclass(c, errors.TransientError) and c is not errors.TransientError
     }
     assert transient <= retried
-    assert deliver["Catch"][0]["ErrorEquals"] == ["States.ALL"]
+    # and only those (and a Lambda that timed out or died) send a batch to the dead letters:
+    # credentials refused, a systemic refusal, anything else fails the map and so the run
+    (catch,) = deliver["Catch"]
+    assert set(catch["ErrorEquals"]) == transient | {"Sandbox.Timedout", "Lambda.Unknown"}
+    assert catch["Next"] == "SendBatchToDeadLetters"
+
+
+def test_a_lambda_that_timed_out_is_retried_a_bounded_number_of_times() -> None:
+    for name in ("Plan", "DeliverBatch", "Commit", "CommitAfterFailure"):
+        state = dict(states(asl()))[name]
+        (clause,) = [c for c in state["Retry"] if "Sandbox.Timedout" in c["ErrorEquals"]]
+        assert "Lambda.Unknown" in clause["ErrorEquals"] and 1 <= clause["MaxAttempts"] <= 2, name
+
+
+def test_a_plan_or_commit_that_fails_for_good_records_the_run_and_frees_the_lock() -> None:
+    machine = dict(states(asl()))
+    for name, target in (
+        ("Plan", "AbandonRun"),
+        ("Commit", "AbandonAfterCommit"),
+        ("CommitAfterFailure", "AbandonAfterCommit"),
+    ):
+        assert machine[name]["Catch"][-1] == {
+            **machine[name]["Catch"][-1],
+            "ErrorEquals": ["States.ALL"],
+            "Next": target,
+        }
+    for name in ("AbandonRun", "AbandonAfterCommit"):
+        assert machine[name]["Parameters"]["Payload"]["abandon"] is True
 
 
 def test_deliver_is_a_distributed_map_over_the_manifest_without_item_batcher() -> None:
@@ -104,3 +131,48 @@ def test_the_template_substitutes_every_placeholder_of_the_asl() -> None:
     machine = template()["Resources"]["SyncRunStateMachine"]["Properties"]
     assert machine["DefinitionUri"] == "infra/statemachine/sync.asl.json"
     assert placeholders == set(machine["DefinitionSubstitutions"])
+
+
+def test_no_function_is_granted_every_queue_of_the_account() -> None:
+    # SAM's SQS event adds a managed policy on every queue: queues are wired as explicit mappings
+    resources = template()["Resources"]
+    for name, resource in resources.items():
+        events = resource.get("Properties", {}).get("Events", {}) or {}
+        assert all(e["Type"] != "SQS" for e in events.values()), name
+    mappings = {
+        r["Properties"]["FunctionName"]: r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::Lambda::EventSourceMapping"
+    }
+    assert set(mappings) == {"TriggerFunction", "ReplayFunction"}
+    assert mappings["ReplayFunction"]["ScalingConfig"]["MaximumConcurrency"] == 2
+    for function, queue in (("TriggerFunction", "SyncRequestQueue"), ("ReplayFunction", "ReplayQueue")):
+        statements = [
+            s
+            for p in resources[function]["Properties"]["Policies"]
+            if isinstance(p, dict)
+            for s in p.get("Statement", [])
+        ]
+        reads = [s for s in statements if "sqs:ReceiveMessage" in s["Action"]]
+        assert reads and all(s["Resource"] == f"{queue}.Arn" for s in reads), function
+
+
+def test_the_replay_function_may_take_the_run_lock_and_alarms_watch_every_function_and_queue() -> None:
+    resources = template()["Resources"]
+    statements = [
+        s for p in resources["ReplayFunction"]["Properties"]["Policies"] for s in p.get("Statement", [])
+    ]
+    assert any("dynamodb:PutItem" in s["Action"] and s["Resource"] == "RunsTable.Arn" for s in statements)
+    alarms = {
+        r["Properties"]["AlarmName"].split("}-", 1)[-1]
+        for r in resources.values()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+    }
+    assert {
+        "failed-runs",
+        "timed-out-runs",
+        "dead-letters",
+        "trigger-errors",
+        "replay-errors",
+        "sync-requests-failed",
+    } <= alarms

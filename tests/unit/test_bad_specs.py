@@ -58,6 +58,19 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
     (sync(destination={**HUB, "type": "salesforce"}), "destination", "'hubspot', 'webhook'"),
     (sync(destination={**HUB, "base_url": "ftp://x"}), "destination.base_url", "http:// or https://"),
     (
+        sync(destination={**HUB, "base_url": "http://api.hubapi.com"}),
+        "destination.base_url",
+        "clear text; use https://",
+    ),
+    (
+        sync(
+            destination={"type": "webhook", "url": "http://hooks.example.com:8080/in"},
+            mapping={"email": "email"},
+        ),
+        "destination.url",
+        "http:// is for 127.0.0.1 only",
+    ),
+    (
         sync(destination={**HUB, "rate_limit": {"requests": 0}}),
         "destination.rate_limit.requests",
         "greater than 0",
@@ -70,7 +83,18 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
     (
         sync(mapping={"email": {"column": "email", "transform": "titlecase"}}),
         "mapping.email.transform",
-        "'lower'",
+        "'titlecase' is not a transform; use one of: lower, upper",
+    ),
+    (
+        sync(mapping={"email": {"column": "email", "transform": ["trim", "shout"]}}),
+        "mapping.email.transform",
+        "'shout' is not a transform",
+    ),
+    (sync(destination={k: v for k, v in HUB.items() if k != "object"}), "destination.object", "required"),
+    (
+        sync(destination={k: v for k, v in HUB.items() if k != "id_property"}),
+        "destination.id_property",
+        "required",
     ),
     (
         sync(mapping={"email": {"column": "email", "on_null": "zero"}}),

@@ -50,7 +50,7 @@ def test_a_bare_column_name_is_shorthand_for_a_column_mapping(make_project: Proj
         (
             {"mapping": {"email": {"column": "email", "transform": "shout"}}},
             "mapping.email.transform",
-            "'lower'",
+            "'shout' is not a transform; use one of: lower",
         ),
         ({"mapping": {"email": {"column": "a", "value": 1}}}, "mapping.email", "exactly one of column"),
         ({"name": "Bad Name"}, "name", "lower-case letters"),

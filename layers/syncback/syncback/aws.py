@@ -180,9 +180,10 @@ class DynamoStateStore(StateStore):
                     "owner": {"S": owner},
                     "expires_at": {"N": str(int(now + self.lease_s))},
                 },
-                ConditionExpression="attribute_not_exists(#s) OR expires_at < :now",
-                ExpressionAttributeNames={"#s": "sync"},
-                ExpressionAttributeValues={":now": {"N": str(int(now))}},
+                # free, expired, or already this run's (a retried Plan takes it again)
+                ConditionExpression="attribute_not_exists(#s) OR expires_at < :now OR #o = :o",
+                ExpressionAttributeNames={"#s": "sync", "#o": "owner"},
+                ExpressionAttributeValues={":now": {"N": str(int(now))}, ":o": {"S": owner}},
             )
         except self.client.exceptions.ConditionalCheckFailedException:
             raise RunInProgress(

@@ -2,7 +2,7 @@
 
 Rows never travel through Step Functions: states pass these keys and counts. Keys are
 ``runs/<sync>/<run_id>/{plan.json, manifest-1.json, manifest-2.json, batches/00000.json,
-receipts/00000.json}`` (locally also ``journals/00000.jsonl`` and ``commit.json``).
+receipts/00000.json}`` (locally also ``journals/00000.jsonl``).
 """
 
 from __future__ import annotations
@@ -62,11 +62,6 @@ def receipt_key(batch: str) -> str:
 def journal_key(batch: str) -> str:
     """Return the key of a batch's journal: its outcomes, appended request by request."""
     return batch.replace("/batches/", "/journals/").replace(".json", ".jsonl")
-
-
-def commit_key(sync: str, run_id: str) -> str:
-    """Return the key of the mark a commit leaves: the run's receipts are in the snapshot."""
-    return f"{run_prefix(sync, run_id)}/commit.json"
 
 
 def plan_key(sync: str, run_id: str) -> str:
@@ -129,11 +124,6 @@ class LocalBatchStore:
             except ValueError:
                 break  # the last line of a process killed while writing it
         return documents
-
-    def run_ids(self, sync: str) -> list[str]:
-        """Return the ids of the runs of ``sync`` whose plan is stored, oldest first."""
-        folder = self.root / "runs" / sync
-        return sorted(p.parent.name for p in folder.glob("*/plan.json")) if folder.exists() else []
 
     def remove_batches(self, sync: str, run_id: str) -> None:
         """Delete a committed run's batch files: they hold record values, and are no longer needed."""

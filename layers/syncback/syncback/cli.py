@@ -1,7 +1,6 @@
 """``syncback [--project DIR] COMMAND``: validate, plan, run, runs, dlq, schema, sandbox.
 
-Exit codes: 0 every planned record delivered; 1 the run finished with rejected records;
-2 a configuration error; 3 the run failed.
+Exit codes: see ``EXIT_CODES`` (shown by every ``--help``).
 """
 
 from __future__ import annotations
@@ -301,58 +300,126 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return OK
 
 
+EXIT_CODES = """exit codes:
+  0    done: every planned record delivered or deliberately skipped (or the run was skipped:
+       another run of the sync was in progress)
+  1    done with rejected or undelivered records, or more invalid rows than guards allow
+  2    a configuration error: a spec or project file, a missing or unusable secret
+  3    the run failed: the model, a guard, the destination (credentials, a systemic refusal,
+       down past the retries), the warehouse, the commit; what was delivered is kept
+  130  cancelled (Ctrl-C or SIGTERM): what was delivered is committed, the rest planned again"""
+
+
+def _command(sub: Any, name: str, help: str, func: Any, epilog: str = EXIT_CODES) -> argparse.ArgumentParser:
+    command: argparse.ArgumentParser = sub.add_parser(
+        name, help=help, description=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    command.set_defaults(func=func)
+    return command
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="syncback", description="Reverse ETL: sync warehouse models to your tools."
+        prog="syncback",
+        description="Reverse ETL: sync warehouse models to the tools your teams work in.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--project", default=".", help="the project folder (syncback.yaml, syncs/); default: here")
-    sub = p.add_subparsers(dest="command", required=True)
-    validate = sub.add_parser("validate", help="check syncback.yaml, every sync spec, and their models")
-    validate.add_argument("--offline", action="store_true", help="check the files only, not the models")
-    validate.set_defaults(func=cmd_validate)
-    plan = sub.add_parser("plan", help="dry run: what a run would send")
-    plan.add_argument("sync")
-    plan.add_argument("--full-resync", action="store_true")
-    plan.add_argument("--sample", type=int, default=5, help="how many changes to show")
-    plan.add_argument("--json", action="store_true")
-    plan.set_defaults(func=cmd_plan)
-    run = sub.add_parser("run", help="run one sync now")
-    run.add_argument("sync")
-    run.add_argument("--full-resync", action="store_true", help="send every record again (no deletes)")
+    p.add_argument(
+        "--project",
+        default=".",
+        metavar="DIR",
+        help="the project folder (syncback.yaml, syncs/); default: here",
+    )
+    p.add_argument("--version", action="version", version=f"syncback {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    validate = _command(
+        sub,
+        "validate",
+        "check syncback.yaml, every sync spec, each model in its warehouse, and the env: secrets",
+        cmd_validate,
+    )
+    validate.add_argument(
+        "--offline", action="store_true", help="check the files only: no warehouse, no secrets"
+    )
+    plan = _command(
+        sub, "plan", "dry run: what a run would send, and why rows are invalid; sends nothing", cmd_plan
+    )
+    plan.add_argument("sync", help="the sync's name (its file in syncs/ without .yaml)")
+    plan.add_argument("--full-resync", action="store_true", help="plan every valid record again, no deletes")
+    plan.add_argument(
+        "--sample", type=int, default=5, metavar="N", help="how many changes to show (default 5)"
+    )
+    plan.add_argument("--json", action="store_true", help="print the whole plan as one JSON object")
+    run = _command(
+        sub,
+        "run",
+        "run one sync now: plan, deliver, commit; Ctrl-C stops it and keeps what was delivered",
+        cmd_run,
+    )
+    run.add_argument("sync", help="the sync's name (its file in syncs/ without .yaml)")
+    run.add_argument("--full-resync", action="store_true", help="send every valid record again (no deletes)")
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    run.set_defaults(func=cmd_run)
-    runs = sub.add_parser("runs", help="run history, newest first")
-    runs.add_argument("sync", nargs="?")
-    runs.add_argument("--limit", type=int, default=20)
-    runs.set_defaults(func=cmd_runs)
-    dlq = sub.add_parser("dlq", help="dead letters: records the destination rejected").add_subparsers(
-        dest="dlq_command", required=True
+    runs = _command(sub, "runs", "run history, newest first, with each failed run's error", cmd_runs)
+    runs.add_argument("sync", nargs="?", help="only this sync's runs")
+    runs.add_argument("--limit", type=int, default=20, metavar="N", help="show at most N runs (default 20)")
+    dlq = sub.add_parser(
+        "dlq",
+        help="dead letters: records the destination rejected",
+        description="dead letters: records the destination rejected",
+    ).add_subparsers(dest="dlq_command", required=True, metavar="list|replay")
+    dlq_list = _command(
+        dlq, "list", "list a sync's dead letters with the destination's reasons", cmd_dlq_list
     )
-    dlq_list = dlq.add_parser("list")
-    dlq_list.add_argument("sync")
-    dlq_list.add_argument("--limit", type=int, default=50, help="show at most this many (default 50)")
-    dlq_list.set_defaults(func=cmd_dlq_list)
-    dlq_replay = dlq.add_parser("replay")
-    dlq_replay.add_argument("sync")
-    dlq_replay.set_defaults(func=cmd_dlq_replay)
-    schema = sub.add_parser("schema", help="write (or --check) the JSON Schemas of the spec files")
-    schema.add_argument("--dir", default=str(SCHEMA_DIR))
-    schema.add_argument("--check", action="store_true")
-    schema.set_defaults(func=cmd_schema)
-    sandbox = sub.add_parser("sandbox", help="local destination sandboxes", add_help=False)
-    sandbox.add_argument("kind", choices=["hubspot"])
-    sandbox.set_defaults(func=None)
+    dlq_list.add_argument("sync", help="the sync's name")
+    dlq_list.add_argument("--limit", type=int, default=50, metavar="N", help="show at most N (default 50)")
+    dlq_replay = _command(
+        dlq,
+        "replay",
+        "deliver a sync's dead letters again; a letter a later run wrote over is stale and dropped",
+        cmd_dlq_replay,
+    )
+    dlq_replay.add_argument("sync", help="the sync's name")
+    schema = _command(
+        sub, "schema", "write (or --check) the JSON Schemas of the spec files", cmd_schema, epilog=""
+    )
+    schema.add_argument("--dir", default=str(SCHEMA_DIR), help="where the schemas go (default: schema/)")
+    schema.add_argument(
+        "--check", action="store_true", help="exit 2 if the files are out of date, write nothing"
+    )
+    sandbox = sub.add_parser(
+        "sandbox",
+        help="a local destination sandbox for the demo and tests: sandbox hubspot --help",
+        description="a local destination sandbox for the demo and tests",
+        add_help=False,
+    )
+    sandbox.add_argument("kind", choices=["hubspot"], help="which destination")
+    sandbox.add_argument(
+        "options", nargs=argparse.REMAINDER, help="the sandbox's own options (see its --help)"
+    )
+    sandbox.set_defaults(func=cmd_sandbox)
     return p
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    # a fake of a vendor for the demo and tests, imported only here; it parses its own options
+    from syncback.sandbox.hubspot import main as sandbox_main
+
+    code: int = sandbox_main(args.options)
+    return code
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("syncback")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if "sandbox" in argv[:3]:
-        # the sandbox parses its own options; it is a fake of a vendor, imported only here
-        from syncback.sandbox.hubspot import main as sandbox_main
-
-        rest = argv[argv.index("sandbox") + 2 :]
-        return sandbox_main(rest)
     args = parser().parse_args(argv)
     try:
         code: int = args.func(args)

@@ -15,7 +15,7 @@ import secrets as random_tokens
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from syncback.batches import Journal, commit_key, journal_key, plan_key, receipt_key
+from syncback.batches import Journal, journal_key, plan_key, receipt_key
 from syncback.delivery import Delivery, outcome_from_json, outcomes_from_receipt
 from syncback.destinations import destination_target
 from syncback.destinations.base import Change, Outcome
@@ -100,18 +100,24 @@ def commit_run(
     plan = PlanResult.from_json(rt.store.get_json(plan_key(sync_name, run_id)))
     record = RunRecord(sync_name, run_id, "succeeded", plan.started_at, planned=planned(plan), error=error)
     record.invalid_sample = [{"key": r.key, "reason": r.reason} for r in plan.invalid_sample]
+    stopped_by: list[str] = []
     with rt.warehouse(sync) as warehouse:
-        staged = _staged(rt, plan, record)
+        staged = _staged(rt, plan, record, stopped_by)
         apply_outcomes(warehouse, rt.tables(sync), staged, run_id, plan.target, utcnow())
+    if stopped_by and (error is None or error.startswith("States.")):
+        # the state machine knows only that a batch failed; its receipt says why
+        error = stopped_by[0] + (f" (and {len(stopped_by) - 1} more batches)" if len(stopped_by) > 1 else "")
+        record.error = error
+    record.settled = True
+    record.error = record.error or _invalid_rows(plan, sync.guards.max_invalid_pct)
     if cancelled:
         record.status = "cancelled"
-    elif error is not None:
+    elif error is not None or _all_invalid(plan):
         record.status = "failed"
-    elif record.rejected or record.undelivered:
+    elif record.rejected or record.undelivered or record.error:
         record.status = "partial"
     finish(record)
     rt.state.record_run(record)
-    rt.store.put_json(commit_key(sync_name, run_id), {"status": record.status})
     log.info(
         "committed",
         extra={
@@ -127,10 +133,15 @@ def commit_run(
     return record
 
 
-def _staged(rt: Runtime, plan: PlanResult, record: RunRecord) -> Iterator[Staged]:
+def _staged(rt: Runtime, plan: PlanResult, record: RunRecord, stopped_by: list[str]) -> Iterator[Staged]:
     """Yield the snapshot effect of every outcome of the run, batch by batch (phase order), counting
-    outcomes into ``record`` and handing dead letters to the state store as it goes."""
+    outcomes into ``record``, handing dead letters to the state store as it goes, and collecting
+    into ``stopped_by`` the errors that stopped batches."""
     for ref in sorted(plan.batches, key=lambda b: b.phase):
+        if rt.store.exists(receipt_key(ref.key)):
+            stopped = rt.store.get_json(receipt_key(ref.key)).get("error")
+            if stopped:
+                stopped_by.append(stopped)
         changes = [change_from_json(item) for item in rt.store.get_json(ref.key)["changes"]]
         outcomes = {o.key: o for o in answers(rt, ref.key)}
         letters, settled = [], []
@@ -159,6 +170,25 @@ def _staged(rt: Runtime, plan: PlanResult, record: RunRecord) -> Iterator[Staged
         rt.state.resolve_dead_letters(plan.sync, settled)
 
 
+def _all_invalid(plan: PlanResult) -> bool:
+    c = plan.counts
+    return c.invalid > 0 and c.added + c.changed + c.unchanged == 0
+
+
+def _invalid_rows(plan: PlanResult, max_pct: float) -> str | None:
+    """Return why the run is not a success for its invalid rows (guards.max_invalid_pct), or None."""
+    c = plan.counts
+    rows = c.added + c.changed + c.unchanged + c.invalid
+    share = 100.0 * c.invalid / rows if rows else 0.0
+    if _all_invalid(plan):
+        return (
+            f"InvalidRows: every one of the model's {c.invalid} rows is invalid; nothing was sent (see plan)"
+        )
+    if share > max_pct:
+        return f"InvalidRows: {c.invalid} of {rows} rows ({share:.1f}%) are invalid, above guards.max_invalid_pct {max_pct:g}"
+    return None
+
+
 def planned(plan: PlanResult) -> dict[str, int]:
     c = plan.counts
     return {
@@ -175,6 +205,47 @@ def finish(record: RunRecord) -> None:
     record.finished_at = now.isoformat()
     if record.started_at:
         record.duration_s = round((now - dt.datetime.fromisoformat(record.started_at)).total_seconds(), 3)
+
+
+# ---- runs that ended without their commit ----------------------------------------------------
+
+#: how many of a sync's latest runs a new run looks through for ones left uncommitted
+RECOVER_WINDOW = 50
+
+
+def recover(rt: Runtime, sync_name: str, current: str) -> list[RunRecord]:
+    """Commit the runs of ``sync_name`` that ended without their commit (hold the run lock).
+
+    A run killed, or whose commit failed, is in the history unsettled: what it delivered (its
+    receipts, journals) is applied to the snapshot now, with the destination's ids and whether it
+    created each record, so the next plan sends only what is still missing.
+    """
+    recovered = []
+    for run in rt.state.runs(sync_name, limit=RECOVER_WINDOW):
+        if run.settled or run.run_id == current:
+            continue
+        why = f"{run.error}; " if run.error else ""
+        error = f"{why}RunInterrupted: it ended before its commit; committed by run {current}"
+        if rt.store.exists(plan_key(sync_name, run.run_id)):
+            recovered.append(commit_run(rt, sync_name, run.run_id, error))
+        else:
+            run.status, run.error, run.settled = "failed", error.replace("its commit", "its plan"), True
+            finish(run)
+            rt.state.record_run(run)
+    return recovered
+
+
+def end_unsettled(
+    rt: Runtime, sync_name: str, run_id: str, started_at: str, status: str, error: str
+) -> RunRecord:
+    """Record a run that ended before its commit; unsettled when it planned (the next run commits
+    what it delivered), settled when it had nothing to deliver."""
+    record = RunRecord(sync_name, run_id, status, started_at, error=error)
+    record.settled = not rt.store.exists(plan_key(sync_name, run_id))
+    finish(record)
+    rt.state.record_run(record)
+    log.info(status, extra={"sync": sync_name, "run_id": run_id})
+    return record
 
 
 # ---- replay ----------------------------------------------------------------------------------

@@ -306,9 +306,12 @@ def outcome_from_json(item: list[Any]) -> Outcome:
     return Outcome(key, status, destination_id, reason, created[0] if created else None)
 
 
-def receipt(batch: str, outcomes: Sequence[Outcome]) -> dict[str, Any]:
-    """Return the receipt document of a delivered batch."""
-    return {"batch": batch, "outcomes": [outcome_to_json(o) for o in outcomes]}
+def receipt(batch: str, outcomes: Sequence[Outcome], error: str | None = None) -> dict[str, Any]:
+    """Return the receipt document of a delivered batch; ``error``: what stopped its delivery."""
+    document: dict[str, Any] = {"batch": batch, "outcomes": [outcome_to_json(o) for o in outcomes]}
+    if error is not None:
+        document["error"] = error
+    return document
 
 
 def outcomes_from_receipt(document: dict[str, Any]) -> list[Outcome]:

@@ -255,12 +255,13 @@ class Planner:
                 f"sync {self.sync.name}: the model returned no valid rows, so mirror would delete all "
                 f"{counts.removed} records it synced; stopped. If that is really wanted, archive them by hand"
             )
-        assert self.sync.guards is not None  # the spec requires guards for mirror
+        limit = self.sync.guards.max_delete_pct
+        assert limit is not None  # the spec requires it for mirror
         share = 100.0 * counts.removed / max(result.snapshot_size, 1)
-        if share > self.sync.guards.max_delete_pct:
+        if share > limit:
             raise GuardError(
                 f"sync {self.sync.name}: the plan deletes {counts.removed} of {result.snapshot_size} records "
-                f"({share:.1f}%), above guards.max_delete_pct {self.sync.guards.max_delete_pct}; stopped. "
+                f"({share:.1f}%), above guards.max_delete_pct {limit}; stopped. "
                 "Check the model; raise the guard in the spec if the deletes are right"
             )
 

@@ -14,8 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from syncback.batches import Journal, LocalBatchStore, commit_key, journal_key, receipt_key
-from syncback.commit import answers, commit_run, finish, planned
+from syncback.batches import Journal, LocalBatchStore, journal_key, receipt_key
+from syncback.commit import answers, commit_run, end_unsettled, planned, recover
 from syncback.delivery import Delivery, Interrupt, outcome_to_json, receipt
 from syncback.destinations.base import Destination, Outcome
 from syncback.errors import RunInProgress, SyncbackError
@@ -73,9 +73,9 @@ def deliver_batch(
         if journal is not None and outcomes:
             journal.append_lines(journal_key(batch), [outcome_to_json(o) for o in outcomes])
 
-    def store_receipt() -> list[Outcome]:
+    def store_receipt(error: str | None = None) -> list[Outcome]:
         outcomes = [answered.get(c.key) or Outcome(c.key, "undelivered", reason=why) for c in changes]
-        rt.store.put_json(receipt_key(batch), receipt(batch, outcomes))
+        rt.store.put_json(receipt_key(batch), receipt(batch, outcomes, error))
         return outcomes
 
     why = "not sent: the delivery stopped before it"
@@ -87,7 +87,7 @@ def deliver_batch(
         delivery.deliver([c for c in changes if c.key not in answered], batch)
     except SyncbackError as exc:
         why = f"not sent: {type(exc).__name__}"
-        store_receipt()  # what was done stays done; a retry sends only the rest
+        store_receipt(f"{type(exc).__name__}: {exc}")  # what was done stays done; a retry sends the rest
         raise
     finally:
         if destination is None:
@@ -147,11 +147,12 @@ def run_sync(
     try:
         rt.state.acquire(sync_name, run_id)
     except RunInProgress as exc:
-        return _record_early_end(rt, sync_name, run_id, started.isoformat(), "skipped", str(exc))
+        return end_unsettled(rt, sync_name, run_id, started.isoformat(), "skipped", str(exc))
     committed = False
     try:
+        rt.state.record_run(RunRecord(sync_name, run_id, "running", started.isoformat(), settled=False))
         with rt.holding(sync):
-            recover(rt, sync_name)
+            recover(rt, sync_name, run_id)
             destination = rt.destination(sync)  # first: a missing secret stops the run before a query
             try:
                 plan = plan_run(rt, sync_name, run_id, full_resync, started.isoformat())
@@ -173,7 +174,7 @@ def run_sync(
     except SyncbackError as exc:
         if not committed:
             # recorded now; what it delivered (if anything) is committed by the next run
-            _record_early_end(
+            end_unsettled(
                 rt, sync_name, run_id, started.isoformat(), "failed", f"{type(exc).__name__}: {exc}"
             )
         raise
@@ -181,39 +182,9 @@ def run_sync(
         rt.state.release(sync_name, run_id)
 
 
-def recover(rt: Runtime, sync_name: str) -> list[RunRecord]:
-    """Commit the runs of ``sync_name`` that a crash left planned but not committed (hold the lock).
-
-    What they delivered is then in the snapshot (with the destination's ids, and whether it
-    created each record), so the next plan sends only what is still missing.
-    """
-    store = rt.store
-    if not isinstance(store, LocalBatchStore):
-        return []  # on AWS the state machine commits every execution, failed ones included
-    recovered = []
-    for run_id in store.run_ids(sync_name):
-        if store.exists(commit_key(sync_name, run_id)):
-            continue
-        error = "RunInterrupted: the process ended before the commit; committed by the next run"
-        recovered.append(commit_run(rt, sync_name, run_id, error))
-        _tidy(rt, sync_name, run_id)
-    return recovered
-
-
 def _tidy(rt: Runtime, sync_name: str, run_id: str) -> None:
     if isinstance(rt.store, LocalBatchStore):
         rt.store.remove_batches(sync_name, run_id)
-
-
-def _record_early_end(
-    rt: Runtime, sync_name: str, run_id: str, started: str, status: str, error: str
-) -> RunRecord:
-    """Record a run that ended before delivering anything; return its record."""
-    record = RunRecord(sync_name, run_id, status, started, error=error)
-    finish(record)
-    rt.state.record_run(record)
-    log.info(status, extra={"sync": sync_name, "run_id": run_id})
-    return record
 
 
 def _deliver_all(

@@ -38,6 +38,20 @@ def _secret_ref(value: str) -> str:
 
 SecretRef = Annotated[str, Field(description="env:NAME or secret:NAME; never the secret itself")]
 
+_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def _https(value: str) -> str:
+    """Refuse http:// but on this machine (a sandbox, a test receiver): records and tokens would
+    cross the network in clear text."""
+    host = value.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+    host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if value.startswith("http://") and host not in _LOOPBACK:
+        raise ValueError(
+            "http:// sends records and tokens in clear text; use https:// (http:// is for 127.0.0.1 only)"
+        )
+    return value
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -147,8 +161,10 @@ class HubSpotDestinationConfig(_Strict):
     """HubSpot CRM v3 objects (contacts, companies, deals, custom objects)."""
 
     type: Literal["hubspot"]
-    object: str = Field("contacts", pattern=r"^[A-Za-z0-9_-]+$")
-    id_property: str = Field("email", description="a unique property that identifies records")
+    object: str = Field(
+        pattern=r"^[A-Za-z0-9_-]+$", description="contacts, companies, deals, p_custom_object, ..."
+    )
+    id_property: str = Field(description="a unique property that identifies records (contacts: email)")
     token: SecretRef
     base_url: str = Field("https://api.hubapi.com", pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
     rate_limit: RateLimit = RateLimit(requests=100, per_seconds=10.0)
@@ -156,6 +172,7 @@ class HubSpotDestinationConfig(_Strict):
     timeout_s: float = Field(30.0, gt=0)
 
     _check_token = field_validator("token")(lambda v: _secret_ref(v))
+    _check_url = field_validator("base_url")(lambda v: _https(v))
 
 
 class WebhookDestinationConfig(_Strict):
@@ -172,6 +189,7 @@ class WebhookDestinationConfig(_Strict):
     timeout_s: float = Field(30.0, gt=0)
 
     _check_secret = field_validator("secret")(lambda v: None if v is None else _secret_ref(v))
+    _check_url = field_validator("url")(lambda v: _https(v))
 
 
 DestinationConfig = Annotated[
@@ -182,8 +200,18 @@ DestinationConfig = Annotated[
 class Guards(_Strict):
     """Safety guards checked on every plan."""
 
-    max_delete_pct: float = Field(
-        ge=0, le=100, description="stop a plan deleting more than this % of the snapshot"
+    max_delete_pct: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="stop a plan deleting more than this % of the snapshot (mirror)",
+    )
+    max_invalid_pct: float = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="a run with more invalid rows than this % of the model ends partial (exit 1), not "
+        "succeeded; a run whose every row is invalid fails",
     )
 
 
@@ -205,7 +233,7 @@ class SyncSpec(_Strict):
         min_length=1, description="destination field: a column name, or a field mapping"
     )
     schedule: str | None = Field(None, description="rate(1 hour), cron(0 6 * * ? *), or left out")
-    guards: Guards | None = None
+    guards: Guards = Field(default_factory=Guards)
     remove_not_created: Literal["leave", "clear_fields"] = Field(
         "leave",
         description="mirror: what becomes of a record this sync did not create when its row leaves the model "
@@ -244,7 +272,7 @@ class SyncSpec(_Strict):
                 f"mode: {self.mode} needs a destination that knows which records exist; a webhook takes "
                 "upsert or mirror (the receiver decides what to do with each record)"
             )
-        if self.mode == "mirror" and self.guards is None:
+        if self.mode == "mirror" and (self.guards is None or self.guards.max_delete_pct is None):
             raise ValueError(
                 "guards: mirror mode deletes records; add guards: {max_delete_pct: 10} (or your limit)"
             )
@@ -337,6 +365,12 @@ def _problems(file: str, error: ValidationError, model: type[BaseModel]) -> list
             message = "must be an http:// or https:// address, e.g. https://hooks.example.com/syncback"
         if item["type"] == "string_pattern_mismatch" and loc[-1:] == ["name"]:
             message = "use lower-case letters, digits and _, starting with a letter, e.g. contacts_to_hubspot"
+        if item["type"] == "literal_error" and "transform" in loc:
+            given = item.get("input")
+            if not isinstance(given, str):
+                continue  # the one-name branch of "a name or a list": the list's own error says which
+            message = f"{given!r} is not a transform; use one of: {', '.join(TRANSFORMS)}"
+            where = ".".join(p for p in loc if not p.isdigit())
         if item["type"] == "extra_forbidden":
             message += f" (allowed: {', '.join(_allowed(model, loc[:-1]))})"
         out.append(Problem(file, where, message))

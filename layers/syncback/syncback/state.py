@@ -25,7 +25,8 @@ class RunRecord:
 
     sync: str
     run_id: str
-    status: str  # succeeded | partial (some records rejected) | failed | skipped
+    #: running | succeeded | partial (rejected or undelivered records) | failed | cancelled | skipped
+    status: str
     started_at: str
     finished_at: str = ""
     duration_s: float = 0.0
@@ -37,6 +38,9 @@ class RunRecord:
     error: str | None = None
     invalid_sample: list[dict[str, Any]] = field(default_factory=list)
     rejected_sample: list[dict[str, Any]] = field(default_factory=list)
+    #: what it delivered is in the snapshot (or it delivered nothing); an unsettled run that ended
+    #: (killed, its commit failed) is committed by the next run of the sync before it plans
+    settled: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,15 +8,17 @@ machine sent to the dead-letter queue whole. Handlers parse their event and call
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
 
 from syncback.batches import manifest, manifest_key, plan_key
-from syncback.commit import commit_run, counted
-from syncback.errors import PermanentError, RunInProgress
+from syncback.commit import RECOVER_WINDOW, ReplayResult, commit_run, counted, end_unsettled, recover, replay
+from syncback.errors import PermanentError, RunInProgress, SyncbackError
 from syncback.planner import PHASES, change_from_json
 from syncback.runner import plan_run
 from syncback.runtime import Runtime, utcnow
@@ -40,11 +42,20 @@ class StartedRun(BaseModel):
     concurrency: int
 
 
+def run_id_for(execution: str, started_at: str) -> str:
+    """Return the run id of a SyncRun execution: its start time and a digest of its name, so that a
+    retried Plan, and every later step, name the same run; run ids sort by start time."""
+    started = dt.datetime.fromisoformat(started_at.replace("Z", "+00:00")).astimezone(dt.UTC)
+    return f"{started:%Y%m%dT%H%M%SZ}-{hashlib.sha256(execution.encode()).hexdigest()[:6]}"
+
+
 def start_run(
     rt: Runtime, bucket: str, sync: str, run_id: str, full_resync: bool, max_concurrency: int
 ) -> StartedRun:
-    """Take the sync's lock, plan, write the manifest; a skipped or permanently failed start is
-    recorded in the run history, then raised for the state machine to match by name."""
+    """Take the sync's lock, record the run as running, commit what earlier runs left, plan, write
+    the manifests. A skipped or permanently failed start is recorded, then raised for the state
+    machine to match by name; a transient failure keeps the lock for the state machine's retry
+    (the same run id takes it again)."""
     state = rt.state
     started = utcnow().isoformat()
     try:
@@ -53,16 +64,14 @@ def start_run(
         state.record_run(RunRecord(sync, run_id, "skipped", started, finished_at=started, error=str(exc)))
         raise
     try:
+        state.record_run(RunRecord(sync, run_id, "running", started, settled=False))
+        recover(rt, sync, run_id)
         plan = plan_run(rt, sync, run_id, full_resync)
         for phase in PHASES:
             rt.store.put_json(manifest_key(sync, run_id, phase), manifest(plan, phase))
-    except Exception as exc:
+    except PermanentError as exc:
+        end_unsettled(rt, sync, run_id, started, "failed", f"{type(exc).__name__}: {exc}")
         state.release(sync, run_id)
-        # a transient failure is retried by the state machine: only a permanent one is the run's end
-        if isinstance(exc, PermanentError):
-            failed_at = utcnow().isoformat()
-            error = f"{type(exc).__name__}: {exc}"
-            state.record_run(RunRecord(sync, run_id, "failed", started, finished_at=failed_at, error=error))
         raise
     concurrency = min(rt.project.sync(sync).destination.concurrency, max_concurrency)
     return StartedRun(
@@ -85,6 +94,27 @@ def finish_run(rt: Runtime, sync: str, run_id: str, error: str | None = None) ->
         return commit_run(rt, sync, run_id, error)
     finally:
         state.release(sync, run_id)
+
+
+def abandon_run(rt: Runtime, sync: str, run_id: str, error: str) -> RunRecord:
+    """Record a run that cannot finish (its Plan or Commit failed for good, or was killed) as failed
+    and give its lock back, touching no warehouse; the next run commits what it delivered."""
+    started = next(
+        (r.started_at for r in rt.state.runs(sync, limit=RECOVER_WINDOW) if r.run_id == run_id), ""
+    )
+    try:
+        return end_unsettled(rt, sync, run_id, started or utcnow().isoformat(), "failed", error)
+    finally:
+        rt.state.release(sync, run_id)
+
+
+def run_ended(rt: Runtime, detail: Mapping[str, Any]) -> RunRecord:
+    """Record a SyncRun execution that timed out or was aborted (no state of it ran after) as failed
+    and free its lock; ``detail`` is EventBridge's Step Functions Execution Status Change."""
+    started = dt.datetime.fromtimestamp(int(detail["startDate"]) / 1000, dt.UTC).isoformat()
+    sync = SyncRequest.model_validate_json(detail["input"]).sync
+    why = f"RunEnded: the execution {detail['status'].lower().replace('_', ' ')}; the next run commits what it delivered"
+    return abandon_run(rt, sync, run_id_for(detail["name"], started), why)
 
 
 # ---- what a trigger asks for ------------------------------------------------------------------
@@ -178,3 +208,29 @@ def letters_of_message(rt: Runtime, body: str) -> tuple[str, list[DeadLetter]]:
         return failed.sync, letters_of_failed_batch(rt, failed)
     letter = DeadLetter(**document)
     return letter.sync, [letter]
+
+
+def replay_messages(
+    rt: Runtime, messages: Sequence[tuple[str, str]]
+) -> tuple[list[str], dict[str, ReplayResult]]:
+    """Replay a batch of dead-letter queue messages ``(message id, body)``, one replay (one run lock,
+    one warehouse connection, requests of the destination's size) per sync; return the ids of the
+    messages to hand back to SQS (unreadable, or their sync's replay failed: a run held the lock),
+    and each sync's result."""
+    failed: list[str] = []
+    by_sync: dict[str, list[tuple[str, list[DeadLetter]]]] = {}
+    for message_id, body in messages:
+        try:
+            sync, letters = letters_of_message(rt, body)
+            rt.project.sync(sync)
+        except (ValueError, KeyError, SyncbackError):
+            failed.append(message_id)
+            continue
+        by_sync.setdefault(sync, []).append((message_id, letters))
+    results = {}
+    for sync, items in by_sync.items():
+        try:
+            results[sync] = replay(rt, sync, [letter for _, letters in items for letter in letters])
+        except SyncbackError:
+            failed += [message_id for message_id, _ in items]
+    return failed, results

@@ -213,13 +213,31 @@ class HubSpotDestination:
                 # an upsert says whether it created the record; create always does, update never
                 made = result.get("new") if isinstance(result.get("new"), bool) else created
                 by_key[key] = Outcome(key, "delivered", str(result.get("id")), created=made)
+        by_destination_id = {str(c.destination_id): c.key for c in changes if c.destination_id}
         for error in body.get("errors", []):
-            for key in _error_keys(error):
+            keys = _error_keys(error) or self._keys_named_by(error, by_id_value, by_destination_id)
+            for key in keys:
                 by_key[key] = self._error_outcome(key, error, [c for c in changes if c.key == key])
         return [
             by_key.get(c.key) or Outcome(c.key, "rejected", reason="HubSpot did not acknowledge this record")
             for c in changes
         ]
+
+    def _keys_named_by(
+        self, error: dict[str, Any], by_id_value: dict[str, str], by_destination_id: dict[str, str]
+    ) -> list[str]:
+        """Return the records an error without an objectWriteTraceId names: by the id values in its
+        context (the identifier's value, or the HubSpot id), else by an identifier quoted in its message."""
+        context = error.get("context") or {}
+        named = [str(v) for v in context.get("id", []) or []] + [
+            str(v) for v in context.get(self.config.id_property, []) or []
+        ]
+        keys = [by_id_value.get(_normal(v)) or by_destination_id.get(v) for v in named]
+        found = [k for k in keys if k is not None]
+        if found:
+            return found
+        message = _normal(error.get("message", ""))
+        return [key for value, key in by_id_value.items() if value and value in message][:1]
 
     def _error_outcome(self, key: str, error: dict[str, Any], sent: Sequence[Change]) -> Outcome:
         category = str(error.get("category", "ERROR"))

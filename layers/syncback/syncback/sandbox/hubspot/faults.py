@@ -26,6 +26,7 @@ class Faults:
     seed: int | None = None
     retry_after_429: float | None = None  # when set, injected 429s carry Retry-After (real ones never do)
     rate_423: float = 0.0
+    errors_without_trace: bool = False  # per-record errors name their record by value only (context.id)
 
     def __post_init__(self) -> None:
         exclusive = [self.rate_429, self.rate_5xx, self.rate_423, self.rate_reset, self.rate_timeout]

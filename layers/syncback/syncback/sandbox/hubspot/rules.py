@@ -88,6 +88,11 @@ class _CrmApi:
             "startedAt": started,
             "completedAt": _now(),
         }
+        if errors and self.faults.errors_without_trace:
+            # some HubSpot errors name their record by its id value only, not its objectWriteTraceId
+            for error in errors:
+                error.pop("objectWriteTraceId", None)
+                error.get("context", {}).pop("objectWriteTraceId", None)
         if errors:
             return _Response(207, {**body, "numErrors": len(errors), "errors": errors})
         return _Response(status, body)
