@@ -19,9 +19,11 @@ from syncback.batches import Journal, journal_key, plan_key, receipt_key
 from syncback.delivery import Delivery, outcome_from_json, outcomes_from_receipt
 from syncback.destinations import destination_target
 from syncback.destinations.base import Change, Outcome
+from syncback.errors import RunInProgress
 from syncback.planner import PlanResult, change_from_json
 from syncback.runtime import Runtime, utcnow
 from syncback.snapshot import Staged, apply_outcomes, read_snapshot
+from syncback.spec import SyncSpec
 from syncback.state import DeadLetter, RunRecord
 
 SAMPLE = 20
@@ -265,7 +267,23 @@ def replay(rt: Runtime, sync_name: str, letters: list[DeadLetter]) -> ReplayResu
     target = destination_target(sync)
     replay_id = f"replay-{utcnow():%Y%m%dT%H%M%S}-{random_tokens.token_hex(3)}"
     result = ReplayResult()
-    with rt.state.lock(sync_name), rt.warehouse(sync) as warehouse:
+    try:
+        rt.state.acquire(sync_name, replay_id)
+    except RunInProgress:
+        raise RunInProgress(
+            f"sync {sync_name}: a run is in progress; replay when it has committed (nothing was sent)"
+        ) from None
+    try:
+        return _replay(rt, sync, letters, replay_id, target, result)
+    finally:
+        rt.state.release(sync_name, replay_id)
+
+
+def _replay(
+    rt: Runtime, sync: SyncSpec, letters: list[DeadLetter], replay_id: str, target: str, result: ReplayResult
+) -> ReplayResult:
+    sync_name = sync.name
+    with rt.warehouse(sync) as warehouse:
         newest: dict[str, DeadLetter] = {}
         for letter in letters:
             if letter.target not in ("", target) or newest.get(letter.key, letter).version > letter.version:
