@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from syncback.errors import GuardError, RunInProgress
+from syncback.warehouses.duckdb import DuckDBWarehouse
 from tests.convergence import Killed, Row, World, check_converged, held_emails
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -368,3 +369,32 @@ def test_found_a_row_whose_record_another_row_took_does_not_win_its_old_email_ba
     model(hubspot, {1: Row("a@x.io"), 4: Row("c@x.io"), 7: Row("a@x.io")})
     converge(hubspot)
     assert {r["email"]: r["customer_id"] for r in hubspot.records()}["a@x.io"] == "7"
+
+
+def test_found_a_record_whose_move_is_refused_still_gives_up_the_email_another_row_takes(
+    hubspot: World,
+) -> None:
+    # a person's contact holds c@; rows 1 and 6 hold a@ and b@
+    hubspot.create_by_hand("c@x.io")
+    model(hubspot, {1: Row("a@x.io"), 6: Row("b@x.io")})
+    hubspot.run()
+    # row 6 moves to c@ (HubSpot refuses: the person's contact has it), row 1 takes b@
+    model(hubspot, {1: Row("b@x.io"), 6: Row("c@x.io")})
+    converge(hubspot)  # row 6's refusal is the destination's, with its reason; row 1 arrives
+    assert {r["email"]: r.get("customer_id") for r in hubspot.records()}["b@x.io"] == "1"
+
+
+def test_found_a_record_this_sync_lost_track_of_is_not_cleared_when_its_row_leaves(tmp_path: Path) -> None:
+    with World(tmp_path, "hubspot", "mirror", "clear_fields").started() as world:
+        world.create_by_hand("c@x.io")
+        model(world, {1: Row("c@x.io"), 2: Row("d@x.io")})
+        world.run()
+        # the snapshot no longer knows row 1's record (another row took it, an answer was lost)
+        warehouse = DuckDBWarehouse(world.root / "wh.duckdb")
+        warehouse.execute("update syncback.snapshot__people set destination_id = null where key = '1'")
+        warehouse.close()
+        # When row 1 leaves: Then nothing is cleared by guesswork, and the run converges
+        model(world, {2: Row("d@x.io")})
+        record = world.run()
+        assert record.rejected == 0 and record.status == "succeeded"
+        assert "c@x.io" in {r["email"] for r in world.records()}

@@ -48,9 +48,10 @@ class S3BatchStore:
         self.client = client
 
     def put_json(self, key: str, document: Any) -> None:
-        self.client.put_object(
-            Bucket=self.bucket, Key=key, Body=dumps(document), ContentType="application/json"
-        )
+        self.put_bytes(key, dumps(document))
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType="application/json")
 
     def get_json(self, key: str) -> Any:
         try:

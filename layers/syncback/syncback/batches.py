@@ -36,6 +36,10 @@ class BatchStore(Protocol):
         """Write ``document`` under ``key``, replacing what was there."""
         ...
 
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Write ``data`` (a JSON document already serialised) under ``key``."""
+        ...
+
     def get_json(self, key: str) -> Any:
         """Return the document under ``key``; KeyError if there is none."""
         ...
@@ -90,10 +94,13 @@ class LocalBatchStore:
         self.root = root
 
     def put_json(self, key: str, document: Any) -> None:
+        self.put_bytes(key, dumps(document))
+
+    def put_bytes(self, key: str, data: bytes) -> None:
         path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(dumps(document))
+        tmp.write_bytes(data)
         os.replace(tmp, path)
 
     def get_json(self, key: str) -> Any:

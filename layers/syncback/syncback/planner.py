@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from syncback.batches import BatchStore, batch_key, plan_key
+from syncback.batches import BatchStore, batch_key, dumps, plan_key
 from syncback.destinations import destination_target, identifier_fields
-from syncback.destinations.base import Action, Change
+from syncback.destinations.base import Change
 from syncback.errors import GuardError, ModelError
 from syncback.mapping import MappingQuery, describe, model_problems
 from syncback.snapshot import SnapshotTables, ensure_snapshot, same_target
@@ -267,17 +267,26 @@ class Planner:
 
     # ---- the changes ------------------------------------------------------------------------------
 
-    def _changes(self, table: str, result: PlanResult) -> Iterator[tuple[str, int, Change]]:
-        """Yield (kind, phase, change) for every change, phase by phase, reading rows in chunks."""
+    def _changes(self, table: str, result: PlanResult) -> Iterator[tuple[str, int, str]]:
+        """Yield (kind, phase, change as JSON text) for every change, phase by phase, in chunks.
+
+        The writes, which are most changes, come out of the warehouse as finished JSON text: Python
+        only joins them into batch files, so a plan's time is the warehouse's.
+        """
         writes = self._writes_sql(table, result.full_resync)
-        yield from self._writes(f"select * from ({writes}) as c where sb_phase = 1", 1)
-        yield from self._releases(f"select * from ({writes}) as c where sb_release")
+        yield from self._writes(f"select sb_key, sb_live, sb_line from ({writes}) as c where sb_phase = 1", 1)
+        for kind, phase, change in self._releases(
+            f"select sb_key, s_dest from ({writes}) as c where sb_release"
+        ):
+            yield kind, phase, _line(change)
         if not result.full_resync:
-            yield from self._removals(table)
-        yield from self._writes(f"select * from ({writes}) as c where sb_phase = 2", 2)
+            for kind, phase, change in self._removals(table):
+                yield kind, phase, _line(change)
+        yield from self._writes(f"select sb_key, sb_live, sb_line from ({writes}) as c where sb_phase = 2", 2)
 
     def _writes_sql(self, table: str, full_resync: bool) -> str:
-        """Return the query of the rows to write, each with its phase and whether it releases first."""
+        """Return the query of the rows to write, each with its phase, whether it releases first, and
+        its change as the JSON array a batch stores (``change_to_json``)."""
         snap = self.tables.snapshot
         differs = "not coalesce(p.sb_live, false) or p.s_hash is null or p.s_hash <> p.sb_hash"
         if self.identifiers and self.sync.mode != "insert":
@@ -286,35 +295,41 @@ class Planner:
             wait = "(h.identity is not null and (h.k1 <> p.sb_key or h.k2 <> p.sb_key))"
             # release: another row takes this record's identifier while this record waits for its own
             wanted = "(w.sb_ident is not null and (w.k1 <> p.sb_key or w.k2 <> p.sb_key))"
-            moves = f"p.s_dest is not null and p.sb_live and p.s_ident <> p.sb_ident and {wanted}"
+            moves = f"coalesce(p.s_dest is not null and p.sb_live and p.s_ident <> p.sb_ident and {wanted}, false)"
             joins = (
                 f"left join (select identity, min(key) as k1, max(key) as k2 from {snap} s where {live} "
                 "group by identity) h on h.identity = p.sb_ident "
                 f"left join (select sb_ident, min(sb_key) as k1, max(sb_key) as k2 from {table} "
                 "where sb_reason is null group by sb_ident) w on w.sb_ident = p.s_ident "
             )
-            phase, release = f"case when {wait} then 2 else 1 end", f"coalesce({moves} and {wait}, false)"
+            # a record whose identifier another row takes gives it up first (phase 1), however its
+            # own move goes: a move the destination refuses must not keep the other row from it
+            phase, release = f"case when {wait} or {moves} then 2 else 1 end", moves
         else:
             joins, phase, release = "", "1", "false"
+        action = "'\"upsert\"'"
+        if self.sync.mode == "insert":  # a record that exists: insert mode never writes it again
+            action = "case when coalesce(p.sb_live, false) or p.s_dest is not null then '\"keep\"' else '\"upsert\"' end"
+        j = self.warehouse.dialect.json_scalar
+        line = (
+            f"'[' || {j('p.sb_key')} || ',' || {action} || ',\"' || p.sb_hash || '\",' || "
+            f"coalesce({j('p.s_dest')}, 'null') || ',' || p.sb_record || ',' || coalesce({j('p.sb_ident')}, 'null') || ']'"
+        )
         return (
-            "select p.sb_key, p.sb_hash, p.sb_record, p.s_dest, p.sb_ident, coalesce(p.sb_live, false) as sb_live, "
+            f"select p.sb_key, coalesce(p.sb_live, false) as sb_live, p.s_dest, {line} as sb_line, "
             f"{phase} as sb_phase, {release} as sb_release from {table} p {joins}"
             f"where p.sb_reason is null{'' if full_resync else f' and ({differs})'}"
         )
 
-    def _writes(self, sql: str, phase: int) -> Iterator[tuple[str, int, Change]]:
+    def _writes(self, sql: str, phase: int) -> Iterator[tuple[str, int, str]]:
         for chunk in self.warehouse.stream(f"{sql} order by sb_key"):
-            for key, row_hash, record, destination_id, identity, live, *_ in chunk:
-                action: Action = "upsert"
-                if self.sync.mode == "insert" and (live or destination_id is not None):
-                    action = "keep"  # the record exists: insert mode never writes it again
-                change = Change(key, action, row_hash, json.loads(record), destination_id, identity)
-                yield ("changed" if live else "added"), phase, change
+            for _, live, line in chunk:
+                yield ("changed" if live else "added"), phase, line
 
     def _releases(self, sql: str) -> Iterator[tuple[str, int, Change]]:
         emptied = {name: None for name in self.identifiers}
         for chunk in self.warehouse.stream(f"{sql} order by sb_key"):
-            for key, _, _, destination_id, *_ in chunk:
+            for key, destination_id in chunk:
                 # give the identifier up in phase 1, so the row taking it in phase 2 meets no owner
                 yield "release", 1, Change(key, "release", None, dict(emptied), destination_id)
 
@@ -336,44 +351,49 @@ class Planner:
             return Change(key, "forget", destination_id=destination_id)
         if created:
             return Change(key, "archive", destination_id=destination_id)
-        if self.sync.remove_not_created == "clear_fields":
+        if self.sync.remove_not_created == "clear_fields" and destination_id is not None:
             return Change(key, "clear", None, {name: None for name in clearable}, destination_id)
         return Change(key, "forget", destination_id=destination_id)
 
     def _write_batches(
         self, table: str, result: PlanResult, store: BatchStore | None, sample_changes: int
     ) -> None:
-        pending: list[list[Any]] = []
+        pending: list[str] = []
         current = 1
 
         def flush() -> None:
             key = batch_key(self.sync.name, result.run_id, len(result.batches))
             if store is not None:
-                document = {
+                head = {
                     "sync": self.sync.name,
                     "run_id": result.run_id,
                     "version": result.version,
                     "phase": current,
-                    "changes": pending,
                 }
-                store.put_json(key, document)
+                text = dumps(head)[:-1] + b',"changes":[' + ",".join(pending).encode() + b"]}"
+                store.put_bytes(key, text)
             result.batches.append(BatchRef(key, len(pending), current))
             pending.clear()
 
-        for kind, phase, change in self._changes(table, result):
+        for kind, phase, line in self._changes(table, result):
             if phase != current:
                 if pending:
                     flush()
                 current = phase
             if len(result.change_sample) < sample_changes and kind != "release":
+                change = change_from_json(json.loads(line))
                 result.change_sample.append(
                     {"kind": kind, "key": change.key, "action": change.action, "record": change.record}
                 )
-            pending.append(change_to_json(change))
+            pending.append(line)
             if len(pending) >= self.sync.batch_size:
                 flush()
         if pending:
             flush()
+
+
+def _line(change: Change) -> str:
+    return json.dumps(change_to_json(change), separators=(",", ":"), ensure_ascii=False)
 
 
 def change_to_json(change: Change) -> list[Any]:

@@ -70,6 +70,11 @@ class DuckDBWarehouseConfig(_Strict):
         ge=0,
         description="how long a run waits while another process holds the file (one writer at a time)",
     )
+    memory_limit: str = Field(
+        "256MB",
+        pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB)$",
+        description="how much memory DuckDB may use; beyond it, it spills to <file>.tmp/ (a plan of any size fits)",
+    )
 
 
 class SnowflakeWarehouseConfig(_Strict):

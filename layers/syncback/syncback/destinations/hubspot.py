@@ -56,6 +56,11 @@ class HubSpotDestination:
             return self._archive(changes)
         if changes[0].destination_id is not None:
             return self._write_by_id(changes)
+        if changes[0].action != "upsert":  # clear or release a record we hold no id of: nothing to do
+            return [
+                Outcome(c.key, "skipped", reason="no HubSpot id was recorded for this record")
+                for c in changes
+            ]
         return self._write_by_identifier(changes)
 
     def close(self) -> None:

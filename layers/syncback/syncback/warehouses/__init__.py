@@ -16,7 +16,7 @@ def connect(
     if isinstance(config, DuckDBWarehouseConfig):
         from syncback.warehouses.duckdb import DuckDBWarehouse
 
-        duck: Warehouse = DuckDBWarehouse(root / config.path, config.lock_wait_s)
+        duck: Warehouse = DuckDBWarehouse(root / config.path, config.lock_wait_s, config.memory_limit)
         return duck
     from syncback.warehouses.snowflake import SnowflakeWarehouse
 

@@ -26,9 +26,14 @@ class DuckDBWarehouse:
 
     dialect: Dialect = DuckDBDialect()
 
-    def __init__(self, path: Path | str, lock_wait_s: float = LOCK_WAIT_S) -> None:
+    def __init__(
+        self, path: Path | str, lock_wait_s: float = LOCK_WAIT_S, memory_limit: str = "256MB"
+    ) -> None:
         self.path = str(path)
         self._con = self._connect(lock_wait_s)
+        # memory stays flat in the model's size: beyond the limit DuckDB spills to <file>.tmp/
+        self._run(f"set memory_limit = '{memory_limit}'", ())
+        self._run("set preserve_insertion_order = false", ())
         # what a timestamp with time zone reads as must not depend on the machine: UTC, always
         self._run("set TimeZone = 'UTC'", ())
 
