@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
 from syncback.aws import handler_runtime as runtime
+from syncback.aws import lambda_tracer
 from syncback.steps import abandon_run, finish_run, run_id_for
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()
-tracer = Tracer(patch_modules=("boto3", "botocore"))  # not requests: a URL may hold a secret
+tracer = lambda_tracer()  # X-Ray only when the stack turns tracing on
 
 
 class CommitEvent(BaseModel):

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
 from syncback.aws import handler_runtime as runtime
+from syncback.aws import lambda_tracer
 from syncback.delivery import Interrupt
 from syncback.runner import deliver_batch
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()
-tracer = Tracer(patch_modules=("boto3", "botocore"))  # not requests: a URL may hold a secret
+tracer = lambda_tracer()  # X-Ray only when the stack turns tracing on
 
 
 RECEIPT_S = 5.0  # time kept to write the receipt after the last request
@@ -26,6 +28,7 @@ class DeliverEvent(BaseModel):
     sync: str
     run_id: str
     batch: str
+    deadline: str = ""  # the run's: past it, the batch is left for the next run
 
 
 @logger.inject_lambda_context
@@ -37,8 +40,13 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
     rt = runtime()
     # stop starting requests while there is time left to finish one and store the receipt
     reserve = rt.project.sync(request.sync).destination.timeout_s + RECEIPT_S
-    deadline = time.monotonic() + context.get_remaining_time_in_millis() / 1000 - reserve
-    outcomes = deliver_batch(rt, request.sync, request.batch, interrupt=Interrupt(deadline))
+    left = context.get_remaining_time_in_millis() / 1000 - reserve
+    if request.deadline:
+        until_run_deadline = (
+            dt.datetime.fromisoformat(request.deadline) - dt.datetime.now(dt.UTC)
+        ).total_seconds()
+        left = min(left, until_run_deadline)
+    outcomes = deliver_batch(rt, request.sync, request.batch, interrupt=Interrupt(time.monotonic() + left))
     counts = {s: sum(o.status == s for o in outcomes) for s in ("delivered", "rejected", "undelivered")}
     metrics.add_dimension("sync", request.sync)
     for status, count in counts.items():  # progress while a run goes on; commit publishes the run's totals

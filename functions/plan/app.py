@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
-from syncback.aws import LambdaSettings
+from syncback.aws import LambdaSettings, lambda_tracer
 from syncback.aws import handler_runtime as runtime
-from syncback.steps import SyncRequest, run_id_for, start_run
+from syncback.steps import SyncRequest, run_deadline, run_id_for, start_run
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()
-tracer = Tracer(patch_modules=("boto3", "botocore"))  # not requests: a URL may hold a secret
+tracer = lambda_tracer()  # X-Ray only when the stack turns tracing on
 SETTINGS = LambdaSettings.from_env()
 
 
@@ -40,6 +40,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         run_id,
         request.request.full_resync,
         SETTINGS.max_concurrency,
+        run_deadline(request.started_at, SETTINGS.run_timeout_s),
     )
     metrics.add_dimension("sync", request.sync)
     metrics.add_metric("planned", MetricUnit.Count, started.changes)

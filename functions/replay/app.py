@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from syncback.aws import handler_runtime as runtime
+from syncback.aws import lambda_tracer
 from syncback.steps import replay_messages
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()
-tracer = Tracer(patch_modules=("boto3", "botocore"))  # not requests: a URL may hold a secret
+tracer = lambda_tracer()  # X-Ray only when the stack turns tracing on
 
 
 @logger.inject_lambda_context

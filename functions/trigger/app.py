@@ -7,17 +7,17 @@ import uuid
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from syncback.aws import LambdaSettings
+from syncback.aws import LambdaSettings, lambda_tracer
 from syncback.aws import handler_runtime as runtime
 from syncback.steps import requested_runs, run_ended
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()
-tracer = Tracer(patch_modules=("boto3", "botocore"))  # not requests: a URL may hold a secret
+tracer = lambda_tracer()  # X-Ray only when the stack turns tracing on
 SETTINGS = LambdaSettings.from_env()
 
 

@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -220,10 +220,39 @@ class LambdaSettings(BaseModel):
     max_concurrency: int = Field(16, alias="DELIVER_MAX_CONCURRENCY", ge=1)
     state_machine_arn: str | None = Field(None, alias="STATE_MACHINE_ARN")
     trigger_prefix: str = Field("dbt/", alias="TRIGGER_PREFIX")
+    run_timeout_s: float = Field(7200, alias="RUN_TIMEOUT_SECONDS", gt=0)  # the state machine's timeout
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LambdaSettings:
         return cls.model_validate(dict(os.environ if environ is None else environ))
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+class Tracing(Protocol):
+    """What a handler uses of Powertools' Tracer."""
+
+    def capture_lambda_handler(self, handler: Handler) -> Handler: ...
+
+
+class NoTracer:
+    """Stands in for Powertools' Tracer when tracing is off: the X-Ray SDK (and botocore with it)
+    stays out of a cold start."""
+
+    def capture_lambda_handler(self, handler: Handler) -> Handler:
+        return handler
+
+
+def lambda_tracer(environ: Mapping[str, str] | None = None) -> Tracing:
+    """Return Powertools' Tracer when tracing is on (``POWERTOOLS_TRACE_DISABLED`` not true), else a
+    stand-in; the tracer never patches requests: a destination's URL may hold a secret."""
+    environ = os.environ if environ is None else environ
+    if environ.get("POWERTOOLS_TRACE_DISABLED", "false").lower() == "true":
+        return NoTracer()
+    from aws_lambda_powertools import Tracer
+
+    return cast(Tracing, Tracer(patch_modules=("boto3", "botocore")))
 
 
 @functools.cache

@@ -111,6 +111,7 @@ def commit_run(
         error = stopped_by[0] + (f" (and {len(stopped_by) - 1} more batches)" if len(stopped_by) > 1 else "")
         record.error = error
     record.settled = True
+    record.undelivered += plan.deferred  # left for the next run by max_changes_per_run
     record.error = record.error or _invalid_rows(plan, sync.guards.max_invalid_pct)
     if cancelled:
         record.status = "cancelled"

@@ -77,6 +77,7 @@ class PlanResult:
     full_resync: bool
     version: int = 0
     target: str = ""
+    deferred: int = 0  # changes left for the next run (max_changes_per_run)
     started_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
     batches: list[BatchRef] = field(default_factory=list)
     invalid_sample: list[InvalidRow] = field(default_factory=list)
@@ -95,6 +96,7 @@ class PlanResult:
             full_resync=data["full_resync"],
             version=data.get("version", 0),
             target=data.get("target", ""),
+            deferred=data.get("deferred", 0),
             started_at=data["started_at"],
             batches=[BatchRef(**b) for b in data["batches"]],
             invalid_sample=[InvalidRow(**r) for r in data["invalid_sample"]],
@@ -375,7 +377,13 @@ class Planner:
             result.batches.append(BatchRef(key, len(pending), current))
             pending.clear()
 
+        cap = self.sync.max_changes_per_run
+        emitted = 0
         for kind, phase, line in self._changes(table, result):
+            if cap is not None and emitted >= cap:
+                result.deferred = result.counts.changes - emitted
+                break  # the rest, in the same order, is what the next run plans first
+            emitted += kind != "release"
             if phase != current:
                 if pending:
                     flush()

@@ -246,6 +246,12 @@ class SyncSpec(_Strict):
         "except the identifier)",
     )
     batch_size: int = Field(1000, ge=1, le=50_000, description="changes per batch (one delivery unit)")
+    max_changes_per_run: int | None = Field(
+        None,
+        ge=1,
+        description="send at most this many changes a run; the rest wait for the next run (a first "
+        "sync of millions spread over several scheduled runs)",
+    )
 
     @field_validator("mapping", mode="before")
     @classmethod

@@ -40,6 +40,18 @@ class StartedRun(BaseModel):
     second_batches: int
     changes: int
     concurrency: int
+    deadline: str  # deliveries stop starting requests then, so that Commit runs before the timeout
+
+
+#: of an execution's timeout, the part kept for Commit (and a last slow request) at the end
+COMMIT_RESERVE_SHARE, COMMIT_RESERVE_MIN_S = 0.1, 300.0
+
+
+def run_deadline(started_at: str, timeout_s: float) -> str:
+    """Return when the deliveries of an execution started at ``started_at`` must stop starting requests."""
+    started = dt.datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+    reserve = max(COMMIT_RESERVE_MIN_S, COMMIT_RESERVE_SHARE * timeout_s)
+    return (started + dt.timedelta(seconds=max(timeout_s - reserve, 0))).isoformat()
 
 
 def run_id_for(execution: str, started_at: str) -> str:
@@ -50,7 +62,13 @@ def run_id_for(execution: str, started_at: str) -> str:
 
 
 def start_run(
-    rt: Runtime, bucket: str, sync: str, run_id: str, full_resync: bool, max_concurrency: int
+    rt: Runtime,
+    bucket: str,
+    sync: str,
+    run_id: str,
+    full_resync: bool,
+    max_concurrency: int,
+    deadline: str = "",
 ) -> StartedRun:
     """Take the sync's lock, record the run as running, commit what earlier runs left, plan, write
     the manifests. A skipped or permanently failed start is recorded, then raised for the state
@@ -84,6 +102,7 @@ def start_run(
         second_batches=len(plan.batches_of(2)),
         changes=plan.counts.changes,
         concurrency=concurrency,
+        deadline=deadline,
     )
 
 

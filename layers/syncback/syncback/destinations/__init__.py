@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import hashlib
-
-import requests
-from requests.adapters import HTTPAdapter
+from typing import TYPE_CHECKING
 
 from syncback.destinations.base import Destination
 from syncback.secrets import SecretResolver
 from syncback.spec import HubSpotDestinationConfig, SyncSpec
+
+if TYPE_CHECKING:  # requests is imported when a client is built: not on a handler's cold path
+    import requests
 
 
 def build_destination(
     sync: SyncSpec, secrets: SecretResolver, session: requests.Session | None = None
 ) -> Destination:
     """Return the client for ``sync``'s destination, its secrets resolved."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
     config = sync.destination
     if session is None:
         session = requests.Session()
