@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,13 @@ from fakesnow.cursor import FakeSnowflakeCursor
 from snowflake.connector import errors as sf
 
 from syncback.batches import LocalBatchStore
-from syncback.commit import effect
+from syncback.commit import outcome_row
+from syncback.delivery import receipt
 from syncback.destinations.base import Change, Outcome
 from syncback.errors import ConfigError, ModelError, SecretError, WarehouseUnavailable
 from syncback.planner import Planner, PlanResult, change_from_json
 from syncback.secrets import SecretResolver
-from syncback.snapshot import SnapshotTables, apply_outcomes, read_snapshot
+from syncback.snapshot import SnapshotTables, apply_outcomes, outcome_stage, read_snapshot, stage_rows
 from syncback.spec import SnowflakeWarehouseConfig, SyncSpec
 from syncback.warehouses import snowflake as snowflake_module
 from syncback.warehouses.snowflake import SnowflakeWarehouse
@@ -464,14 +466,16 @@ def test_planner_and_snapshot_run_on_snowflake_sql(warehouse: SnowflakeWarehouse
     reasons = [r.reason for r in first.invalid_sample]
     assert reasons == ["primary key email is null (1 rows)", "duplicate primary key (2 rows share it)"]
 
-    # When the destination accepted everything and the commit advances the snapshot (as commit_run does)
-    staged = [
-        effect(change, Outcome(change.key, "delivered", f"hs-{change.key}", created=True), first.version)
-        for change in planned_changes(store, first)
-    ]
-    apply_outcomes(
-        warehouse, tables, filter(None, staged), "run-1", first.target, dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    # When the destination accepted everything and the commit advances the snapshot as commit_run
+    # does: each receipt loaded as it is, parsed by Snowflake
+    changes = planned_changes(store, first)
+    stage = outcome_stage(warehouse, tables)
+    document = receipt(
+        "b", [Outcome(c.key, "delivered", f"hs-{c.key}", created=True) for c in changes], changes
     )
+    warehouse.stage_outcomes(stage, json.dumps(document).encode(), 1, first.version, 0)
+    assert warehouse.fetch_all(f"select count(*), count(distinct identity) from {stage}") == [(47, 47)]
+    apply_outcomes(warehouse, tables, stage, "run-1", first.target, dt.datetime(2026, 1, 2, tzinfo=dt.UTC))
 
     # And then three rows change, two disappear and one is new
     warehouse.execute(
@@ -496,19 +500,15 @@ def test_planner_and_snapshot_run_on_snowflake_sql(warehouse: SnowflakeWarehouse
         "p01@example.com": "hs-p01@example.com"
     }
 
-    # When that run is committed, the changed rows without a new destination id
-    staged = [
-        effect(change, Outcome(change.key, "delivered"), second.version)
-        for change in planned_changes(store, second)
+    # When that run is committed, the changed rows without a new destination id (rows made in
+    # Python, as a replay stages them)
+    stage = outcome_stage(warehouse, tables)
+    rows = [
+        outcome_row(Outcome(c.key, "delivered"), c, 1, second.version, 0)
+        for c in planned_changes(store, second)
     ]
-    apply_outcomes(
-        warehouse,
-        tables,
-        filter(None, staged),
-        "run-2",
-        second.target,
-        dt.datetime(2026, 1, 3, tzinfo=dt.UTC),
-    )
+    stage_rows(warehouse, stage, rows)
+    apply_outcomes(warehouse, tables, stage, "run-2", second.target, dt.datetime(2026, 1, 3, tzinfo=dt.UTC))
     entries = read_snapshot(warehouse, tables, ["p01@example.com", "p10@example.com", "p05@example.com"])
 
     # Then changed rows have their new hash and version and keep their destination id; removed

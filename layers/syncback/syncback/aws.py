@@ -54,11 +54,15 @@ class S3BatchStore:
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType="application/json")
 
     def get_json(self, key: str) -> Any:
+        return json.loads(self.get_bytes(key))
+
+    def get_bytes(self, key: str) -> bytes:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
         except self.client.exceptions.NoSuchKey:
             raise KeyError(key) from None
-        return json.loads(response["Body"].read())
+        data: bytes = response["Body"].read()
+        return data
 
     def exists(self, key: str) -> bool:
         try:
@@ -147,6 +151,10 @@ class DynamoStateStore(StateStore):
             response = self.sqs.send_message_batch(QueueUrl=self.dead_letter_queue_url, Entries=entries)
             if response.get("Failed"):
                 raise RuntimeError(f"SQS refused {len(response['Failed'])} dead letters of sync {sync}")
+
+    def pending_letter_keys(self, sync: str) -> set[str]:
+        """Return no key: SQS cannot look letters up by record, so there are none to settle."""
+        return set()
 
     def resolve_dead_letters(self, sync: str, keys: Iterable[str]) -> None:
         """Do nothing: SQS cannot delete by record key. A replayed letter a later run already

@@ -44,6 +44,10 @@ class BatchStore(Protocol):
         """Return the document under ``key``; KeyError if there is none."""
         ...
 
+    def get_bytes(self, key: str) -> bytes:
+        """Return the document under ``key`` as stored; KeyError if there is none."""
+        ...
+
     def exists(self, key: str) -> bool:
         """Say whether a document is stored under ``key``."""
         ...
@@ -104,10 +108,13 @@ class LocalBatchStore:
         os.replace(tmp, path)
 
     def get_json(self, key: str) -> Any:
+        return json.loads(self.get_bytes(key))
+
+    def get_bytes(self, key: str) -> bytes:
         path = self.root / key
         if not path.exists():
             raise KeyError(key)
-        return json.loads(path.read_bytes())
+        return path.read_bytes()
 
     def exists(self, key: str) -> bool:
         return (self.root / key).exists()

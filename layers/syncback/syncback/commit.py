@@ -1,18 +1,19 @@
 """Commit and replay: what the destination did, applied to the snapshot through one rule.
 
-``effect`` says what one outcome does to its key's snapshot row; commit (a run's receipts) and
-replay (dead letters delivered again) both stage their outcomes through it and apply them with
-``snapshot.apply_outcomes``, conditionally on the version, so a replay of an old dead letter never
-writes over what a later run delivered. A replay holds the sync's run lock: it never runs between
-a run's delivery and that run's commit.
+Both stage their outcomes as a table in the warehouse (a commit loads each receipt as it is, the
+warehouse parsing it; a replay loads the few outcomes it has) and apply them with
+``snapshot.apply_outcomes``, whose one SQL rule (``snapshot.EFFECT``) says what an outcome does to
+its key's snapshot row, conditionally on the version, so a replay of an old dead letter never
+writes over what a later run delivered. Counts come from the stage too: memory does not grow with
+the run. A replay holds the sync's run lock: it never runs between a run's delivery and its commit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import secrets as random_tokens
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from syncback.batches import Journal, journal_key, plan_key, receipt_key
@@ -20,33 +21,32 @@ from syncback.delivery import Delivery, outcome_from_json, outcomes_from_receipt
 from syncback.destinations import destination_target
 from syncback.destinations.base import Change, Outcome
 from syncback.errors import RunInProgress
-from syncback.planner import PlanResult, change_from_json
+from syncback.planner import BatchRef, PlanResult, change_from_json
 from syncback.runtime import Runtime, utcnow
-from syncback.snapshot import Staged, apply_outcomes, read_snapshot
+from syncback.snapshot import apply_outcomes, outcome_stage, read_snapshot, stage_rows
 from syncback.spec import SyncSpec
 from syncback.state import DeadLetter, RunRecord
+from syncback.warehouses.base import Warehouse
 
 SAMPLE = 20
 log = logging.getLogger("syncback")
 
 
-def effect(change: Change, outcome: Outcome, version: int, seq: int = 0) -> Staged | None:
-    """Return what ``outcome`` of ``change`` does to the snapshot, or None (nothing: rejected, or
-    skipped with nothing learnt). The one rule commit and replay both apply."""
-    if outcome.status not in ("delivered", "skipped"):
-        return None
-    key, destination_id = change.key, outcome.destination_id
-    if change.action == "archive":
-        return Staged(key, "gone", version, seq=seq)
-    if change.action in ("forget", "clear"):
-        return Staged(key, "left", version, seq=seq)
-    if change.action == "release":
-        return Staged(key, "release", version, seq=seq) if outcome.status == "delivered" else None
-    if change.action == "keep" or outcome.status == "delivered" or destination_id is not None:
-        # delivered; or skipped because the record exists already (insert mode): it holds this row
-        created = outcome.created if outcome.status == "delivered" else False
-        return Staged(key, "put", version, change.row_hash, destination_id, change.identity, created, seq)
-    return None  # skipped and not there (update mode): planned again next run
+def outcome_row(outcome: Outcome, change: Change, seq: int, version: int, batch: int) -> tuple[object, ...]:
+    """Return an outcome of ``change`` as a row of the stage (``snapshot.OUTCOME_NAMES``)."""
+    return (
+        outcome.key,
+        outcome.status,
+        outcome.destination_id,
+        outcome.created,
+        change.action,
+        change.row_hash,
+        change.identity,
+        outcome.reason,
+        seq,
+        version,
+        batch,
+    )
 
 
 def counted(change: Change) -> bool:
@@ -104,14 +104,20 @@ def commit_run(
     record.invalid_sample = [{"key": r.key, "reason": r.reason} for r in plan.invalid_sample]
     stopped_by: list[str] = []
     with rt.warehouse(sync) as warehouse:
-        staged = _staged(rt, plan, record, stopped_by)
-        apply_outcomes(warehouse, rt.tables(sync), staged, run_id, plan.target, utcnow())
+        stage = outcome_stage(warehouse, rt.tables(sync))
+        try:
+            for index, ref in enumerate(plan.batches):
+                stopped_by += _stage_batch(rt, warehouse, stage, plan, index, ref)
+            _count(warehouse, stage, plan, record)
+            _keep_dead_letters(rt, warehouse, stage, plan, record)
+            apply_outcomes(warehouse, rt.tables(sync), stage, run_id, plan.target, utcnow())
+        finally:
+            warehouse.execute(f"drop table if exists {stage}")
     if stopped_by and (error is None or error.startswith("States.")):
         # the state machine knows only that a batch failed; its receipt says why
         error = stopped_by[0] + (f" (and {len(stopped_by) - 1} more batches)" if len(stopped_by) > 1 else "")
         record.error = error
     record.settled = True
-    record.undelivered += plan.deferred  # left for the next run by max_changes_per_run
     record.error = record.error or _invalid_rows(plan, sync.guards.max_invalid_pct)
     if cancelled:
         record.status = "cancelled"
@@ -136,41 +142,81 @@ def commit_run(
     return record
 
 
-def _staged(rt: Runtime, plan: PlanResult, record: RunRecord, stopped_by: list[str]) -> Iterator[Staged]:
-    """Yield the snapshot effect of every outcome of the run, batch by batch (phase order), counting
-    outcomes into ``record``, handing dead letters to the state store as it goes, and collecting
-    into ``stopped_by`` the errors that stopped batches."""
-    for ref in sorted(plan.batches, key=lambda b: b.phase):
-        if rt.store.exists(receipt_key(ref.key)):
-            stopped = rt.store.get_json(receipt_key(ref.key)).get("error")
-            if stopped:
-                stopped_by.append(stopped)
-        changes = [change_from_json(item) for item in rt.store.get_json(ref.key)["changes"]]
-        outcomes = {o.key: o for o in answers(rt, ref.key)}
-        letters, settled = [], []
-        for change in changes:
-            outcome = outcomes.get(change.key)
-            if outcome is None:
-                record.undelivered += counted(change)  # planned again next run
-                continue
-            staged = effect(change, outcome, plan.version, ref.phase)
-            if staged is not None:
-                yield staged
-            if not counted(change):
-                continue
-            if outcome.status == "rejected":
-                record.rejected += 1
-                letters.append(
-                    dead_letter(plan.sync, plan.run_id, plan.version, plan.target, change, outcome)
-                )
-                if len(record.rejected_sample) < SAMPLE:
-                    record.rejected_sample.append({"key": change.key, "reason": outcome.reason or "rejected"})
-                continue
-            settled.append(change.key)
-            record.delivered += outcome.status == "delivered"
-            record.skipped += outcome.status == "skipped"
-        rt.state.put_dead_letters(plan.sync, letters)
-        rt.state.resolve_dead_letters(plan.sync, settled)
+def _stage_batch(
+    rt: Runtime, warehouse: Warehouse, stage: str, plan: PlanResult, index: int, ref: BatchRef
+) -> list[str]:
+    """Stage one batch's outcomes; return the error that stopped its delivery, if it says one.
+
+    A receipt is loaded as it is; a batch cut off without one (a local process killed) is staged
+    from its journal, with what each change asked read from the batch file.
+    """
+    if rt.store.exists(receipt_key(ref.key)):
+        text = rt.store.get_bytes(receipt_key(ref.key))
+        warehouse.stage_outcomes(stage, text, ref.phase, plan.version, index)
+        if b'"error":' in text:
+            return [str(json.loads(text)["error"])]
+        return []
+    journaled = answers(rt, ref.key)
+    if journaled:
+        changes = {c.key: c for c in map(change_from_json, rt.store.get_json(ref.key)["changes"])}
+        stage_rows(
+            warehouse,
+            stage,
+            (outcome_row(o, changes[o.key], ref.phase, plan.version, index) for o in journaled),
+        )
+    return []
+
+
+def _count(warehouse: Warehouse, stage: str, plan: PlanResult, record: RunRecord) -> None:
+    """Count the run's outcomes from the stage; what no outcome answers was not delivered."""
+    for status, n in warehouse.fetch_all(
+        f"select status, count(*) from {stage} where action <> 'release' group by status"
+    ):
+        if status in ("delivered", "rejected", "skipped"):
+            setattr(record, status, int(n))
+    # releases only prepare another change; the rest of the plan (deferred ones included) waits
+    record.undelivered = plan.counts.changes - record.delivered - record.rejected - record.skipped
+
+
+def _keep_dead_letters(
+    rt: Runtime, warehouse: Warehouse, stage: str, plan: PlanResult, record: RunRecord
+) -> None:
+    """Send the rejected records to the dead letters, a batch at a time (their values read from
+    the batch file), and settle the letters of records this run delivered."""
+    sql = (
+        f"select batch, key, reason from {stage} where status = 'rejected' and action <> 'release' "
+        "order by batch, key"
+    )
+    current, reasons = -1, dict[str, str]()
+    for chunk in warehouse.stream(sql):
+        for index, key, reason in chunk:
+            if int(index) != current and reasons:
+                _send_letters(rt, plan, current, reasons, record)
+                reasons = {}
+            current = int(index)
+            reasons[key] = reason or "rejected"
+    if reasons:
+        _send_letters(rt, plan, current, reasons, record)
+    pending = rt.state.pending_letter_keys(plan.sync)
+    if pending:
+        settled = f"select key from {stage} where status in ('delivered', 'skipped') and action <> 'release'"
+        delivered = [key for chunk in warehouse.stream(settled) for (key,) in chunk if key in pending]
+        rt.state.resolve_dead_letters(plan.sync, delivered)
+
+
+def _send_letters(
+    rt: Runtime, plan: PlanResult, index: int, reasons: dict[str, str], record: RunRecord
+) -> None:
+    changes = map(change_from_json, rt.store.get_json(plan.batches[index].key)["changes"])
+    outcomes = {k: Outcome(k, "rejected", reason=r) for k, r in reasons.items()}
+    letters = [
+        dead_letter(plan.sync, plan.run_id, plan.version, plan.target, c, outcomes[c.key])
+        for c in changes
+        if c.key in outcomes and counted(c)
+    ]
+    rt.state.put_dead_letters(plan.sync, letters)
+    room = SAMPLE - len(record.rejected_sample)
+    record.rejected_sample += [{"key": d.key, "reason": d.reason} for d in letters[:room]]
 
 
 def _all_invalid(plan: PlanResult) -> bool:
@@ -188,7 +234,10 @@ def _invalid_rows(plan: PlanResult, max_pct: float) -> str | None:
             f"InvalidRows: every one of the model's {c.invalid} rows is invalid; nothing was sent (see plan)"
         )
     if share > max_pct:
-        return f"InvalidRows: {c.invalid} of {rows} rows ({share:.1f}%) are invalid, above guards.max_invalid_pct {max_pct:g}"
+        return (
+            f"InvalidRows: {c.invalid} of {rows} rows ({share:.1f}%) are invalid, "
+            f"above guards.max_invalid_pct {max_pct:g}"
+        )
     return None
 
 
@@ -305,18 +354,20 @@ def _replay(
         finally:
             destination.close()
         by_key = {d.key: d for d in fresh}
-        staged, again = [], []
+        rows, again = [], []
         for outcome in outcomes:
             letter, change = by_key[outcome.key], changes[outcome.key]
             if outcome.status == "rejected":
                 result.rejected += 1
                 again.append(dead_letter(sync_name, letter.run_id, letter.version, target, change, outcome))
-                continue
             result.delivered += outcome.status == "delivered"
-            found = effect(change, outcome, letter.version)
-            if found is not None:
-                staged.append(found)
-        apply_outcomes(warehouse, rt.tables(sync), staged, replay_id, target, utcnow())
+            rows.append(outcome_row(outcome, change, seq=0, version=letter.version, batch=0))
+        stage = outcome_stage(warehouse, rt.tables(sync))
+        try:
+            stage_rows(warehouse, stage, rows)
+            apply_outcomes(warehouse, rt.tables(sync), stage, replay_id, target, utcnow())
+        finally:
+            warehouse.execute(f"drop table if exists {stage}")
     rejected_keys = {d.key for d in again}
     rt.state.resolve_dead_letters(sync_name, [d.key for d in letters if d.key not in rejected_keys])
     rt.state.put_dead_letters(sync_name, again)

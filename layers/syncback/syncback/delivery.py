@@ -296,19 +296,27 @@ def _one_per_change(chunk: Sequence[Change], outcomes: list[Outcome]) -> list[Ou
     ]
 
 
-def outcome_to_json(o: Outcome) -> list[Any]:
-    """Return an outcome as the compact array receipts store."""
-    return [o.key, o.status, o.destination_id, o.reason, o.created]
+def outcome_to_json(o: Outcome, change: Change | None = None) -> list[Any]:
+    """Return an outcome as the compact array receipts store: with what was asked (``change``'s
+    action, row hash and identity), so that a commit needs no batch file to apply it."""
+    done = [o.key, o.status, o.destination_id, o.reason, o.created]
+    return done if change is None else [*done, change.action, change.row_hash, change.identity]
 
 
 def outcome_from_json(item: list[Any]) -> Outcome:
-    key, status, destination_id, reason, *created = item
-    return Outcome(key, status, destination_id, reason, created[0] if created else None)
+    key, status, destination_id, reason, *rest = item
+    return Outcome(key, status, destination_id, reason, rest[0] if rest else None)
 
 
-def receipt(batch: str, outcomes: Sequence[Outcome], error: str | None = None) -> dict[str, Any]:
+def receipt(
+    batch: str, outcomes: Sequence[Outcome], changes: Sequence[Change], error: str | None = None
+) -> dict[str, Any]:
     """Return the receipt document of a delivered batch; ``error``: what stopped its delivery."""
-    document: dict[str, Any] = {"batch": batch, "outcomes": [outcome_to_json(o) for o in outcomes]}
+    by_key = {c.key: c for c in changes}
+    document: dict[str, Any] = {
+        "batch": batch,
+        "outcomes": [outcome_to_json(o, by_key.get(o.key)) for o in outcomes],
+    }
     if error is not None:
         document["error"] = error
     return document

@@ -75,7 +75,7 @@ def deliver_batch(
 
     def store_receipt(error: str | None = None) -> list[Outcome]:
         outcomes = [answered.get(c.key) or Outcome(c.key, "undelivered", reason=why) for c in changes]
-        rt.store.put_json(receipt_key(batch), receipt(batch, outcomes, error))
+        rt.store.put_json(receipt_key(batch), receipt(batch, outcomes, changes, error))
         return outcomes
 
     why = "not sent: the delivery stopped before it"

@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from syncback.warehouses.base import Warehouse
 from syncback.warehouses.dialect import literal
@@ -42,12 +41,25 @@ _ADDED = {
     "version": ("bigint", "0"),
     "target": ("varchar", "null"),  # rows written before targets were recorded match any
 }
-STAGE_COLUMNS = ("key", "effect", "version", "row_hash", "destination_id", "identity", "created", "seq")
+#: one outcome of a change, as commit and replay stage them: what was asked, what the destination did
+OUTCOME_COLUMNS = (
+    "key varchar, status varchar, destination_id varchar, created boolean, action varchar, "
+    "row_hash varchar, identity varchar, reason varchar, seq integer, version bigint, batch integer"
+)
+OUTCOME_NAMES = tuple(column.split()[0] for column in OUTCOME_COLUMNS.split(", "))
 LOAD_ROWS = 50_000
 
-#: put: the destination holds this record now; release: it gave its identifier away (send it
-#: again); gone: archived; left: the row left the model and the record stays in the destination
-Effect = Literal["put", "release", "gone", "left"]
+# The one rule for what an outcome does to its key's snapshot row, for commit and replay alike:
+# put (the destination holds this record now), release (it gave its identifier away: send it again),
+# gone (archived), left (the row left the model, the record stays); NULL: nothing (rejected, not
+# sent, or skipped with nothing learnt, as in update mode where the record does not exist).
+EFFECT = (
+    "case when c.status not in ('delivered', 'skipped') then null "
+    "when c.action = 'archive' then 'gone' "
+    "when c.action in ('forget', 'clear') then 'left' "
+    "when c.action = 'release' then case when c.status = 'delivered' then 'release' end "
+    "when c.action = 'keep' or c.status = 'delivered' or c.destination_id is not null then 'put' end"
+)
 
 
 @dataclass(frozen=True)
@@ -66,20 +78,6 @@ class SnapshotTables:
         return f"{self.schema}.{purpose}__{self.sync}__{secrets.token_hex(4)}"
 
 
-@dataclass(frozen=True)
-class Staged:
-    """One outcome to apply: what it does to the key's snapshot row, at which version."""
-
-    key: str
-    effect: Effect
-    version: int
-    row_hash: str | None = None
-    destination_id: str | None = None
-    identity: str | None = None
-    created: bool | None = None
-    seq: int = 0  # a later phase of one run wins over an earlier one for the same key
-
-
 def ensure_snapshot(warehouse: Warehouse, tables: SnapshotTables) -> None:
     """Create the state schema and the sync's snapshot table, or bring an older one up to date."""
     warehouse.execute(f"create schema if not exists {tables.schema}")
@@ -91,39 +89,37 @@ def ensure_snapshot(warehouse: Warehouse, tables: SnapshotTables) -> None:
             warehouse.execute(f"update {tables.snapshot} set {column} = {old_rows}")
 
 
+def outcome_stage(warehouse: Warehouse, tables: SnapshotTables) -> str:
+    """Create a table for the outcomes of one commit or replay (``OUTCOME_COLUMNS``); return its name."""
+    ensure_snapshot(warehouse, tables)
+    stage = tables.scratch("commit")
+    warehouse.create_scratch(stage, OUTCOME_COLUMNS)
+    return stage
+
+
+def stage_rows(warehouse: Warehouse, stage: str, rows: Iterable[tuple[object, ...]]) -> None:
+    """Add outcome rows (``OUTCOME_NAMES`` order) made in Python: a replay's, a journal's."""
+    chunk: list[tuple[object, ...]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == LOAD_ROWS:
+            warehouse.load_rows(stage, OUTCOME_NAMES, chunk)
+            chunk = []
+    if chunk:
+        warehouse.load_rows(stage, OUTCOME_NAMES, chunk)
+
+
 def apply_outcomes(
-    warehouse: Warehouse,
-    tables: SnapshotTables,
-    staged: Iterable[Staged],
-    run_id: str,
-    target: str,
-    now: dt.datetime,
+    warehouse: Warehouse, tables: SnapshotTables, stage: str, run_id: str, target: str, now: dt.datetime
 ) -> int:
-    """Apply ``staged`` outcomes to the snapshot in one transaction; return how many rows changed.
+    """Apply the staged outcomes to the snapshot in one transaction; return how many rows changed.
 
     A key's row changes only if the snapshot holds no newer version of it (a replay of an old dead
     letter never undoes a later run). A destination id belongs to one key: a key whose record
     another key took loses it, and is sent again. Whether this sync created a record follows the
-    record, not the key. The outcomes are loaded as a table and applied with set-wise SQL, so memory
-    does not grow with their number.
+    record, not the key. All of it is set-wise SQL: memory does not grow with the outcomes.
     """
-    ensure_snapshot(warehouse, tables)
-    stage = tables.scratch("commit")
-    warehouse.create_scratch(
-        stage,
-        "key varchar, effect varchar, version bigint, row_hash varchar, destination_id varchar, "
-        "identity varchar, created boolean, seq integer",
-    )
-    try:
-        loaded = 0
-        for chunk in _chunks(staged, LOAD_ROWS):
-            warehouse.load_rows(stage, STAGE_COLUMNS, [_row(s) for s in chunk])
-            loaded += len(chunk)
-        if loaded == 0:
-            return 0
-        return _merge(warehouse, tables, stage, run_id, target, now)
-    finally:
-        warehouse.execute(f"drop table if exists {stage}")
+    return _merge(warehouse, tables, stage, run_id, target, now)
 
 
 def _merge(
@@ -131,6 +127,10 @@ def _merge(
 ) -> int:
     snap, fresh = tables.snapshot, f"{stage}_next"
     stamp = now.astimezone(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
+    effects = (
+        f"(select key, {EFFECT} as effect, version, row_hash, destination_id, identity, "
+        f"case when c.status = 'delivered' then c.created else false end as created, seq from {stage} c)"
+    )
     put = "c.effect = 'put'"
     destination = (
         f"case when {put} then coalesce(c.destination_id, s.destination_id) "
@@ -151,7 +151,8 @@ def _merge(
             "c.effect in ('gone', 'left'), "
             "case when c.effect = 'release' then coalesce(s.version, c.version) else c.version end, "
             f"{literal(target)}, ?, cast(? as timestamp) "
-            f"from (select *, row_number() over (partition by key order by seq desc) as sb_rank from {stage}) c "
+            f"from (select *, row_number() over (partition by key order by seq desc) as sb_rank from {effects} e "
+            "where e.effect is not null) c "
             f"left join {snap} s on s.key = c.key and {same_target('s', target)} "
             # whether any holder of the record's id (this key or another) had created it
             f"left join (select destination_id, max(case when created then 1 else 0 end) as created from {snap} "
@@ -192,21 +193,6 @@ def _merge(
 def same_target(alias: str, target: str) -> str:
     """Return SQL that is true when the snapshot row ``alias`` is about destination ``target``."""
     return f"({alias}.target is null or {alias}.target = {literal(target)})"
-
-
-def _row(s: Staged) -> tuple[object, ...]:
-    return (s.key, s.effect, s.version, s.row_hash, s.destination_id, s.identity, s.created, s.seq)
-
-
-def _chunks(items: Iterable[Staged], size: int) -> Iterator[list[Staged]]:
-    chunk: list[Staged] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,10 @@ class StateStore(Protocol):
 
     def put_dead_letters(self, sync: str, letters: Iterable[DeadLetter]) -> None: ...
 
+    def pending_letter_keys(self, sync: str) -> set[str]:
+        """Return the keys of the sync's dead letters a commit may settle (empty where it cannot)."""
+        ...
+
     def resolve_dead_letters(self, sync: str, keys: Iterable[str]) -> None: ...
 
     def dead_letters(self, sync: str) -> list[DeadLetter]: ...
@@ -167,6 +171,9 @@ class LocalStateStore(StateStore):
 
     def dead_letters(self, sync: str) -> list[DeadLetter]:
         return [DeadLetter(**item) for item in self._load(sync).values()]
+
+    def pending_letter_keys(self, sync: str) -> set[str]:
+        return set(self._load(sync))
 
     # ---- one run of a sync at a time ------------------------------------------------------
 

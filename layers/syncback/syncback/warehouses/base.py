@@ -43,6 +43,12 @@ class Warehouse(Protocol):
         """Create such a table from the rows of ``query``."""
         ...
 
+    def stage_outcomes(self, table: str, receipt: bytes, seq: int, version: int, batch: int) -> None:
+        """Insert a receipt's outcomes (``[key, status, destination_id, reason, created, action,
+        row_hash, identity]`` each) into ``table`` (``snapshot.OUTCOME_COLUMNS``), parsing the JSON in
+        the warehouse: no row passes through Python."""
+        ...
+
     def load_rows(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
         """Insert many rows into an existing table quickly."""
         ...

@@ -81,6 +81,13 @@ class DuckDBWarehouse:
     def create_scratch_as(self, table: str, query: str) -> None:
         self._run(f"create or replace table {table} as {query}", ())
 
+    def stage_outcomes(self, table: str, receipt: bytes, seq: int, version: int, batch: int) -> None:
+        self._run(
+            f"insert into {table} select o->>0, o->>1, o->>2, cast(o->>4 as boolean), o->>5, o->>6, o->>7, "
+            "o->>3, ?, ?, ? from (select unnest(cast(json_extract(cast(? as json), '$.outcomes') as json[])) as o)",
+            [seq, version, batch, receipt.decode("utf-8")],
+        )
+
     def load_rows(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:
             return

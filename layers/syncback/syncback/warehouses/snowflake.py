@@ -172,6 +172,15 @@ class SnowflakeWarehouse:
     def create_scratch_as(self, table: str, query: str) -> None:
         self.execute(f"create or replace transient table {table} as {query}")
 
+    def stage_outcomes(self, table: str, receipt: bytes, seq: int, version: int, batch: int) -> None:
+        # one statement a receipt: Snowflake parses it (a receipt stays far below the 16 MB bind limit)
+        self.execute(
+            f"insert into {table} select o.value[0]::varchar, o.value[1]::varchar, o.value[2]::varchar, "
+            "o.value[4]::boolean, o.value[5]::varchar, o.value[6]::varchar, o.value[7]::varchar, "
+            "o.value[3]::varchar, ?, ?, ? from table(flatten(input => parse_json(?):outcomes)) o",
+            [seq, version, batch, receipt.decode("utf-8")],
+        )
+
     def load_rows(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:
             return
