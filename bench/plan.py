@@ -18,6 +18,7 @@ from common import SYNC, change, fresh_project
 
 from syncback.batches import LocalBatchStore
 from syncback.planner import Planner
+from syncback.snapshot import ensure_snapshot
 from syncback.spec import load_project
 from syncback.warehouses.duckdb import DuckDBWarehouse
 
@@ -31,17 +32,15 @@ def planner(root: Path) -> tuple[Planner, DuckDBWarehouse]:
 
 
 def commit_everything(root: Path) -> None:
-    """Write the snapshot a first run delivering every row would leave, with the planner's hashes."""
+    """Write the snapshot a first run delivering every row would leave, with the planner's own SQL."""
     plan, warehouse = planner(root)
-    columns, types = plan._check_columns()
-    warehouse.execute("create schema if not exists syncback")
-    plan._materialise(columns, types)
+    ensure_snapshot(warehouse, plan.tables)
     warehouse.execute(
-        f"create or replace table {plan.tables.snapshot} as select sb_key as key, sb_hash as row_hash, "
-        "cast(null as varchar) as destination_id, now()::timestamp as committed_at, 'seed' as run_id "
-        f"from {plan.tables.plan}"
+        f"insert into {plan.tables.snapshot} (key, row_hash, destination_id, identity, created, removed, "
+        "version, target, run_id, committed_at) select sb_key, sb_hash, 'hs-' || sb_key, sb_ident, true, "
+        f"false, 1, '{plan.target}', 'seed', now()::timestamp from ({plan._plan_sql(plan._mapping_query())}) x "
+        "where sb_reason is null"
     )
-    warehouse.execute(f"drop table {plan.tables.plan}")
     warehouse.close()
 
 

@@ -134,7 +134,7 @@ class Planner:
         query = self._mapping_query()
         ensure_snapshot(self.warehouse, self.tables)
         table = self.tables.scratch("plan")
-        self.warehouse.create_scratch_as(table, self._plan_sql(query))
+        self.warehouse.create_scratch_as(table, self._plan_sql(query, full_resync))
         try:
             result = self._count(table, run_id, full_resync)
             result.started_at = started_at or result.started_at
@@ -156,7 +156,7 @@ class Planner:
             raise ModelError("; ".join(str(p) for p in problems))
         return MappingQuery(self.sync, described, self.warehouse.dialect, self.identifiers)
 
-    def _plan_sql(self, query: MappingQuery) -> str:
+    def _plan_sql(self, query: MappingQuery, full_resync: bool = False) -> str:
         """Return the query of the plan table: every model row, mapped, checked, beside its snapshot row."""
         digest = self.warehouse.dialect.md5(f"{literal(self.target)} || sb_record")
         pk = self.sync.primary_key
@@ -193,9 +193,17 @@ class Planner:
             f"from ({query.select(self.sync.model_sql)}) as m) as y "
             f"left join {self.tables.snapshot} s on s.key = y.sb_key and {same_target('s', self.target)}"
         )
+        # only what is to be sent keeps its record, hash and identifiers: most rows of most runs are
+        # unchanged, and writing their text would cost more than computing it
+        unchanged = "false" if full_resync else "coalesce(sb_live and s_hash = sb_hash, false)"
+        kept = f"({reason}) is null and not {unchanged}"
+        keep = [
+            f"case when {kept} then {c} end as {c}"
+            for c in ("sb_record", "sb_ident", "sb_hash", "s_dest", "s_ident")
+        ]
         return (
-            f"select sb_key, sb_record, sb_ident, sb_hash, {reason} as sb_reason, sb_live, s_hash, s_dest, "
-            f"s_ident, s_created from ({checked}) as x"
+            f"select sb_key, {', '.join(keep)}, {reason} as sb_reason, sb_live, {unchanged} as sb_unchanged, "
+            f"s_created from ({checked}) as x"
         )
 
     # ---- counts, guards --------------------------------------------------------------------------
@@ -203,7 +211,7 @@ class Planner:
     def _count(self, table: str, run_id: str, full_resync: bool) -> PlanResult:
         snap = self.tables.snapshot
         live = f"not s.removed and {same_target('s', self.target)}"
-        differs = "p.s_hash is null or p.s_hash <> p.sb_hash"
+        differs = "not p.sb_unchanged"
         added, changed, unchanged, invalid = self.warehouse.fetch_all(
             "select coalesce(sum(case when p.sb_reason is null and not coalesce(p.sb_live, false) then 1 else 0 end), 0), "
             f"coalesce(sum(case when p.sb_reason is null and p.sb_live and ({differs}) then 1 else 0 end), 0), "
@@ -290,7 +298,7 @@ class Planner:
         """Return the query of the rows to write, each with its phase, whether it releases first, and
         its change as the JSON array a batch stores (``change_to_json``)."""
         snap = self.tables.snapshot
-        differs = "not coalesce(p.sb_live, false) or p.s_hash is null or p.s_hash <> p.sb_hash"
+        differs = "not p.sb_unchanged"
         if self.identifiers and self.sync.mode != "insert":
             live = f"not s.removed and s.identity is not null and {same_target('s', self.target)}"
             # wait: another record of this sync holds the identifier, and gives it up in phase 1
