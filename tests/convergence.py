@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -114,6 +115,7 @@ class World:
     by_hand: set[str] = field(default_factory=set)  # HubSpot ids of contacts a person created
     sandbox: HubSpotSandbox | None = None
     receiver: WebhookReceiver | None = None
+    paused: bool = False  # run_paused_before_commit's run got to its commit
 
     # ---- set-up ------------------------------------------------------------------------------
 
@@ -254,6 +256,39 @@ class World:
         finally:
             warehouse.close()
         return {key: (h, d) for key, h, d in rows}
+
+    @contextmanager
+    def run_paused_before_commit(self) -> Iterator[list[BaseException]]:
+        """Run the sync in a thread that stops once it has delivered, before its commit; the block
+        runs while it waits (when it got there), then the run commits. Yields a list that holds
+        the run's error, if it ended in one, once the block is left."""
+        import syncback.runner as runner_module
+
+        delivered, go_on = threading.Event(), threading.Event()
+        real_commit = runner_module.commit_run
+        errors: list[BaseException] = []
+
+        def paused_commit(*args: Any, **kwargs: Any) -> Any:
+            delivered.set()
+            go_on.wait(10)
+            return real_commit(*args, **kwargs)
+
+        def run() -> None:
+            try:
+                self.run()
+            except BaseException as exc:
+                errors.append(exc)
+
+        runner_module.commit_run = paused_commit  # type: ignore[assignment]
+        thread = threading.Thread(target=run)
+        try:
+            thread.start()
+            self.paused = delivered.wait(10)
+            yield errors
+        finally:
+            go_on.set()
+            thread.join(20)
+            runner_module.commit_run = real_commit  # type: ignore[assignment]
 
     # ---- cutting a run off --------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,8 +66,6 @@ def model(world: World, rows: dict[int, Row]) -> None:
 def test_case_1_a_replay_while_a_run_has_delivered_a_newer_version_waits_and_is_then_stale(
     hubspot: World,
 ) -> None:
-    import syncback.runner as runner_module
-
     # Given row 5 rejected at v1 (its dead letter holds v1)
     model(hubspot, {5: Row("five@x.io", "v1"), 6: Row("six@x.io")})
     hubspot.reject({"five@x.io"})
@@ -76,26 +73,12 @@ def test_case_1_a_replay_while_a_run_has_delivered_a_newer_version_waits_and_is_
     hubspot.reject(set())
     # When the model changes to v2 and a run delivers v2, but has not committed yet
     model(hubspot, {5: Row("five@x.io", "v2"), 6: Row("six@x.io")})
-    delivered, go_on = threading.Event(), threading.Event()
-    real_commit = runner_module.commit_run
-
-    def paused_commit(*args: Any, **kwargs: Any) -> Any:
-        delivered.set()
-        go_on.wait(10)
-        return real_commit(*args, **kwargs)
-
-    runner_module.commit_run = paused_commit  # type: ignore[assignment]
-    try:
-        thread = threading.Thread(target=hubspot.run)
-        thread.start()
-        assert delivered.wait(10)
+    with hubspot.run_paused_before_commit() as errors:
+        assert hubspot.paused
         # Then a replay now is refused: it would send v1 over v2
         with pytest.raises(RunInProgress):
             hubspot.replay()
-        go_on.set()
-        thread.join(10)
-    finally:
-        runner_module.commit_run = real_commit  # type: ignore[assignment]
+    assert errors == []
     # and once the run committed, its letter is settled (on AWS, where letters stay in SQS, a
     # replay finds it stale: the next test) and a replay sends nothing
     assert hubspot.replay().delivered == 0

@@ -204,37 +204,11 @@ class Convergence(RuleBasedStateMachine):
     @rule()
     def replay_during_a_run(self) -> None:
         """A replay while a run has delivered and not yet committed must not go through."""
-        import syncback.runner as runner_module
-
-        delivered, go_on = threading.Event(), threading.Event()
-        real_commit = runner_module.commit_run
-
-        def paused_commit(*args: Any, **kwargs: Any) -> Any:
-            delivered.set()
-            go_on.wait(10)
-            return real_commit(*args, **kwargs)
-
-        outcome: dict[str, BaseException] = {}
-
-        def run() -> None:
-            try:
-                self.w.run()
-            except BaseException as exc:
-                outcome["error"] = exc
-
-        runner_module.commit_run = paused_commit  # type: ignore[assignment]
-        try:
-            thread = threading.Thread(target=run)
-            thread.start()
-            if delivered.wait(10):
+        with self.w.run_paused_before_commit() as errors:
+            if self.w.paused:
                 with pytest.raises(RunInProgress):
                     self.w.replay()
-            go_on.set()
-            thread.join(20)
-        finally:
-            runner_module.commit_run = real_commit  # type: ignore[assignment]
-        error = outcome.get("error")
-        assert error is None or isinstance(error, GuardError), error
+        assert not errors or isinstance(errors[0], GuardError), errors
 
     @rule()
     def two_replays_at_once(self) -> None:
