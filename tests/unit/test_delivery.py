@@ -165,3 +165,31 @@ def test_a_request_counts_from_when_its_answer_came() -> None:
     assert clock.now == pytest.approx(1.0)  # the unsettled one (stamped at 0) freed the room at 1.0
     budget.acquire()
     assert clock.now == pytest.approx(1.5)  # the settled one counts from 0.5
+
+
+def test_a_budget_key_never_carries_a_urls_path_or_query() -> None:
+    from syncback.destinations import request_budget
+    from syncback.spec import SyncSpec
+
+    sync = SyncSpec.model_validate(
+        {
+            "name": "s",
+            "warehouse": "w",
+            "table": "t",
+            "primary_key": "id",
+            "destination": {
+                "type": "webhook",
+                "url": "https://hooks.example.com/in/abc?token=s3cr3t",
+                "rate_limit": {"requests": 10, "per_seconds": 1},
+            },
+            "mapping": {"a": "a"},
+        }
+    )
+    budget = request_budget(sync)
+    assert budget is not None
+    account, _, _ = budget
+    assert (
+        account.startswith("webhook https://hooks.example.com/#")
+        and "s3cr3t" not in account
+        and "/in/" not in account
+    )

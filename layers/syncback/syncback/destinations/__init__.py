@@ -76,8 +76,12 @@ def request_budget(sync: SyncSpec) -> tuple[str, int, float] | None:
     config = sync.destination
     if config.rate_limit is None:
         return None
+    from syncback.destinations.http import url_label
+
+    # the key names the account, never a secret: the token's reference (env:NAME), and a URL's
+    # scheme and host with the rest hashed (a webhook's path or query may hold a token)
     if isinstance(config, HubSpotDestinationConfig):
-        account = f"hubspot {config.base_url} {config.token}"
+        account = f"hubspot {url_label(config.base_url)} {config.token}"
     else:
-        account = f"webhook {config.url}"
+        account = f"webhook {url_label(config.url)}"
     return account, config.rate_limit.requests, config.rate_limit.per_seconds
