@@ -148,7 +148,7 @@ def test_case_3_a_value_that_goes_b_a_b_a_reaches_a_receiver_that_drops_repeated
 
 def test_case_3_a_retried_delivery_keeps_its_id(tmp_path: Path) -> None:
     from syncback.destinations.base import Change
-    from syncback.destinations.webhook import message_id
+    from syncback.destinations.webhook.client import message_id
 
     changes = [Change("1", "upsert", record={"a": 1})]
     assert message_id("runs/s/r1/batches/00000.json", changes) == message_id(

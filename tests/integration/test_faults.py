@@ -166,7 +166,7 @@ class LambdaTimeout(Exception):
 def test_a_deliver_cut_off_mid_batch_is_delivered_again_without_duplicates(
     tmp_path: Path, sandbox: HubSpotSandbox, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
-    from syncback.destinations.hubspot import HubSpotDestination
+    from syncback.destinations.hubspot.client import HubSpotDestination
 
     monkeypatch.setenv("HUBSPOT_TOKEN", "t")
     rt = make_runtime(tmp_path, sandbox, contacts_rows(1_000), mode=mode)

@@ -8,10 +8,11 @@ import pytest
 
 from syncback.delivery import Delivery, RetryPolicy
 from syncback.destinations.base import Change
-from syncback.destinations.hubspot import HubSpotDestination
+from syncback.destinations.hubspot import HubSpotDestinationConfig
+from syncback.destinations.hubspot.client import HubSpotDestination
+from syncback.destinations.registry import Mode
 from syncback.errors import DestinationAuthError, DestinationUnavailable, RateLimited, RequestRejected
 from syncback.sandbox.hubspot import Faults, HubSpotSandbox
-from syncback.spec import HubSpotDestinationConfig, Mode
 
 NO_WAIT = RetryPolicy(attempts=1)
 

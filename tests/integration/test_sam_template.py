@@ -51,6 +51,11 @@ def test_sam_build_without_docker_builds_the_layer_and_every_function(tmp_path: 
     assert result.returncode == 0, result.stdout + result.stderr
     layer = build / "SyncbackLayer" / "python"
     assert (layer / "syncback" / "runner.py").exists() and (layer / "pydantic").is_dir()
+    # every registered destination's package, its client included
+    from syncback.destinations.catalog import REGISTRY
+
+    for name in REGISTRY:
+        assert (layer / "syncback" / "destinations" / name / "client.py").exists(), name
     assert not (layer / "duckdb").exists(), "duckdb is not a runtime dependency of the layer"
     for name in ("Plan", "Deliver", "Commit", "Trigger", "Replay"):
         assert (build / f"{name}Function" / "app.py").exists()

@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from syncback.destinations.base import Change
-from syncback.destinations.webhook import WebhookDestination
+from syncback.destinations.webhook import WebhookDestinationConfig
+from syncback.destinations.webhook.client import WebhookDestination
 from syncback.errors import (
     DestinationAuthError,
     DestinationUnavailable,
@@ -26,7 +27,6 @@ from syncback.errors import (
     SyncbackError,
     SystemicError,
 )
-from syncback.spec import WebhookDestinationConfig
 from tests.fakes.webhook_receiver import WebhookReceiver
 
 SECRET = "whsec_" + base64.b64encode(b"syncback-test-signing-key-32byte").decode()

@@ -55,7 +55,7 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
         "never written in the file",
     ),
     (sync(destination={**HUB, "token": "vault:hubspot"}), "destination.token", "env:NAME"),
-    (sync(destination={**HUB, "type": "salesforce"}), "destination", "'hubspot', 'webhook'"),
+    (sync(destination={**HUB, "type": "pipedrive"}), "destination", "'hubspot', 'webhook'"),
     (sync(destination={**HUB, "base_url": "ftp://x"}), "destination.base_url", "http:// or https://"),
     (
         sync(destination={**HUB, "base_url": "http://api.hubapi.com"}),
@@ -109,7 +109,11 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
         "mapping.src",
         "remove on_null",
     ),
-    (sync(destination=HOOK, mode="insert"), "mode", "a webhook takes upsert or mirror"),
+    (
+        sync(destination=HOOK, mode="insert"),
+        "mode",
+        "a webhook destination takes upsert or mirror, not insert",
+    ),
 ]
 
 

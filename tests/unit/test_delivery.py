@@ -168,7 +168,7 @@ def test_a_request_counts_from_when_its_answer_came() -> None:
 
 
 def test_a_budget_key_never_carries_a_urls_path_or_query() -> None:
-    from syncback.destinations import request_budget
+    from syncback.destinations.registry import request_budget
     from syncback.spec import SyncSpec
 
     sync = SyncSpec.model_validate(

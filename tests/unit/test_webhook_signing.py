@@ -18,9 +18,9 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from syncback.destinations.base import Change
-from syncback.destinations.webhook import WebhookDestination, sign, signing_key
+from syncback.destinations.webhook import WebhookDestinationConfig
+from syncback.destinations.webhook.client import WebhookDestination, sign, signing_key
 from syncback.errors import DestinationUnavailable, RateLimited, SecretError
-from syncback.spec import WebhookDestinationConfig
 
 KEY_BYTES = bytes(range(32))
 SECRET = "whsec_" + base64.b64encode(KEY_BYTES).decode()

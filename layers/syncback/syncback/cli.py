@@ -20,13 +20,13 @@ from typing import Any, TextIO
 from syncback.batches import LocalBatchStore
 from syncback.commit import replay
 from syncback.delivery import Interrupt
-from syncback.destinations import check_secret
+from syncback.destinations.registry import check_secret, secret_fields
 from syncback.errors import ConfigError, Problem, SecretError, SyncbackError
 from syncback.mapping import describe, model_problems
 from syncback.planner import Planner
 from syncback.runner import Progress, run_sync
 from syncback.runtime import Runtime, new_run_id
-from syncback.spec import Project, SyncSpec, json_schemas, load_project
+from syncback.spec import Project, json_schemas, load_project
 from syncback.state import LocalStateStore, RunRecord
 
 OK, REJECTED, CONFIG, FAILED, CANCELLED = 0, 1, 2, 3, 130
@@ -128,7 +128,9 @@ def _model_problems(project: Project) -> list[Problem]:
     problems: list[Problem] = []
     for sync in project.syncs.values():
         file = f"syncs/{sync.name}.yaml"
-        for field, reference in _env_references(sync):
+        # env: references are checked here; secret: ones are read from AWS when a run starts
+        env_refs = [(f, ref) for f, ref in secret_fields(sync) if ref.startswith("env:")]
+        for field, reference in env_refs:
             try:
                 value = rt.secrets.resolve(reference, f"{file}: {field}")
             except SecretError as exc:
@@ -150,15 +152,6 @@ def _model_problems(project: Project) -> list[Problem]:
             field = "model" if sync.model else "table"
             problems.append(Problem(file, field, f"{exc}\n  (use --offline to check the files only)"))
     return problems
-
-
-def _env_references(sync: SyncSpec) -> list[tuple[str, str]]:
-    """Return (field, reference) for each env: reference of the sync's destination."""
-    fields = {
-        "destination.token": getattr(sync.destination, "token", None),
-        "destination.secret": getattr(sync.destination, "secret", None),
-    }
-    return [(field, ref) for field, ref in fields.items() if isinstance(ref, str) and ref.startswith("env:")]
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from syncback.batches import Journal, journal_key, plan_key, receipt_key
 from syncback.delivery import Delivery, outcome_from_json, outcomes_from_receipt
-from syncback.destinations import destination_target
 from syncback.destinations.base import Change, Outcome
+from syncback.destinations.registry import destination_target
 from syncback.errors import RunInProgress
 from syncback.planner import BatchRef, PlanResult, change_from_json
 from syncback.runtime import Runtime, utcnow

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from syncback.batches import BatchStore, batch_key, dumps, plan_key
-from syncback.destinations import destination_target, identifier_fields
 from syncback.destinations.base import Change
+from syncback.destinations.registry import destination_target, identifier_fields
 from syncback.errors import GuardError, ModelError
 from syncback.mapping import MappingQuery, describe, model_problems
 from syncback.snapshot import SnapshotTables, ensure_snapshot, same_target

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from syncback.batches import BatchStore
 from syncback.delivery import Budget, RateBudget, RetryPolicy
-from syncback.destinations import build_destination, request_budget
 from syncback.destinations.base import Destination
+from syncback.destinations.registry import build_destination, request_budget
 from syncback.secrets import SecretResolver
 from syncback.snapshot import SnapshotTables
 from syncback.spec import Project, SyncSpec

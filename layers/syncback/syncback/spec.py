@@ -9,58 +9,29 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from syncback.destinations.catalog import REGISTRY
+from syncback.destinations.registry import Mode, sync_problems
 from syncback.errors import ConfigError, Problem
+from syncback.spec_parts import URL_PATTERN, DestinationBase, SecretRef, Strict, secret_ref
 
-SECRET_REF = re.compile(r"^(env|secret):[A-Za-z_][A-Za-z0-9_./+=@-]*$")
 SYNC_NAME = r"^[a-z][a-z0-9_]{0,62}$"
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*){0,2}$"
 TRANSFORMS = ("lower", "upper", "trim", "string", "integer", "float", "boolean", "iso_date", "sha256")
 Transform = Literal["lower", "upper", "trim", "string", "integer", "float", "boolean", "iso_date", "sha256"]
-Mode = Literal["upsert", "update", "insert", "mirror"]
 
 _RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
 _CRON = re.compile(r"^cron\(([^()]+)\)$")
 
 
-def _secret_ref(value: str) -> str:
-    if not SECRET_REF.match(value):
-        raise ValueError(
-            "secrets are never written in the file: use env:NAME (an environment variable) "
-            "or secret:NAME (an AWS Secrets Manager secret)"
-        )
-    return value
-
-
-SecretRef = Annotated[str, Field(description="env:NAME or secret:NAME; never the secret itself")]
-
-_LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
-
-
-def _https(value: str) -> str:
-    """Refuse http:// but on this machine (a sandbox, a test receiver): records and tokens would
-    cross the network in clear text."""
-    host = value.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
-    host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    if value.startswith("http://") and host not in _LOOPBACK:
-        raise ValueError(
-            "http:// sends records and tokens in clear text; use https:// (http:// is for 127.0.0.1 only)"
-        )
-    return value
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
 # ---- project config ---------------------------------------------------------------------------
 
 
-class DuckDBWarehouseConfig(_Strict):
+class DuckDBWarehouseConfig(Strict):
     """The embedded default: a DuckDB file, relative to the project folder."""
 
     type: Literal["duckdb"]
@@ -77,7 +48,7 @@ class DuckDBWarehouseConfig(_Strict):
     )
 
 
-class SnowflakeWarehouseConfig(_Strict):
+class SnowflakeWarehouseConfig(Strict):
     """Snowflake through snowflake-connector-python, with key-pair (preferred) or password auth."""
 
     type: Literal["snowflake"]
@@ -92,7 +63,7 @@ class SnowflakeWarehouseConfig(_Strict):
     schema_: str | None = Field(None, alias="schema")
 
     _check_refs = field_validator("private_key", "private_key_passphrase", "password")(
-        lambda v: None if v is None else _secret_ref(v)
+        lambda v: None if v is None else secret_ref(v)
     )
 
     @model_validator(mode="after")
@@ -105,7 +76,7 @@ class SnowflakeWarehouseConfig(_Strict):
 WarehouseConfig = Annotated[DuckDBWarehouseConfig | SnowflakeWarehouseConfig, Field(discriminator="type")]
 
 
-class StateConfig(_Strict):
+class StateConfig(Strict):
     """Where syncback keeps its state: snapshots in a warehouse schema, history in local files."""
 
     warehouse: str = Field(description="which warehouse holds the snapshot tables")
@@ -113,7 +84,7 @@ class StateConfig(_Strict):
     path: str = Field(".syncback", description="local run history and dead letters, relative to the project")
 
 
-class ProjectConfig(_Strict):
+class ProjectConfig(Strict):
     """``syncback.yaml``: the warehouses syncs may read, and where state lives."""
 
     warehouses: dict[str, WarehouseConfig] = Field(min_length=1)
@@ -130,7 +101,7 @@ class ProjectConfig(_Strict):
 # ---- sync spec --------------------------------------------------------------------------------
 
 
-class FieldMapping(_Strict):
+class FieldMapping(Strict):
     """One destination field: a column (optionally transformed) or a constant value."""
 
     column: str | None = None
@@ -155,54 +126,16 @@ class FieldMapping(_Strict):
         return [self.transform] if isinstance(self.transform, str) else list(self.transform)
 
 
-class RateLimit(_Strict):
-    """A request budget: at most ``requests`` in any rolling ``per_seconds``."""
-
-    requests: int = Field(100, gt=0)
-    per_seconds: float = Field(10.0, gt=0)
-
-
-class HubSpotDestinationConfig(_Strict):
-    """HubSpot CRM v3 objects (contacts, companies, deals, custom objects)."""
-
-    type: Literal["hubspot"]
-    object: str = Field(
-        pattern=r"^[A-Za-z0-9_-]+$", description="contacts, companies, deals, p_custom_object, ..."
-    )
-    id_property: str = Field(description="a unique property that identifies records (contacts: email)")
-    token: SecretRef
-    base_url: str = Field("https://api.hubapi.com", pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
-    rate_limit: RateLimit = RateLimit(requests=100, per_seconds=10.0)
-    concurrency: int = Field(4, ge=1, le=64, description="batches delivered in parallel")
-    timeout_s: float = Field(30.0, gt=0)
-
-    _check_token = field_validator("token")(lambda v: _secret_ref(v))
-    _check_url = field_validator("base_url")(lambda v: _https(v))
+if TYPE_CHECKING:  # what the engine may read of any destination's config
+    DestinationConfig = DestinationBase
+else:  # every registered destination's config, told apart by its ``type``
+    DestinationConfig = Annotated[
+        Union[tuple(kind.config for kind in REGISTRY.values())],  # noqa: UP007 (built at run time)
+        Field(discriminator="type"),
+    ]
 
 
-class WebhookDestinationConfig(_Strict):
-    """Any HTTPS endpoint: records POSTed as JSON in batches, optionally signed (Standard Webhooks)."""
-
-    type: Literal["webhook"]
-    url: str = Field(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
-    batch_size: int = Field(100, ge=1, le=10_000)
-    secret: SecretRef | None = Field(
-        None, description="signing secret (whsec_...), as env:NAME or secret:NAME"
-    )
-    rate_limit: RateLimit | None = None
-    concurrency: int = Field(4, ge=1, le=64)
-    timeout_s: float = Field(30.0, gt=0)
-
-    _check_secret = field_validator("secret")(lambda v: None if v is None else _secret_ref(v))
-    _check_url = field_validator("url")(lambda v: _https(v))
-
-
-DestinationConfig = Annotated[
-    HubSpotDestinationConfig | WebhookDestinationConfig, Field(discriminator="type")
-]
-
-
-class Guards(_Strict):
+class Guards(Strict):
     """Safety guards checked on every plan."""
 
     max_delete_pct: float | None = Field(
@@ -220,7 +153,7 @@ class Guards(_Strict):
     )
 
 
-class SyncSpec(_Strict):
+class SyncSpec(Strict):
     """One sync: a model, its primary key, a destination, a mode and a mapping."""
 
     name: str = Field(pattern=SYNC_NAME)
@@ -272,17 +205,10 @@ class SyncSpec(_Strict):
     def _shape(self) -> SyncSpec:
         if (self.model is None) == (self.table is None):
             raise ValueError("model: give exactly one of model (a SELECT) or table (a table name)")
-        id_property = getattr(self.destination, "id_property", None)
-        if id_property and self.mode != "insert" and id_property not in self.mapping:
-            raise ValueError(
-                f"mapping: destination.id_property is {id_property!r} but the mapping has no field "
-                f"{id_property!r}; map the column that identifies records to it: {id_property}: <column>"
-            )
-        if self.destination.type == "webhook" and self.mode in ("update", "insert"):
-            raise ValueError(
-                f"mode: {self.mode} needs a destination that knows which records exist; a webhook takes "
-                "upsert or mirror (the receiver decides what to do with each record)"
-            )
+        problems = sync_problems(self)
+        if problems:
+            field, message = problems[0]
+            raise ValueError(f"{field}: {message}")
         if self.mode == "mirror" and (self.guards is None or self.guards.max_delete_pct is None):
             raise ValueError(
                 "guards: mirror mode deletes records; add guards: {max_delete_pct: 10} (or your limit)"
@@ -353,8 +279,8 @@ class Project:
         return self.syncs[name]
 
 
-_ACROSS = re.compile(r"^(model|mapping|mode|guards): (.*)$", re.S)
-_BRANCHES = {"hubspot", "webhook", "duckdb", "snowflake"}
+_ACROSS = re.compile(r"^(model|mapping|mode|guards|destination(?:\.\w+)*): (.*)$", re.S)
+_BRANCHES = {*REGISTRY, "duckdb", "snowflake"}
 _HINTS = {
     "extra_forbidden": "unknown field; remove it or check its spelling",
     "missing": "required; add it",
@@ -372,7 +298,7 @@ def _problems(file: str, error: ValidationError, model: type[BaseModel]) -> list
         across = _ACROSS.match(message) if not loc else None
         if across:
             where, message = across.group(1), across.group(2)
-        if item["type"] == "string_pattern_mismatch" and loc[-1:] in (["url"], ["base_url"]):
+        if item["type"] == "string_pattern_mismatch" and item.get("ctx", {}).get("pattern") == URL_PATTERN:
             message = "must be an http:// or https:// address, e.g. https://hooks.example.com/syncback"
         if item["type"] == "string_pattern_mismatch" and loc[-1:] == ["name"]:
             message = "use lower-case letters, digits and _, starting with a letter, e.g. contacts_to_hubspot"

@@ -32,6 +32,7 @@ import requests
 
 from syncback.destinations.base import Change, Outcome
 from syncback.destinations.http import json_body, redact, retry_after, send, url_label
+from syncback.destinations.webhook import WebhookDestinationConfig
 from syncback.errors import (
     DestinationAuthError,
     DestinationGone,
@@ -41,7 +42,6 @@ from syncback.errors import (
     SecretError,
     SystemicError,
 )
-from syncback.spec import WebhookDestinationConfig
 
 SECRET_PREFIX = "whsec_"
 EXCERPT_CHARS = 200

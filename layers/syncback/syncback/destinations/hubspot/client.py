@@ -14,6 +14,8 @@ import requests
 
 from syncback.destinations.base import Change, Outcome
 from syncback.destinations.http import json_body, redact, retry_after, send
+from syncback.destinations.hubspot import HubSpotDestinationConfig
+from syncback.destinations.registry import Mode
 from syncback.errors import (
     DestinationAuthError,
     DestinationUnavailable,
@@ -21,7 +23,6 @@ from syncback.errors import (
     RequestRejected,
     SystemicError,
 )
-from syncback.spec import HubSpotDestinationConfig, Mode
 
 MAX_INPUTS = 100
 _EXISTING_ID = re.compile(r"Existing ID: ?(\d+)")

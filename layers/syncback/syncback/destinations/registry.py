@@ -1,0 +1,161 @@
+"""The destination registry: each destination declares, in one place, all the engine needs of it.
+
+A destination is a package under ``destinations/`` whose ``__init__`` defines its config model
+(a pydantic model with a ``type: Literal[...]`` field) and registers a ``Kind``; its client lives
+beside it and is imported only when a client is built. The spec's discriminated union and its JSON
+Schemas, ``validate``, the planner's identity check, the rate budget and the CLI read this
+registry; nothing outside a destination's package names that destination. ``catalog`` lists the
+packages to load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from syncback.errors import ConfigError, Problem
+
+if TYPE_CHECKING:  # the spec imports this module: types only
+    import requests
+
+    from syncback.destinations.base import Destination
+    from syncback.secrets import SecretResolver
+    from syncback.spec import SyncSpec
+
+#: what mirror does to a record whose row left the model: archive (delete) it; or nothing can be
+#: removed there, and mirror is refused for the destination
+Removal = Literal["archive", "unsupported"]
+Mode = Literal["upsert", "update", "insert", "mirror"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One destination, as the engine knows it."""
+
+    #: the spec's ``destination.type``
+    name: str
+    #: its config model; the spec's union is made of these
+    config: type[Any]
+    #: the sync modes it supports
+    modes: tuple[Mode, ...]
+    #: what mirror does to a record whose row left the model
+    removal: Removal
+    #: builds the client, its secrets resolved (imports the client module: not on a cold path)
+    build: Callable[[SyncSpec, SecretResolver, requests.Session], Destination]
+    #: why it takes only those modes, for the message refusing another
+    modes_note: str = ""
+    #: config fields that hold secret references (env:, secret:), for validate
+    secrets: tuple[str, ...] = ()
+    #: the mapped fields by which it finds a record (one per value, compared trimmed, lower case)
+    identifiers: Callable[[Any, SyncSpec], list[str]] = lambda config, sync: []
+    #: what names where records go (a digest of it is the snapshot's target): another object or
+    #: URL starts a sync afresh
+    place: Callable[[Any], Sequence[str]] = lambda config: []
+    #: the account its rate limit applies to (budgets are shared per account); never a secret
+    account: Callable[[Any], str] = lambda config: ""
+    #: checks a resolved secret (field, value); raises SecretError with the fix
+    check_secret: Callable[[str, str], None] | None = None
+    #: checks the spec across fields (mode, mapping); returns problems as (field, message)
+    check_sync: Callable[[SyncSpec], list[tuple[str, str]]] = field(default=lambda sync: [])
+
+
+REGISTRY: dict[str, Kind] = {}
+
+
+def register(kind: Kind) -> Kind:
+    """Add ``kind`` to the registry (a destination package does this on import); return it."""
+    if kind.name in REGISTRY:
+        raise ValueError(f"destination type {kind.name!r} is registered twice")
+    REGISTRY[kind.name] = kind
+    return kind
+
+
+def kind_of(sync: SyncSpec) -> Kind:
+    """Return the registered destination of ``sync``."""
+    kind = REGISTRY.get(sync.destination.type)
+    if kind is None:  # the spec's union only admits registered types; this is a programming error
+        raise ConfigError(
+            [Problem(f"syncs/{sync.name}.yaml", "destination.type", "unknown destination type")]
+        )
+    return kind
+
+
+def build_destination(
+    sync: SyncSpec, secrets: SecretResolver, session: requests.Session | None = None
+) -> Destination:
+    """Return the client for ``sync``'s destination, its secrets resolved."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    if session is None:
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=sync.destination.concurrency + 2)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+    return kind_of(sync).build(sync, secrets, session)
+
+
+def identifier_fields(sync: SyncSpec) -> list[str]:
+    """Return the mapped fields by which the destination finds a record (HubSpot's id property).
+
+    No two model rows may send one value of them (compared as the destination compares them), and
+    a record this sync has written is addressed by its destination id, not by them.
+    """
+    return kind_of(sync).identifiers(sync.destination, sync)
+
+
+def destination_target(sync: SyncSpec) -> str:
+    """Return a digest of where the sync writes: a sync pointed at another object or URL starts afresh."""
+    where = [sync.destination.type, *kind_of(sync).place(sync.destination)]
+    return hashlib.sha256("\x00".join(str(w) for w in where).encode()).hexdigest()[:16]
+
+
+def request_budget(sync: SyncSpec) -> tuple[str, int, float] | None:
+    """Return (account, requests, per_seconds) of ``sync``'s destination budget, or None if unlimited.
+
+    The account names what the vendor's limit applies to, so every sync writing to one account
+    shares one budget; it never holds a secret or a whole URL.
+    """
+    limit = getattr(sync.destination, "rate_limit", None)
+    if limit is None:
+        return None
+    account = f"{sync.destination.type} {kind_of(sync).account(sync.destination)}"
+    return account, limit.requests, limit.per_seconds
+
+
+def secret_fields(sync: SyncSpec) -> list[tuple[str, str]]:
+    """Return (spec field, reference) of each secret reference the sync's destination holds."""
+    out = []
+    for name in kind_of(sync).secrets:
+        reference = getattr(sync.destination, name, None)
+        if isinstance(reference, str):
+            out.append((f"destination.{name}", reference))
+    return out
+
+
+def check_secret(sync: SyncSpec, field: str, value: str) -> None:
+    """Raise SecretError if a resolved secret cannot work as ``field`` of ``sync``'s destination."""
+    check = kind_of(sync).check_secret
+    if check is not None:
+        check(field.removeprefix("destination."), value)
+
+
+def sync_problems(sync: SyncSpec) -> list[tuple[str, str]]:
+    """Return (field, message) for what the destination cannot do as the sync asks."""
+    kind = kind_of(sync)
+    problems = []
+    if sync.mode == "mirror" and kind.removal == "unsupported":
+        problems.append(
+            (
+                "mode",
+                f"mirror removes records whose rows left the model, and a {kind.name} destination "
+                "cannot remove records; use upsert",
+            )
+        )
+    elif sync.mode not in kind.modes:
+        takes = ", ".join(kind.modes[:-1]) + f" or {kind.modes[-1]}" if len(kind.modes) > 1 else kind.modes[0]
+        why = f" ({kind.modes_note})" if kind.modes_note else ""
+        problems.append(("mode", f"a {kind.name} destination takes {takes}, not {sync.mode}{why}"))
+    return problems + kind.check_sync(sync)
