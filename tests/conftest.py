@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from syncback.spec import Project, load_project
+from tests.fakes.contract import Fake, fakes
 
 BASE_SYNC: dict[str, Any] = {
     "name": "contacts",
@@ -96,3 +97,13 @@ def make_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ProjectFact
         return load_project(write_project(tmp_path, {**BASE_SYNC, **overrides}, rows))
 
     return factory
+
+
+@pytest.fixture(params=sorted(fakes()))
+def fake(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake]:
+    """Every registered destination's fake, started, with its secrets in the environment: a test
+    that takes it is a contract test, run against each destination."""
+    with fakes()[request.param]() as started:
+        for name, value in started.env.items():
+            monkeypatch.setenv(name, value)
+        yield started

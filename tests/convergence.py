@@ -1,6 +1,6 @@
 """A sync against a real destination fake, and the check that the destination ends equal to the model.
 
-``World`` is one project on DuckDB writing to the HubSpot sandbox or the webhook receiver over
+``World`` is one project on DuckDB writing to a destination's fake (``tests/fakes/``) over
 loopback, with a model the test edits row by row, the real plan → deliver → commit and replay
 code, and hooks that cut a run off where a killed process would stop. ``check_converged`` is the
 property of the convergence issue, checked after a clean run:
@@ -11,14 +11,15 @@ property of the convergence issue, checked after a clean run:
 4. the next plan has zero changes, and the snapshot names each row's record in the destination.
 
 Which rows are valid is decided here from the model alone (unique non-null key; an email no
-lower key holds, unless the destination showed that row holding it before the run), not read from
-the engine, so that a wrong verdict of the engine is caught.
+lower key holds, unless the destination showed that row holding it before the run, where the
+destination finds records by email), not read from the engine, so that a wrong verdict of the
+engine is caught.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,20 +38,18 @@ from syncback.errors import GuardError
 from syncback.planner import Planner, PlanResult
 from syncback.runner import run_sync
 from syncback.runtime import Runtime, new_run_id
-from syncback.sandbox.hubspot import HubSpotSandbox
 from syncback.spec import load_project
 from syncback.state import LocalStateStore, RunRecord
 from syncback.warehouses.duckdb import DuckDBWarehouse
-from tests.fakes.webhook_receiver import WebhookReceiver
+from tests.fakes.contract import Fake, fakes
 
-TOKEN = "convergence-token"
-SECRET = "whsec_c3luY2JhY2stY29udmVyZ2VuY2Uta2V5LTMyYnl0ZXM="
 NO_WAIT = RetryPolicy(attempts=2, base_s=0, cap_s=0)
 
 
 @dataclass(frozen=True)
 class Row:
-    """One model row: the key, an email (the HubSpot identifier), and two plain fields."""
+    """One model row: the key, an email (an identifier where the destination finds records by it),
+    and two plain fields."""
 
     email: str | None
     name: str | None = "Ann"
@@ -79,7 +78,7 @@ def mapping(order: int = 0, extra: bool = False) -> dict[str, Any]:
     return dict(entries)
 
 
-def expected(key: int, row: Row, extra: bool, kind: str) -> dict[str, Any]:
+def expected(key: int, row: Row, extra: bool, fake: Fake) -> dict[str, Any]:
     """Return the record the destination should hold for ``row``, as it stores it."""
     seen = row.seen.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     record: dict[str, Any] = {
@@ -92,11 +91,7 @@ def expected(key: int, row: Row, extra: bool, kind: str) -> dict[str, Any]:
     }
     if extra:
         record["score_text"] = str(row.score)
-    if kind == "hubspot":
-        # HubSpot stores strings, clears with "", and keeps emails trimmed and in lower case
-        record = {k: "" if v is None else str(v) for k, v in record.items()}
-        record["email"] = (row.email or "").strip().lower()
-    return record
+    return {name: fake.stored(name, value) for name, value in record.items()}
 
 
 @dataclass
@@ -104,62 +99,47 @@ class World:
     """A project, a destination fake and a model; runs, replays and kills are the test's to call."""
 
     root: Path
-    kind: str  # "hubspot" | "webhook"
+    kind: str  # a destination type with a fake under tests/fakes/
     mode: str  # "upsert" | "mirror"
     remove_not_created: str = "leave"
     rows: dict[int, Row] = field(default_factory=dict)
     order: int = 0
     extra: bool = False
-    # records written by requests whose answer was lost: HubSpot ids created, or webhook keys
+    # records written by requests whose answer was lost: ids the destination made, or webhook keys
     lost: set[str] = field(default_factory=set)
-    by_hand: set[str] = field(default_factory=set)  # HubSpot ids of contacts a person created
-    sandbox: HubSpotSandbox | None = None
-    receiver: WebhookReceiver | None = None
+    by_hand: set[str] = field(default_factory=set)  # ids of records a person created
+    fake: Fake = field(init=False)
     paused: bool = False  # run_paused_before_commit's run got to its commit
+
+    def __post_init__(self) -> None:
+        self.fake = fakes()[self.kind]()
 
     # ---- set-up ------------------------------------------------------------------------------
 
     @contextmanager
     def started(self) -> Iterator[World]:
-        if self.kind == "hubspot":
-            with HubSpotSandbox(token=TOKEN, requests_per_window=None) as sandbox:
-                self.sandbox = sandbox
+        saved = {name: os.environ.get(name) for name in self.fake.env}
+        os.environ.update(self.fake.env)
+        try:
+            with self.fake:
                 self.write_spec()
                 yield self
-        else:
-            with WebhookReceiver(secret=SECRET) as receiver:
-                self.receiver = receiver
-                self.write_spec()
-                yield self
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
     def write_spec(self) -> None:
-        if self.kind == "hubspot":
-            assert self.sandbox is not None
-            destination: dict[str, Any] = {
-                "type": "hubspot",
-                "object": "contacts",
-                "id_property": "email",
-                "token": "env:CONVERGENCE_TOKEN",
-                "base_url": self.sandbox.url,
-                "rate_limit": {"requests": 10_000, "per_seconds": 1},
-                "timeout_s": 5,
-            }
-        else:
-            assert self.receiver is not None
-            destination = {
-                "type": "webhook",
-                "url": self.receiver.url,
-                "secret": "env:CONVERGENCE_SECRET",
-                "batch_size": 3,
-            }
         spec: dict[str, Any] = {
             "name": "people",
             "warehouse": "local",
             "table": "analytics.people",
             "primary_key": "customer_id",
             "mode": self.mode,
-            "destination": destination,
-            "mapping": mapping(self.order, self.extra),
+            "destination": self.fake.destination(),
+            "mapping": self.fake.mapping(mapping(self.order, self.extra), "customer_id"),
             "batch_size": 3,
             "remove_not_created": self.remove_not_created,
         }
@@ -215,36 +195,17 @@ class World:
 
     def reject(self, emails: set[str]) -> None:
         """Make the destination refuse the records holding any of ``emails`` (empty: accept all)."""
-        if self.kind == "hubspot":
-            assert self.sandbox is not None
-            from syncback.sandbox.hubspot import Faults
-
-            self.sandbox.set_faults(Faults(reject_values={e.strip().lower() for e in emails}))
-        else:
-            assert self.receiver is not None
-            self.receiver.reject_keys = {str(k) for k, r in self.rows.items() if r.email in emails}
+        self.fake.reject(emails)
 
     def create_by_hand(self, email: str) -> None:
-        """A person creates a HubSpot contact (the sync did not create it: mirror must never archive it)."""
-        assert self.sandbox is not None
-        response = requests.post(
-            f"{self.sandbox.url}/crm/v3/objects/contacts/batch/create",
-            json={"inputs": [{"properties": {"email": email, "firstname": "by hand"}}]},
-            headers={"Authorization": f"Bearer {TOKEN}"},
-            timeout=5,
-        )
-        assert response.status_code == 201, response.text
-        self.by_hand.add(str(response.json()["results"][0]["id"]))
+        """A person creates a record (the sync did not create it: mirror must never archive it)."""
+        self.by_hand.add(self.fake.create_by_hand(email))
 
     # ---- what the destination holds -------------------------------------------------------------
 
     def records(self) -> list[dict[str, Any]]:
-        """Return the destination's live records: HubSpot contacts (with "id"), or the receiver's state."""
-        if self.kind == "hubspot":
-            assert self.sandbox is not None
-            return [{"id": o["id"], **o["properties"]} for o in self.sandbox.objects("contacts")]
-        assert self.receiver is not None
-        return [{"id": key, **fields} for key, fields in self.receiver.held().items()]
+        """Return the destination's live records (with "id")."""
+        return self.fake.records()
 
     def snapshot(self) -> dict[str, tuple[str | None, str | None]]:
         """Return the live snapshot rows: key → (row hash, destination id)."""
@@ -314,13 +275,11 @@ class World:
             def send(
                 session: requests.Session, request: requests.PreparedRequest, **kwargs: Any
             ) -> requests.Response:
-                before = {o["id"] for o in self.records()} if self.kind == "hubspot" else set()
+                writes = self.fake.writes(request)
+                before = {o["id"] for o in self.records()} if writes else set()
                 response = real_send(session, request, **kwargs)
-                if ("/batch/" in (request.url or "") or self.kind == "webhook") and due():
-                    if self.kind == "hubspot":
-                        self.lost |= {o["id"] for o in self.records()} - before
-                    else:  # the receiver holds these records; syncback never learns it
-                        self.lost |= {r["key"] for r in json.loads(request.body or b"{}").get("records", [])}
+                if writes and due():
+                    self.lost |= self.fake.lost(request, response, before)
                     raise Killed(point)
                 return response
 
@@ -378,15 +337,16 @@ class World:
 
 
 def winners(
-    rows: dict[int, Row], held_before: dict[str, int], kind: str
+    rows: dict[int, Row], held_before: dict[str, int], fake: Fake
 ) -> tuple[dict[int, Row], dict[int, str]]:
     """Return the valid rows, and why each other row is invalid, decided from the model alone.
 
-    HubSpot finds contacts by email: among rows sharing one (compared trimmed, in lower case), the
-    one whose record held it before the run wins, else the lowest key (as text); a row without an
-    email is invalid. A webhook has no identifier: every row is valid. ``held_before``: email → key.
+    Where the destination finds records by email: among rows sharing one (compared trimmed, in
+    lower case), the one whose record held it before the run wins, else the lowest key (as text);
+    a row without an email is invalid. Elsewhere the key is enough: every row is valid.
+    ``held_before``: email → key.
     """
-    if kind == "webhook":
+    if fake.identifier is None:
         return dict(rows), {}
     invalid: dict[int, str] = {}
     groups: dict[str, list[int]] = {}
@@ -409,25 +369,26 @@ def check_converged(
     world: World, record: RunRecord, held_before: dict[str, int], full_resync: bool = False
 ) -> None:
     """Assert the convergence property after ``record``, a run with the destination healthy."""
-    valid, invalid = winners(world.rows, held_before, world.kind)
+    valid, invalid = winners(world.rows, held_before, world.fake)
+    finds_by_email = world.fake.identifier is not None
     rejected = {int(item["key"]) for item in record.rejected_sample}
     records = world.records()
     by_key: dict[int, list[dict[str, Any]]] = {}
     for item in records:
         if item.get("customer_id") not in (None, ""):
             by_key.setdefault(int(item["customer_id"]), []).append(item)
-    explained = _rejections_explained(world, rejected, valid, by_key) if world.kind == "hubspot" else set()
+    explained = _rejections_explained(world, rejected, valid, by_key) if finds_by_email else set()
     assert rejected <= explained, f"records rejected on a healthy destination: {rejected - explained}"
 
     # 1. every valid row is there exactly once, with exactly its mapped values: the record the
-    # snapshot names (a webhook receiver holds one per key); another record with its key may only be
-    # one a killed request created and never told us about
+    # snapshot names (where the key names the record, the only one with it); another record with its
+    # key may only be one a killed request created and never told us about
     snap = world.snapshot()
     for key, row in valid.items():
         if key in explained:
             continue
         copies = by_key.get(key, [])
-        if world.kind == "hubspot":
+        if finds_by_email:
             assert str(key) in snap, f"row {key} is not in the snapshot after a clean run"
             mine = [r for r in copies if r["id"] == snap[str(key)][1]]
         else:
@@ -437,10 +398,8 @@ def check_converged(
         )
         extra = [r for r in copies if r is not mine[0] and r["id"] not in world.lost]
         assert not extra, f"row {key} is in the destination more than once: {copies}"
-        want = expected(key, row, world.extra, world.kind)
-        got = {k: mine[0].get(k) for k in want}
-        if world.kind == "hubspot":
-            got = {k: "" if v is None else str(v) for k, v in got.items()}
+        want = expected(key, row, world.extra, world.fake)
+        got = {k: world.fake.stored(k, mine[0].get(k)) for k in want}
         assert got == want, f"row {key}: the destination holds {got}, the model says {want}"
 
     # 2. mirror: nothing else this sync created remains (a full resync leaves removals to the next
@@ -450,9 +409,8 @@ def check_converged(
         for key, copies in by_key.items():
             made = [r for r in copies if r["id"] not in world.by_hand and r["id"] not in world.lost]
             assert key in allowed or not made, f"row {key} left the model, its record remains: {made}"
-    if world.kind == "hubspot":
-        assert world.sandbox is not None
-        alive = {o["id"] for o in world.sandbox.objects("contacts")}
+    if world.by_hand:
+        alive = {o["id"] for o in world.records()}
         assert world.by_hand <= alive, f"contacts made by hand were archived: {world.by_hand - alive}"
 
     # 3. no primary key held by two records (but for those a lost answer made), no email by two rows
@@ -492,14 +450,14 @@ def _rejections_explained(
 
 
 def held_emails(world: World) -> dict[str, int]:
-    """Return email → key of the records that hold one now (HubSpot only: a webhook has no identifier)."""
+    """Return email → key of the records that hold one now (where the destination finds records by email)."""
     out: dict[str, int] = {}
     for item in world.records():
         if item["id"] in world.lost:
             continue  # made by a request whose answer was lost: syncback cannot know it holds the email
         if item.get("email") and item.get("customer_id") not in (None, ""):
             out[str(item["email"]).strip().lower()] = int(item["customer_id"])
-    return out if world.kind == "hubspot" else {}
+    return out if world.fake.identifier is not None else {}
 
 
 Step = Callable[[World], None]

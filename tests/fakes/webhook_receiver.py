@@ -6,14 +6,16 @@ the spec tells receivers to. It speaks our receiver contract: 200 with ``{"accep
 "rejected": [{"key", "reason"}]}``, and ``held()`` is what a receiver applying each accepted
 record (upsert: store its fields; archive: drop it) holds.
 
-Fault knobs: ``fail_next`` (answer the next requests with a status), ``reject_keys`` (reject
-those records in a 200), ``reject_batch_if_key_in`` (400 for the whole request) and ``delay_s``
-(answer late). A test fake: production code never imports it.
+Fault knobs: ``fail_next`` (answer the next requests with a status), ``reject_keys`` and
+``reject_values`` (reject those records in a 200), ``reject_batch_if_key_in`` (400 for the whole
+request), ``delay_s`` (answer late) and ``random_faults``. ``FAKE`` is its view for the contract
+suites. A test fake: production code never imports it.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections import deque
@@ -21,10 +23,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
+import requests
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from tests.fakes.contract import Fake
+
 Answer = tuple[int, dict[str, str], bytes]
+SECRET = "whsec_c3luY2JhY2stY29udHJhY3Qta2V5LTMyYnl0ZXM="
 
 
 class WebhookReceiver:
@@ -42,6 +48,15 @@ class WebhookReceiver:
         #: TCP connections accepted: fewer than requests when the client keeps them alive
         self.connections = 0
         self.reject_keys: set[str] = set()
+        #: records holding one of these values (in lower case) in a field are rejected too
+        self.reject_values: set[str] = set()
+        #: (rate of 429s, of 5xx, of answers too late (after storing), the draw): random faults
+        self.random_faults: tuple[float, float, float, random.Random] | None = None
+        self.late_s = 2.5
+        #: every key an accepted upsert ever held
+        self.first_seen: set[str] = set()
+        #: how many random faults struck
+        self.injected = 0
         self.reject_reason = "refused by the test receiver"
         self.reject_batch_if_key_in: set[str] = set()
         #: seconds to wait before answering (for client timeouts)
@@ -96,6 +111,10 @@ class WebhookReceiver:
             self.requests += 1
             if self._faults:
                 return self._faults.popleft()
+            fault = self._draw()
+        if fault in ("429", "5xx"):
+            status = 429 if fault == "429" else 503
+            return _json_answer(status, {"error": f"test receiver answers {status}"})
         if self.delay_s:
             time.sleep(self.delay_s)
         if headers.get("content-type", "").split(";")[0].strip() != "application/json":
@@ -121,7 +140,7 @@ class WebhookReceiver:
         rejected = [
             {"key": str(r["key"]), "reason": self.reject_reason.format(fields=json.dumps(r.get("fields")))}
             for r in records
-            if str(r["key"]) in self.reject_keys
+            if str(r["key"]) in self.reject_keys or self._holds_rejected_value(r)
         ]
         answer = _json_answer(200, {"accepted": len(records) - len(rejected), "rejected": rejected})
         with self._lock:
@@ -131,7 +150,28 @@ class WebhookReceiver:
             self.headers.append(headers)
             if msg_id:
                 self._answered_ids[msg_id] = answer
+            refused = {r["key"] for r in rejected}
+            self.first_seen |= {str(r["key"]) for r in records if r["action"] == "upsert"} - refused
+        if fault == "late":  # stored, and answered after the client gave up
+            time.sleep(self.late_s)
         return answer
+
+    def _draw(self) -> str | None:
+        """Return the random fault that strikes this request, if any; hold the lock."""
+        if self.random_faults is None:
+            return None
+        rate_429, rate_5xx, rate_late, rng = self.random_faults
+        x = rng.random()
+        for name, rate in (("429", rate_429), ("5xx", rate_5xx), ("late", rate_late)):
+            if x < rate:
+                self.injected += 1
+                return name
+            x -= rate
+        return None
+
+    def _holds_rejected_value(self, record: dict[str, Any]) -> bool:
+        fields = record.get("fields") or {}
+        return any(v is not None and str(v).lower() in self.reject_values for v in fields.values())
 
     def _verified(self, headers: dict[str, str], body: bytes) -> bool:
         assert self.secret is not None
@@ -205,3 +245,59 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+# ---- the contract suites' view ------------------------------------------------------------------
+
+
+class WebhookFake(Fake):
+    """The receiver as the contract suites drive it: records by the model's key, values as JSON."""
+
+    name = "webhook"
+    env = {"CONTRACT_WEBHOOK_SECRET": SECRET}
+
+    def __init__(self) -> None:
+        self.receiver = WebhookReceiver(secret=SECRET)
+
+    def __enter__(self) -> WebhookFake:
+        self.receiver.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.receiver.stop()
+
+    def destination(self) -> dict[str, Any]:
+        return {
+            "type": "webhook",
+            "url": self.receiver.url,
+            "secret": "env:CONTRACT_WEBHOOK_SECRET",
+            "batch_size": 3,
+            "timeout_s": 2,
+        }
+
+    def records(self) -> list[dict[str, Any]]:
+        return [{"id": key, **fields} for key, fields in self.receiver.held().items()]
+
+    def reject(self, values: set[str]) -> None:
+        self.receiver.reject_values = {v.lower() for v in values}
+
+    def inject(self, rate_429: float, rate_5xx: float, rate_timeout: float, seed: int) -> None:
+        self.receiver.random_faults = (rate_429, rate_5xx, rate_timeout, random.Random(seed))
+
+    def created(self) -> int:
+        return len(self.receiver.first_seen)
+
+    def injected(self) -> int:
+        return self.receiver.injected
+
+    def writes(self, request: requests.PreparedRequest) -> bool:
+        return True
+
+    def lost(
+        self, request: requests.PreparedRequest, response: requests.Response, before: set[str]
+    ) -> set[str]:
+        # the receiver holds these records; syncback never learns it
+        return {r["key"] for r in json.loads(request.body or b"{}").get("records", [])}
+
+
+FAKE = WebhookFake

@@ -24,12 +24,6 @@ from tests.convergence import Killed, Row, World, check_converged, held_emails
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CONVERGENCE_TOKEN", "convergence-token")
-    monkeypatch.setenv("CONVERGENCE_SECRET", "whsec_c3luY2JhY2stY29udmVyZ2VuY2Uta2V5LTMyYnl0ZXM=")
-
-
 @pytest.fixture
 def hubspot(tmp_path: Path) -> Iterator[World]:
     with World(tmp_path, "hubspot", "upsert").started() as world:
@@ -116,14 +110,16 @@ def test_case_2_a_replayed_record_that_is_skipped_does_not_advance_the_snapshot(
         world.run()
         world.reject(set())
         # When the contact is deleted in HubSpot, then the dead letter is replayed
-        assert world.sandbox is not None
-        (two,) = [o for o in world.sandbox.objects("contacts") if o["properties"]["email"] == "two@x.io"]
+        from tests.fakes.hubspot import TOKEN
+
+        sandbox = world.fake.sandbox  # type: ignore[attr-defined]
+        (two,) = [o for o in sandbox.objects("contacts") if o["properties"]["email"] == "two@x.io"]
         import requests
 
         requests.post(
-            f"{world.sandbox.url}/crm/v3/objects/contacts/batch/archive",
+            f"{sandbox.url}/crm/v3/objects/contacts/batch/archive",
             json={"inputs": [{"id": two["id"]}]},
-            headers={"Authorization": "Bearer convergence-token"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
             timeout=5,
         )
         world.replay()
@@ -140,8 +136,7 @@ def test_case_3_a_value_that_goes_b_a_b_a_reaches_a_receiver_that_drops_repeated
         model(webhook, {1: Row("one@x.io", name)})
         webhook.run()
     assert webhook.records()[0]["firstname"] == "A"
-    assert webhook.receiver is not None
-    ids = [h["webhook-id"] for h in webhook.receiver.headers]
+    ids = [h["webhook-id"] for h in webhook.fake.receiver.headers]  # type: ignore[attr-defined]
     assert len(set(ids)) == 4, ids
     converge(webhook)
 

@@ -1,4 +1,5 @@
-"""The awkward rows every destination must pass, over real HTTP to faithful fakes of each API.
+"""The awkward rows every destination must pass, over real HTTP to faithful fakes of each API:
+every fake under ``tests/fakes/`` runs it, so a new destination gets it without editing it.
 
 Nulls, duplicate and null keys, unicode, long strings, NaN and infinity, huge integers, quotes and
 control characters, and a column whose type changes between runs.
@@ -6,21 +7,18 @@ control characters, and a column whose type changes between runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import pytest
 
 from syncback.batches import LocalBatchStore
 from syncback.delivery import RetryPolicy
 from syncback.runner import Runtime, run_sync
-from syncback.sandbox.hubspot import HubSpotSandbox
 from syncback.spec import load_project
 from syncback.state import LocalStateStore
 from tests.conftest import write_project
-from tests.fakes.webhook_receiver import WebhookReceiver
+from tests.fakes.contract import Fake
 
 LONG = "x" * 10_000 + "✓"
 NASTY: list[tuple[Any, ...]] = [
@@ -51,52 +49,15 @@ def write_model(path: Path, rows: list[tuple[Any, ...]], score_type: str = "doub
     con.close()
 
 
-@pytest.fixture(params=["hubspot", "webhook"])
-def destination(
-    request: pytest.FixtureRequest,
-) -> Iterator[tuple[dict[str, Any], Callable[[], dict[str, dict[str, Any]]]]]:
-    """Yield (destination spec, a function returning what the destination holds by key)."""
-    if request.param == "hubspot":
-        with HubSpotSandbox(token="nasty-token") as sandbox:
-
-            def hubspot_records() -> dict[str, dict[str, Any]]:
-                out = {}
-                for obj in sandbox.objects("contacts"):
-                    props = obj["properties"]
-                    out[str(props["customer_id"])] = props
-                return out
-
-            spec = {
-                "type": "hubspot",
-                "object": "contacts",
-                "id_property": "email",
-                "token": "env:NASTY_TOKEN",
-                "base_url": sandbox.url,
-                "rate_limit": {"requests": 1000, "per_seconds": 1},
-            }
-            yield spec, hubspot_records
-    else:
-        with WebhookReceiver(secret="whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQ=") as receiver:
-
-            def webhook_records() -> dict[str, dict[str, Any]]:
-                out: dict[str, dict[str, Any]] = {}
-                for body in receiver.received:
-                    for item in body["records"]:
-                        out[item["key"]] = item["fields"]
-                return out
-
-            spec = {"type": "webhook", "url": receiver.url, "batch_size": 3, "secret": "env:NASTY_SECRET"}
-            yield spec, webhook_records
+def held(fake: Fake) -> dict[str, dict[str, Any]]:
+    """Return what the destination holds, by the model's key."""
+    return {str(record["customer_id"]): record for record in fake.records()}
 
 
 def test_every_destination_passes_the_nasty_rows(
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    destination: tuple[dict[str, Any], Callable[[], dict[str, dict[str, Any]]]],
+    fake: Fake,
 ) -> None:
-    spec, held = destination
-    monkeypatch.setenv("NASTY_TOKEN", "nasty-token")
-    monkeypatch.setenv("NASTY_SECRET", "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=")
     write_project(
         tmp_path,
         {
@@ -104,15 +65,18 @@ def test_every_destination_passes_the_nasty_rows(
             "warehouse": "local",
             "table": "analytics.people",
             "primary_key": "id",
-            "destination": spec,
+            "destination": fake.destination(),
             "batch_size": 4,
-            "mapping": {
-                "email": {"column": "email", "transform": ["trim", "lower"]},
-                "customer_id": "id",
-                "firstname": "name",
-                "score": "score",
-                "big": "big",
-            },
+            "mapping": fake.mapping(
+                {
+                    "email": {"column": "email", "transform": ["trim", "lower"]},
+                    "customer_id": "id",
+                    "firstname": "name",
+                    "score": "score",
+                    "big": "big",
+                },
+                key_column="id",
+            ),
         },
         file="people",
     )
@@ -136,7 +100,7 @@ def test_every_destination_passes_the_nasty_rows(
         and "duplicate primary key (2 rows" in reasons
         and "is null (1 rows)" in reasons
     )
-    got = held()
+    got = held(fake)
     assert set(got) == VALID
     assert got["3"]["firstname"] == "Zoë 🚀 ünïcødé 中文 \u200b"
     assert got["4"]["firstname"] == LONG
@@ -156,4 +120,4 @@ def test_every_destination_passes_the_nasty_rows(
     # looks the same); NaN and inf as text are no longer invalid, so those rows are added
     assert second.planned["changed"] == len(VALID) - 1 and second.planned["added"] == 2
     assert second.rejected == 0
-    assert held()["1"]["score"] == "1.5"
+    assert held(fake)["1"]["score"] == "1.5"

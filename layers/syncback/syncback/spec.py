@@ -290,7 +290,7 @@ _HINTS = {
 def _problems(file: str, error: ValidationError, model: type[BaseModel]) -> list[Problem]:
     out = []
     for item in error.errors():
-        # drop the union branch names pydantic puts in the location ("hubspot", "literal[...]")
+        # drop the union branch names pydantic puts in the location (a type name, "literal[...]")
         loc = [str(p) for p in item["loc"] if "[" not in str(p) and str(p) not in _BRANCHES]
         where = ".".join(loc) or "(top level)"
         message = _HINTS.get(item["type"], item["msg"].removeprefix("Value error, "))

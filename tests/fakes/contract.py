@@ -1,0 +1,103 @@
+"""What the contract suites need of a destination's fake, and how they find every one.
+
+The shared suites (nasty rows, faults, the convergence property) are written once, in terms of a
+few generic fields: ``customer_id`` (the model's key), ``email``, ``firstname`` and any other a
+suite maps. Each destination's fake module under ``tests/fakes/`` defines ``FAKE``, a ``Fake``
+subclass that starts the fake on loopback and translates: the spec's destination block, the
+destination's field for each generic one, how it stores a value, what it holds, and its faults.
+``fakes()`` finds them all; a suite parametrised by it runs against every registered destination,
+and ``test_every_registered_destination_has_a_fake`` fails when a destination comes without one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from types import TracebackType
+from typing import Any, ClassVar
+
+import requests
+
+
+class Fake:
+    """One destination's fake, as the contract suites drive it."""
+
+    #: the registered destination type it fakes
+    name: ClassVar[str]
+    #: the generic field by which the destination finds a record, compared trimmed and in lower
+    #: case (its values must not be shared by two rows), or None when the model's key is enough
+    identifier: ClassVar[str | None] = None
+    #: the environment the destination block's secret references read
+    env: ClassVar[dict[str, str]] = {}
+    #: whether a person can create records beside the sync's (mirror must never remove those)
+    by_hand: ClassVar[bool] = False
+
+    def __enter__(self) -> Fake:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    def destination(self) -> dict[str, Any]:
+        """Return the spec's destination block, pointed at this fake, with fast test limits."""
+        raise NotImplementedError
+
+    def mapping(self, generic: dict[str, Any], key_column: str) -> dict[str, Any]:
+        """Return the sync's mapping for the generic one: its fields renamed to the destination's,
+        and whatever else the destination requires (``key_column`` is the model's key column)."""
+        return dict(generic)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Return the live records: ``id`` (the destination's) and the generic fields, as stored."""
+        raise NotImplementedError
+
+    def stored(self, field: str, value: Any) -> Any:
+        """Return ``value`` of generic ``field`` as the destination stores and shows it."""
+        return value
+
+    def reject(self, values: set[str]) -> None:
+        """Refuse, record by record, the records holding any of ``values`` in a mapped field
+        (compared in lower case); an empty set accepts everything again."""
+        raise NotImplementedError
+
+    def inject(self, rate_429: float, rate_5xx: float, rate_timeout: float, seed: int) -> None:
+        """Answer those fractions of write requests 429, 5xx, or late (after doing the write)."""
+        raise NotImplementedError
+
+    def created(self) -> int:
+        """Return how many records the destination created, ever (a duplicate shows here)."""
+        raise NotImplementedError
+
+    def injected(self) -> int:
+        """Return how many of the faults ``inject`` asked for have struck so far."""
+        raise NotImplementedError
+
+    def create_by_hand(self, email: str) -> str:
+        """Create a record as a person would, holding ``email``; return its id."""
+        raise NotImplementedError(f"{self.name} has no records made by hand")
+
+    def writes(self, request: requests.PreparedRequest) -> bool:
+        """Whether ``request`` writes records (where a lost answer leaves work syncback never learns of)."""
+        raise NotImplementedError
+
+    def lost(
+        self, request: requests.PreparedRequest, response: requests.Response, before: set[str]
+    ) -> set[str]:
+        """Return the ids of the records ``request`` created (``before``: the ids before it), once
+        its answer is lost: the destination did the work, syncback never heard of it."""
+        return {r["id"] for r in self.records()} - before
+
+
+def fakes() -> dict[str, type[Fake]]:
+    """Return every destination fake under ``tests/fakes/``, by destination type."""
+    import tests.fakes as package
+
+    found: dict[str, type[Fake]] = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"tests.fakes.{info.name}")
+        fake = getattr(module, "FAKE", None)
+        if fake is not None:
+            found[fake.name] = fake
+    return dict(sorted(found.items()))
