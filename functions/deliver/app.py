@@ -1,8 +1,11 @@
-"""Deliver one batch of a run and store its receipt; the state machine calls it once per batch."""
+"""Deliver one batch of a run and store its receipt; the state machine calls it once per batch,
+or once per pass while the batch's jobs run (destinations that work in jobs): it answers how long
+to wait before the next pass, and the state machine waits in a Wait state, not in this Lambda."""
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from typing import Any
 
@@ -14,7 +17,7 @@ from pydantic import BaseModel
 from syncback.aws import handler_runtime as runtime
 from syncback.aws import lambda_tracer
 from syncback.delivery import Interrupt
-from syncback.runner import deliver_batch
+from syncback.runner import deliver_pass
 
 logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()
@@ -46,10 +49,14 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
             dt.datetime.fromisoformat(request.deadline) - dt.datetime.now(dt.UTC)
         ).total_seconds()
         left = min(left, until_run_deadline)
-    outcomes = deliver_batch(rt, request.sync, request.batch, interrupt=Interrupt(time.monotonic() + left))
+    outcomes, wait = deliver_pass(rt, request.sync, request.batch, Interrupt(time.monotonic() + left))
     counts = {s: sum(o.status == s for o in outcomes) for s in ("delivered", "rejected", "undelivered")}
     metrics.add_dimension("sync", request.sync)
+    if wait is not None:  # jobs under way: the records are counted when the batch is done
+        metrics.add_metric("job_passes", MetricUnit.Count, 1)
+        logger.info("jobs under way", extra=counts)
+        return {**counts, "wait_s": max(1, math.ceil(wait))}
     for status, count in counts.items():  # progress while a run goes on; commit publishes the run's totals
         metrics.add_metric(f"batch_{status}", MetricUnit.Count, count)
     logger.info("delivered", extra=counts)
-    return counts
+    return {**counts, "wait_s": 0}

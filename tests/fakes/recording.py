@@ -48,3 +48,49 @@ class RecordingDestination:
 
     def close(self) -> None:
         self.closed = True
+
+
+class RecordingJobs(RecordingDestination):
+    """The same, working in jobs: ``submit`` queues a job, which is done after ``polls`` polls.
+
+    ``fail_jobs``: the next jobs (by submission) end failed without doing their work; ``running``
+    counts the jobs submitted and not yet polled done, ``most_running`` its peak.
+    """
+
+    def __init__(self, max_batch_size: int = 100, max_jobs: int = 3, polls: int = 2) -> None:
+        super().__init__(max_batch_size)
+        self.max_jobs = max_jobs
+        self.poll_s = 0.0
+        self.polls = polls
+        self.fail_jobs = 0
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.running = self.most_running = 0
+
+    def submit(self, changes: Sequence[Change], scope: str = "") -> str:
+        from syncback.errors import RequestRejected
+
+        self.requests.append([c.key for c in changes])
+        if self.failures:
+            raise self.failures.pop(0)
+        if any(c.key in self.poison_keys for c in changes):
+            raise RequestRejected("400 InvalidValue: the job request is not valid")
+        failed = self.fail_jobs > 0
+        self.fail_jobs -= failed
+        job = f"job-{len(self.jobs) + 1}"
+        self.jobs[job] = {"left": self.polls, "failed": failed, "keys": [c.key for c in changes]}
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        return job
+
+    def results(self, job: str, changes: Sequence[Change]) -> list[Outcome] | None:
+        from syncback.destinations.base import JobFailed
+
+        state = self.jobs[job]
+        state["left"] -= 1
+        if state["left"] > 0:
+            return None
+        self.running -= 1
+        if state["failed"]:
+            raise JobFailed(f"{job} failed")
+        assert [c.key for c in changes] == state["keys"], "polled with other changes than submitted"
+        return super().write(changes)

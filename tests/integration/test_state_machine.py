@@ -379,3 +379,31 @@ def test_a_failed_deliver_map_still_commits_announces_and_fails_the_execution(
     # and the lock is free: the next run (manifest restored) delivers everything
     monkeypatch.setattr(stack.rt.store, "put_json", real_put)
     assert json.loads(stack.run()["output"])["run"]["delivered"] == 60
+
+
+def test_a_destination_that_works_in_jobs_waits_in_the_state_machine_not_in_a_lambda(
+    aws: None, make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fakes.recording import RecordingJobs
+
+    # Given 120 changed rows in batches of 50, to a destination whose jobs finish on their 2nd poll
+    project = make_project(rows=contacts_rows(120))
+    destination = RecordingJobs(max_batch_size=20, max_jobs=5, polls=2)
+    destination.reject_keys = {"7"}
+    stack = build_stack(project, lambda sync: destination, monkeypatch)
+    # When the state machine runs the sync
+    execution = stack.run()
+    # Then each batch took three passes (submit; poll; poll and done), the state machine waiting
+    # between them, and the run committed every record's outcome as a synchronous one would
+    assert execution["status"] == "SUCCEEDED", execution
+    assert sorted(stack.invocations) == ["commit"] + ["deliver"] * 9 + ["plan"]
+    assert json.loads(execution["output"])["run"] == {
+        "status": "partial",
+        "delivered": 119,
+        "rejected": 1,
+        "skipped": 0,
+        "undelivered": 0,
+    }
+    # jobs of at most 20: 3 + 3 + 1, none submitted twice
+    assert len(destination.records) == 119 and len(destination.jobs) == 7
+    assert len(snapshot(project)) == 119

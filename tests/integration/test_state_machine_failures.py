@@ -57,17 +57,17 @@ def test_a_deliver_lambda_that_times_out_is_retried_then_dead_lettered(
     destination = RecordingDestination()
     stack = build_stack(project, lambda sync: destination, monkeypatch)
     deliver = stack.handlers["deliver"]
-    real = deliver.deliver_batch
+    real = deliver.deliver_pass
     timeouts = {"00000.json": 2, "00001.json": 99}  # the first recovers on its last retry; the second never
 
-    def timing_out(rt: Any, sync: str, batch: str, **kwargs: Any) -> Any:
+    def timing_out(rt: Any, sync: str, batch: str, *args: Any) -> Any:
         name = batch.rsplit("/", 1)[-1]
         if timeouts.get(name, 0) > 0:
             timeouts[name] -= 1
             raise LambdaTimedOut("Task timed out after 900.00 seconds")
-        return real(rt, sync, batch, **kwargs)
+        return real(rt, sync, batch, *args)
 
-    monkeypatch.setattr(deliver, "deliver_batch", timing_out)
+    monkeypatch.setattr(deliver, "deliver_pass", timing_out)
     execution = stack.run()
     # Then both were retried twice (a bounded number), the first delivered, the second dead-lettered
     assert execution["status"] == "SUCCEEDED", execution

@@ -121,7 +121,8 @@ def test_faults_through_the_state_machine_lose_nothing_duplicate_nothing_and_con
     requests = sandbox.stats()["requests"]
     again = stack.invoke("deliver", {"sync": "contacts", "run_id": plan["run_id"], "batch": first})
     outcomes = stack.rt.store.get_json(receipt_key(first))["outcomes"]
-    assert again == {s: sum(o[1] == s for o in outcomes) for s in ("delivered", "rejected", "undelivered")}
+    counts = {s: sum(o[1] == s for o in outcomes) for s in ("delivered", "rejected", "undelivered")}
+    assert again == {**counts, "wait_s": 0}
     assert sandbox.stats()["requests"] == requests
 
     # When the cause is fixed, the next execution delivers exactly the rejected records
@@ -150,14 +151,14 @@ def test_a_batch_failing_transiently_past_its_retries_goes_to_the_dead_letter_qu
     destination = RecordingDestination()
     stack = build_stack(project, lambda sync: destination, monkeypatch)
     deliver = stack.handlers["deliver"]
-    real_deliver_batch = deliver.deliver_batch
+    real_deliver_pass = deliver.deliver_pass
 
-    def outage(rt: Runtime, sync: str, batch: str, **kwargs: Any) -> list[Outcome]:
+    def outage(rt: Runtime, sync: str, batch: str, *args: Any) -> tuple[list[Outcome], float | None]:
         if batch.endswith("/batches/00001.json"):
             raise DestinationUnavailable("HubSpot answered 503")
-        return list(real_deliver_batch(rt, sync, batch, **kwargs))
+        return real_deliver_pass(rt, sync, batch, *args)
 
-    monkeypatch.setattr(deliver, "deliver_batch", outage)
+    monkeypatch.setattr(deliver, "deliver_pass", outage)
     # When the sync runs
     execution = stack.run()
     # Then Step Functions retried that batch as the ASL says (1 + MaxAttempts), then caught it
@@ -171,6 +172,6 @@ def test_a_batch_failing_transiently_past_its_retries_goes_to_the_dead_letter_qu
     assert (run["status"], run["delivered"], run["undelivered"]) == ("partial", 100, 50)
     failed = {c[0] for c in stack.rt.store.get_json(message["batch"])["changes"]}
     assert set(snapshot(project)) == {str(i) for i in range(1, 151)} - failed
-    monkeypatch.setattr(deliver, "deliver_batch", real_deliver_batch)
+    monkeypatch.setattr(deliver, "deliver_pass", real_deliver_pass)
     assert json.loads(stack.run()["output"])["run"]["delivered"] == 50
     assert len(destination.records) == 150

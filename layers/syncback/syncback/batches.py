@@ -72,6 +72,11 @@ def journal_key(batch: str) -> str:
     return batch.replace("/batches/", "/journals/").replace(".json", ".jsonl")
 
 
+def jobs_key(batch: str) -> str:
+    """Return the key of a batch's jobs under way (destinations that work in jobs)."""
+    return batch.replace("/batches/", "/jobs/")
+
+
 def plan_key(sync: str, run_id: str) -> str:
     return f"{run_prefix(sync, run_id)}/plan.json"
 

@@ -15,10 +15,18 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from syncback.destinations.base import Change, Destination, Outcome
-from syncback.errors import RateLimited, RequestRejected, SystemicError, TransientError
+from syncback.destinations.base import Change, Destination, JobDestination, JobFailed, Outcome, works_in_jobs
+from syncback.errors import (
+    DestinationUnavailable,
+    RateLimited,
+    RequestRejected,
+    SystemicError,
+    TransientError,
+)
+
+T = TypeVar("T")
 
 Sleep = Callable[[float], object]
 Clock = Callable[[], float]
@@ -152,6 +160,14 @@ class _Interrupted(Exception):
     """Internal: the delivery was interrupted before this request was sent."""
 
 
+#: a job that ended without its work, or had not finished after ``JOB_TIMEOUT_S``, is submitted
+#: again: this many submissions in all, then the batch fails (transient: retried, dead-lettered)
+JOB_ATTEMPTS, JOB_TIMEOUT_S = 3, 1800.0
+
+#: a job under way, as the delivery keeps it between passes: its id, the keys of its changes,
+#: which submission of those changes it is, and when (epoch seconds) it was submitted
+Job = dict[str, Any]
+
 #: a request refused whole, split, whose parts are all refused the same way this many levels in a
 #: row (halves, then quarters: 7 requests) is refused for a reason no record caused
 SYSTEMIC_LEVELS = 2
@@ -162,7 +178,7 @@ class Delivery:
 
     def __init__(
         self,
-        destination: Destination,
+        destination: Destination | JobDestination,
         budget: Budget | None = None,
         retry: RetryPolicy = RetryPolicy(),
         sleep: Sleep | None = None,
@@ -188,6 +204,8 @@ class Delivery:
         letters; they stay undelivered and are planned again. When interrupted, the changes not
         sent come back ``undelivered``.
         """
+        if works_in_jobs(self.destination):
+            return self._deliver_in_jobs(changes, scope, self.destination.poll_s)
         outcomes = [
             Outcome(c.key, "skipped", reason=_NOT_SENT[c.action]) for c in changes if c.action in _NOT_SENT
         ]
@@ -203,12 +221,114 @@ class Delivery:
                 self._on_progress(len(chunk))
         return outcomes
 
+    def _deliver_in_jobs(self, changes: Sequence[Change], scope: str, poll_s: float) -> list[Outcome]:
+        """Deliver through a destination that works in jobs, pass after pass, waiting between them,
+        keeping the jobs under way in memory (a batch keeps them in its store: see the runner)."""
+        got: dict[str, Outcome] = {}
+        report = self._on_outcomes
+
+        def collect(outcomes: list[Outcome]) -> None:
+            got.update((o.key, o) for o in outcomes)
+            report(outcomes)
+
+        self._on_outcomes = collect
+        try:
+            jobs: list[Job] = []
+            while True:
+                jobs = self.advance_jobs(
+                    [c for c in changes if c.key not in got], scope, jobs, lambda _: None
+                )
+                if not jobs or self.interrupt.is_set:
+                    break
+                self.interrupt.sleep(poll_s)
+        finally:
+            self._on_outcomes = report
+        return [
+            got.get(c.key) or Outcome(c.key, "undelivered", reason=self.interrupt.reason) for c in changes
+        ]
+
+    def advance_jobs(
+        self, changes: Sequence[Change], scope: str, jobs: list[Job], save: Callable[[list[Job]], None]
+    ) -> list[Job]:
+        """Take one pass over a destination that works in jobs; return the jobs still under way.
+
+        ``changes`` are those not answered yet, ``jobs`` those under way. Every job is polled once:
+        the outcomes of those done are reported (``on_outcomes``), those that failed are submitted
+        again (at most ``JOB_ATTEMPTS`` times in all, then DestinationUnavailable stops the batch).
+        Then the changes no job holds are submitted while the destination takes more jobs and the
+        delivery is not interrupted; ``save`` is called after each submission, so that a pass cut
+        off never submits the same changes twice. A request refused whole is refused for a reason
+        no record caused (the job reports records one by one): SystemicError.
+        """
+        client = self.destination
+        assert works_in_jobs(client), "a destination that writes at once is delivered by deliver"
+        by_key = {c.key: c for c in changes}
+        running: list[Job] = []
+        attempts: dict[str, int] = {}
+        answered: set[str] = set()
+        for job in jobs:
+            chunk = [by_key[k] for k in job["keys"] if k in by_key]
+            try:
+                done = self._with_retries(client.results, job["id"], chunk)
+            except _Interrupted:
+                running.append(job)
+                continue
+            except JobFailed as exc:
+                if job["attempt"] >= JOB_ATTEMPTS:
+                    raise DestinationUnavailable(
+                        f"job {job['id']} failed, as did its {job['attempt'] - 1} predecessors: {exc}"
+                    ) from exc
+                attempts.update((k, job["attempt"] + 1) for k in job["keys"])
+                continue
+            if done is None and time.time() - job["at"] > JOB_TIMEOUT_S:
+                if job["attempt"] >= JOB_ATTEMPTS:
+                    raise DestinationUnavailable(
+                        f"job {job['id']} has not finished in {JOB_TIMEOUT_S:g}s, nor did its "
+                        f"{job['attempt'] - 1} predecessors"
+                    )
+                attempts.update((k, job["attempt"] + 1) for k in job["keys"])
+            elif done is None:
+                running.append(job)
+            else:
+                self._on_outcomes(_one_per_change(chunk, done))
+                self._on_progress(len(chunk))
+                answered.update(job["keys"])
+        busy = answered | {k for job in running for k in job["keys"]}
+        skipped = [
+            Outcome(c.key, "skipped", reason=_NOT_SENT[c.action])
+            for c in changes
+            if c.action in _NOT_SENT and c.key not in answered
+        ]
+        self._on_outcomes(skipped)
+        self._on_progress(len(skipped))
+        size = client.max_batch_size
+        for todo in _requests([c for c in changes if c.key not in busy]):
+            for start in range(0, len(todo), size):
+                if len(running) >= client.max_jobs or self.interrupt.is_set:
+                    return running
+                chunk = todo[start : start + size]
+                try:
+                    job_id = self._with_retries(client.submit, chunk, scope)
+                except _Interrupted:
+                    return running
+                except RequestRejected as exc:
+                    raise SystemicError(
+                        f"{exc}; the job request was refused whole, for a reason no record caused",
+                        "destination",
+                    ) from exc
+                attempt = attempts.get(chunk[0].key, 1)
+                running.append(
+                    {"id": job_id, "keys": [c.key for c in chunk], "attempt": attempt, "at": time.time()}
+                )
+                save(running)
+        return running
+
     def _undelivered(self, chunk: Sequence[Change]) -> list[Outcome]:
         return [Outcome(c.key, "undelivered", reason=self.interrupt.reason) for c in chunk]
 
     def _send(self, chunk: Sequence[Change], scope: str) -> list[Outcome]:
         try:
-            return _one_per_change(chunk, self._with_retries(chunk, scope))
+            return _one_per_change(chunk, self._with_retries(self._write, chunk, scope))
         except _Interrupted:
             return self._undelivered(chunk)
         except RequestRejected as exc:
@@ -231,7 +351,8 @@ class Delivery:
                 for half in (part[:middle], part[middle:]):
                     try:
                         found.update(
-                            (o.key, o) for o in _one_per_change(half, self._with_retries(half, scope))
+                            (o.key, o)
+                            for o in _one_per_change(half, self._with_retries(self._write, half, scope))
                         )
                         refusals.append(None)
                     except _Interrupted:
@@ -249,7 +370,13 @@ class Delivery:
             level = below
         return [found[c.key] for c in chunk]
 
-    def _with_retries(self, chunk: Sequence[Change], scope: str) -> list[Outcome]:
+    def _write(self, chunk: Sequence[Change], scope: str) -> list[Outcome]:
+        client = self.destination
+        assert not works_in_jobs(client), "a destination that works in jobs is delivered by advance_jobs"
+        return client.write(chunk, scope)
+
+    def _with_retries(self, call: Callable[..., T], *args: Any) -> T:
+        """Return ``call(*args)``, retrying transient errors; raise _Interrupted when interrupted first."""
         for attempt in range(1, self.retry.attempts + 1):
             slot: float | None = None
             try:
@@ -258,7 +385,7 @@ class Delivery:
                     slot = self.budget.acquire(self.interrupt)
                 if self.interrupt.is_set:
                     raise _Interrupted
-                return self.destination.write(chunk, scope)
+                return call(*args)
             except TransientError as exc:
                 if attempt == self.retry.attempts:
                     raise

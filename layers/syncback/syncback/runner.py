@@ -14,10 +14,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from syncback.batches import Journal, LocalBatchStore, journal_key, receipt_key
+from syncback.batches import Journal, LocalBatchStore, jobs_key, journal_key, receipt_key
 from syncback.commit import answers, commit_run, end_unsettled, planned, recover
-from syncback.delivery import Delivery, Interrupt, outcome_to_json, receipt
-from syncback.destinations.base import Destination, Outcome
+from syncback.delivery import Delivery, Interrupt, Job, outcome_to_json, receipt
+from syncback.destinations.base import Change, Destination, JobDestination, Outcome, works_in_jobs
 from syncback.errors import RunInProgress, SyncbackError
 from syncback.planner import PHASES, BatchRef, Planner, PlanResult, change_from_json
 from syncback.runtime import Runtime, new_run_id, utcnow
@@ -47,7 +47,7 @@ def deliver_batch(
     rt: Runtime,
     sync_name: str,
     batch: str,
-    destination: Destination | None = None,
+    destination: Destination | JobDestination | None = None,
     on_progress: Callable[[int], None] | None = None,
     interrupt: Interrupt | None = None,
 ) -> list[Outcome]:
@@ -59,14 +59,39 @@ def deliver_batch(
     ``undelivered``, before it returns or raises; where the store keeps a journal (locally) every
     answer is also appended as it comes, so a process killed mid-batch loses no answer it had.
     ``destination`` may be shared by the batches of a run (its connections are reused); without
-    one, a client is made for this batch and closed after it.
+    one, a client is made for this batch and closed after it. A destination that works in jobs
+    is polled here until its jobs are done: see ``deliver_pass`` for one pass at a time.
     """
+    outcomes, _ = _deliver(rt, sync_name, batch, destination, on_progress, interrupt, wait=True)
+    return outcomes
+
+
+def deliver_pass(
+    rt: Runtime, sync_name: str, batch: str, interrupt: Interrupt | None = None
+) -> tuple[list[Outcome], float | None]:
+    """Take one pass at delivering a batch, as ``deliver_batch`` does, without waiting for jobs:
+    return the outcomes so far and, while jobs of a destination that works in jobs are under way,
+    the seconds to wait before the next pass (None when the batch is done). The state machine
+    waits in a Wait state between passes, so no Lambda idles while a job runs."""
+    return _deliver(rt, sync_name, batch, None, None, interrupt, wait=False)
+
+
+def _deliver(
+    rt: Runtime,
+    sync_name: str,
+    batch: str,
+    destination: Destination | JobDestination | None,
+    on_progress: Callable[[int], None] | None,
+    interrupt: Interrupt | None,
+    wait: bool,
+) -> tuple[list[Outcome], float | None]:
     sync = rt.project.sync(sync_name)
     changes = [change_from_json(item) for item in rt.store.get_json(batch)["changes"]]
     answered = {o.key: o for o in answers(rt, batch)}
     if all(c.key in answered for c in changes):
-        return [answered[c.key] for c in changes]
+        return [answered[c.key] for c in changes], None
     journal = rt.store if isinstance(rt.store, Journal) else None
+    interrupt = interrupt or Interrupt()
 
     def keep(outcomes: list[Outcome]) -> None:
         answered.update((o.key, o) for o in outcomes)
@@ -80,11 +105,15 @@ def deliver_batch(
 
     why = "not sent: the delivery stopped before it"
     client = destination or rt.destination(sync)
+    pending: float | None = None
     try:
         delivery = Delivery(
             client, rt.budget(sync), rt.retry, on_progress=on_progress, on_outcomes=keep, interrupt=interrupt
         )
-        delivery.deliver([c for c in changes if c.key not in answered], batch)
+        if works_in_jobs(client):
+            pending = _advance_jobs(rt, delivery, client, batch, changes, answered, wait)
+        else:
+            delivery.deliver([c for c in changes if c.key not in answered], batch)
     except SyncbackError as exc:
         why = f"not sent: {type(exc).__name__}"
         store_receipt(f"{type(exc).__name__}: {exc}")  # what was done stays done; a retry sends the rest
@@ -92,19 +121,45 @@ def deliver_batch(
     finally:
         if destination is None:
             client.close()
-    if interrupt is not None and interrupt.is_set:
+    if interrupt.is_set:
         why = f"not sent: {interrupt.reason}"
     outcomes = store_receipt()
     statuses = [o.status for o in outcomes]
     log.info(
-        "delivered batch",
+        "delivered batch" if pending is None else "batch waits for its jobs",
         extra={
             "sync": sync_name,
             "batch": batch,
             **{s: statuses.count(s) for s in ("delivered", "rejected", "skipped", "undelivered")},
         },
     )
-    return outcomes
+    return outcomes, pending
+
+
+def _advance_jobs(
+    rt: Runtime,
+    delivery: Delivery,
+    client: JobDestination,
+    batch: str,
+    changes: list[Change],
+    answered: dict[str, Outcome],
+    wait: bool,
+) -> float | None:
+    """Advance a batch's jobs (kept beside it, see ``jobs_key``) pass by pass, sleeping between
+    passes when ``wait``; return the seconds to wait before the next pass, or None when no job is
+    under way. Interrupted, the jobs under way are given up: their records stay undelivered and the
+    next run sends them again (the destination writes by identifier, so twice is harmless)."""
+    key = jobs_key(batch)
+    jobs: list[Job] = rt.store.get_json(key) if rt.store.exists(key) else []
+    while True:
+        todo = [c for c in changes if c.key not in answered]
+        jobs = delivery.advance_jobs(todo, batch, jobs, lambda running: rt.store.put_json(key, running))
+        rt.store.put_json(key, jobs)
+        if not jobs or delivery.interrupt.is_set:
+            return None
+        if not wait:
+            return client.poll_s
+        delivery.interrupt.sleep(client.poll_s)
 
 
 # ---- one local run -------------------------------------------------------------------------
@@ -190,7 +245,7 @@ def _tidy(rt: Runtime, sync_name: str, run_id: str) -> None:
 def _deliver_all(
     rt: Runtime,
     sync: SyncSpec,
-    destination: Destination,
+    destination: Destination | JobDestination,
     batches: list[BatchRef],
     progress: Progress,
     interrupt: Interrupt,

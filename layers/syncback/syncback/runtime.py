@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from syncback.batches import BatchStore
 from syncback.delivery import Budget, RateBudget, RetryPolicy
-from syncback.destinations.base import Destination
+from syncback.destinations.base import Destination, JobDestination
 from syncback.destinations.registry import build_destination, request_budget
 from syncback.secrets import SecretResolver
 from syncback.snapshot import SnapshotTables
@@ -42,7 +42,7 @@ class Runtime:
     state: StateStore
     secrets: SecretResolver = field(default_factory=SecretResolver)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    destination_factory: Callable[[SyncSpec], Destination] | None = None
+    destination_factory: Callable[[SyncSpec], Destination | JobDestination] | None = None
     budget_factory: Callable[[str, int, float], Budget] | None = None
     budgets: dict[str, Budget] = field(default_factory=dict)
     held: dict[str, Warehouse] = field(default_factory=dict)
@@ -75,7 +75,7 @@ class Runtime:
     def tables(self, sync: SyncSpec) -> SnapshotTables:
         return SnapshotTables(self.project.config.state.schema_, sync.name)
 
-    def destination(self, sync: SyncSpec) -> Destination:
+    def destination(self, sync: SyncSpec) -> Destination | JobDestination:
         if self.destination_factory is not None:
             return self.destination_factory(sync)
         return build_destination(sync, self.secrets)

@@ -15,6 +15,11 @@ what became of it. It classifies its own HTTP responses in one place:
 A change with a ``destination_id`` names a record the destination already holds: it is written by
 that id (an identifier that changed, a customer's new email, then moves with the record); a
 change without one is written by its identifier (upsert), which finds or creates the record.
+
+A destination whose API works in jobs (submit a request, the vendor works on it in the background,
+poll until it is done, then read one result per record) is a ``JobDestination``: ``submit`` sends a
+slice and returns the job's id, ``results`` returns the outcomes once the job is done. The delivery
+turns both kinds into the same receipt; see ``syncback.jobs``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+from typing_extensions import TypeIs
 
 #: upsert: write the record (the sync's mode says create, update or upsert); archive: delete it;
 #: clear: empty the fields this sync maps (mirror, a record this sync did not create); release:
@@ -74,3 +81,38 @@ class Destination(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+class JobFailed(Exception):
+    """The destination says a job ended without doing its work (failed, killed, or forgotten):
+    its records are submitted again."""
+
+
+class JobDestination(Protocol):
+    """A client for a destination API that works in jobs, configured for one sync."""
+
+    #: the most records one job may carry
+    max_batch_size: int
+    #: the most jobs of this client that may be queued or running at once
+    max_jobs: int
+    #: seconds between two polls of a running job
+    poll_s: float
+
+    def submit(self, changes: Sequence[Change], scope: str) -> str:
+        """Submit ``changes`` (at most ``max_batch_size``, one action) as one job; return its id.
+        Raises as ``Destination.write`` does."""
+        ...
+
+    def results(self, job: str, changes: Sequence[Change]) -> list[Outcome] | None:
+        """Return one outcome per change of ``job`` (submitted with ``changes``) once it is done,
+        None while it is queued or running; raise JobFailed when it ended without its work."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def works_in_jobs(client: Destination | JobDestination) -> TypeIs[JobDestination]:
+    """Whether ``client`` is delivered in jobs (submit, poll, results) rather than by ``write``."""
+    return hasattr(client, "submit")

@@ -20,7 +20,7 @@ from syncback.errors import ConfigError, Problem
 if TYPE_CHECKING:  # the spec imports this module: types only
     import requests
 
-    from syncback.destinations.base import Destination
+    from syncback.destinations.base import Destination, JobDestination
     from syncback.secrets import SecretResolver
     from syncback.spec import SyncSpec
 
@@ -43,7 +43,7 @@ class Kind:
     #: what mirror does to a record whose row left the model
     removal: Removal
     #: builds the client, its secrets resolved (imports the client module: not on a cold path)
-    build: Callable[[SyncSpec, SecretResolver, requests.Session], Destination]
+    build: Callable[[SyncSpec, SecretResolver, requests.Session], Destination | JobDestination]
     #: why it takes only those modes, for the message refusing another
     modes_note: str = ""
     #: config fields that hold secret references (env:, secret:), for validate
@@ -84,7 +84,7 @@ def kind_of(sync: SyncSpec) -> Kind:
 
 def build_destination(
     sync: SyncSpec, secrets: SecretResolver, session: requests.Session | None = None
-) -> Destination:
+) -> Destination | JobDestination:
     """Return the client for ``sync``'s destination, its secrets resolved."""
     import requests
     from requests.adapters import HTTPAdapter
