@@ -213,11 +213,24 @@ def footnotes(o: dict[str, Any], lim: dict[str, Any], s: dict[str, Any], v: dict
 """
 
 
+def destination_rows() -> tuple[list[Row], str]:
+    """Run each destination's own bench, ``bench/destinations/<type>.py``: it prints ``{"rows":
+    [[figure, value, target, met], ...], "note": text}`` as JSON. A new destination adds its file."""
+    rows: list[Row] = []
+    notes = []
+    for script in sorted((BENCH / "destinations").glob("*.py")):
+        found = measure(f"destinations/{script.stem}")
+        rows += [(str(a), str(b), str(c), str(d)) for a, b, c, d in found["rows"]]
+        notes.append(f"- {script.stem}: {found['note']}")
+    return rows, ("\nDestinations:\n\n" + "\n".join(notes) + "\n") if notes else ""
+
+
 def main() -> int:
     started, load = time.perf_counter(), os.getloadavg()
     p, c, o, lim, s, v = (
         measure(n) for n in ("plan", "scale", "overhead", "limit", "serverless", "drt_compare")
     )
+    per_destination, destination_notes = destination_rows()
     rows = (
         plan_rows(p)
         + scale_rows(c)
@@ -225,10 +238,11 @@ def main() -> int:
         + limit_rows(lim)
         + serverless_rows(s)
         + versus_rows(v)
+        + per_destination
     )
     text = table(rows)
     print(text)
-    notes = footnotes(o, lim, s, v)
+    notes = footnotes(o, lim, s, v) + destination_notes
     print("\n" + notes)
     (BENCH / "results.md").write_text(
         f"# Benchmarks\n\n`make bench`, {time.perf_counter() - started:.0f} s in all.\n\n"

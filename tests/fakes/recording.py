@@ -51,7 +51,8 @@ class RecordingDestination:
 
 
 class RecordingJobs(RecordingDestination):
-    """The same, working in jobs: ``submit`` queues a job, which is done after ``polls`` polls.
+    """The same, working in jobs: ``submit`` queues a job, which is done after ``polls`` polls;
+    ``results`` polls every job under way in one request.
 
     ``fail_jobs``: the next jobs (by submission) end failed without doing their work; ``running``
     counts the jobs submitted and not yet polled done, ``most_running`` its peak.
@@ -65,6 +66,7 @@ class RecordingJobs(RecordingDestination):
         self.fail_jobs = 0
         self.jobs: dict[str, dict[str, Any]] = {}
         self.running = self.most_running = 0
+        self.polls_sent = 0  # requests that polled jobs
 
     def submit(self, changes: Sequence[Change], scope: str = "") -> str:
         from syncback.errors import RequestRejected
@@ -82,15 +84,21 @@ class RecordingJobs(RecordingDestination):
         self.most_running = max(self.most_running, self.running)
         return job
 
-    def results(self, job: str, changes: Sequence[Change]) -> list[Outcome] | None:
+    def results(self, jobs: Sequence[tuple[str, Sequence[Change]]]) -> list[Any]:
         from syncback.destinations.base import JobFailed
 
-        state = self.jobs[job]
-        state["left"] -= 1
-        if state["left"] > 0:
-            return None
-        self.running -= 1
-        if state["failed"]:
-            raise JobFailed(f"{job} failed")
-        assert [c.key for c in changes] == state["keys"], "polled with other changes than submitted"
-        return super().write(changes)
+        self.polls_sent += 1
+        out: list[Any] = []
+        for job, changes in jobs:
+            state = self.jobs[job]
+            state["left"] -= 1
+            if state["left"] > 0:
+                out.append(None)
+                continue
+            self.running -= 1
+            if state["failed"]:
+                out.append(JobFailed(f"{job} failed"))
+                continue
+            assert [c.key for c in changes] == state["keys"], "polled with other changes than submitted"
+            out.append(super().write(changes))
+        return out

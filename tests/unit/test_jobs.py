@@ -26,6 +26,8 @@ def test_jobs_are_submitted_polled_and_read_into_one_outcome_per_change() -> Non
     assert sum(o.status == "delivered" for o in outcomes) == 44 and len(jobs.records) == 44
     # five jobs of at most ten, never more than three at once
     assert len(jobs.jobs) == 5 and jobs.most_running == 3
+    # each pass polls every job under way in one request: 3, 3 (done; 2 more submitted), 2, 2
+    assert jobs.polls_sent == 4
 
 
 def test_a_failed_job_is_submitted_again_then_the_batch_fails() -> None:

@@ -252,8 +252,8 @@ class Delivery:
     ) -> list[Job]:
         """Take one pass over a destination that works in jobs; return the jobs still under way.
 
-        ``changes`` are those not answered yet, ``jobs`` those under way. Every job is polled once:
-        the outcomes of those done are reported (``on_outcomes``), those that failed are submitted
+        ``changes`` are those not answered yet, ``jobs`` those under way. The jobs are polled once,
+        together (one request where the API allows): the outcomes of those done are reported (``on_outcomes``), those that failed are submitted
         again (at most ``JOB_ATTEMPTS`` times in all, then DestinationUnavailable stops the batch).
         Then the changes no job holds are submitted while the destination takes more jobs and the
         delivery is not interrupted; ``save`` is called after each submission, so that a pass cut
@@ -266,25 +266,24 @@ class Delivery:
         running: list[Job] = []
         attempts: dict[str, int] = {}
         answered: set[str] = set()
-        for job in jobs:
-            chunk = [by_key[k] for k in job["keys"] if k in by_key]
-            try:
-                done = self._with_retries(client.results, job["id"], chunk)
-            except _Interrupted:
-                running.append(job)
-                continue
-            except JobFailed as exc:
+        polled = [(job, [by_key[k] for k in job["keys"] if k in by_key]) for job in jobs]
+        try:
+            states = (
+                self._with_retries(client.results, [(job["id"], chunk) for job, chunk in polled])
+                if jobs
+                else []
+            )
+        except _Interrupted:
+            return list(jobs)
+        for (job, chunk), done in zip(polled, states, strict=True):
+            late = done is None and time.time() - job["at"] > JOB_TIMEOUT_S
+            if isinstance(done, JobFailed) or late:
                 if job["attempt"] >= JOB_ATTEMPTS:
+                    why = (
+                        done if isinstance(done, JobFailed) else f"it has not finished in {JOB_TIMEOUT_S:g}s"
+                    )
                     raise DestinationUnavailable(
-                        f"job {job['id']} failed, as did its {job['attempt'] - 1} predecessors: {exc}"
-                    ) from exc
-                attempts.update((k, job["attempt"] + 1) for k in job["keys"])
-                continue
-            if done is None and time.time() - job["at"] > JOB_TIMEOUT_S:
-                if job["attempt"] >= JOB_ATTEMPTS:
-                    raise DestinationUnavailable(
-                        f"job {job['id']} has not finished in {JOB_TIMEOUT_S:g}s, nor did its "
-                        f"{job['attempt'] - 1} predecessors"
+                        f"job {job['id']}: {why}; {job['attempt'] - 1} submissions of its records before it fared no better"
                     )
                 attempts.update((k, job["attempt"] + 1) for k in job["keys"])
             elif done is None:

@@ -103,9 +103,10 @@ class JobDestination(Protocol):
         Raises as ``Destination.write`` does."""
         ...
 
-    def results(self, job: str, changes: Sequence[Change]) -> list[Outcome] | None:
-        """Return one outcome per change of ``job`` (submitted with ``changes``) once it is done,
-        None while it is queued or running; raise JobFailed when it ended without its work."""
+    def results(self, jobs: Sequence[tuple[str, Sequence[Change]]]) -> list[list[Outcome] | JobFailed | None]:
+        """Poll ``jobs`` (each its id and the changes submitted with it), in one request where the
+        API allows; return for each, in order, one outcome per change once it is done, None while
+        it is queued or running, or a JobFailed when it ended without doing its work."""
         ...
 
     def close(self) -> None:
