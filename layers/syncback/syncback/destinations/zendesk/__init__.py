@@ -1,0 +1,142 @@
+"""Zendesk Support users, written in background jobs: the spec's ``type: zendesk``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from syncback.destinations.registry import Kind, register
+from syncback.spec_parts import URL_PATTERN, DestinationBase, RateLimit, SecretRef, https, secret_ref
+
+if TYPE_CHECKING:
+    import requests
+
+    from syncback.destinations.base import JobDestination
+    from syncback.secrets import SecretResolver
+    from syncback.spec import SyncSpec
+
+#: the user fields a sync may write besides custom ones (``user_fields.<key>``); never ``role``,
+#: which would make customers agents
+USER_FIELDS = (
+    "name",
+    "email",
+    "external_id",
+    "phone",
+    "alias",
+    "details",
+    "notes",
+    "locale",
+    "time_zone",
+    "organization_id",
+    "tags",
+)
+
+
+class ZendeskDestinationConfig(DestinationBase):
+    """Zendesk Support users, created or updated in bulk jobs of at most 100."""
+
+    type: Literal["zendesk"]
+    subdomain: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9-]*$", description="the account: yourcompany in yourcompany.zendesk.com"
+    )
+    object: Literal["users"] = "users"
+    identify_by: Literal["external_id", "email"] = Field(
+        "external_id", description="the user field that finds a user (map it)"
+    )
+    email: str | None = Field(None, description="the agent the API token belongs to (with api_token)")
+    api_token: SecretRef | None = Field(None, description="an API token, as env:NAME or secret:NAME")
+    oauth_token: SecretRef | None = Field(
+        None, description="or an OAuth access token, as env:NAME or secret:NAME"
+    )
+    base_url: str | None = Field(
+        None, pattern=URL_PATTERN, description="default https://{subdomain}.zendesk.com"
+    )
+    rate_limit: RateLimit = RateLimit(requests=400, per_seconds=60.0)
+    max_jobs: int = Field(
+        30, ge=1, le=30, description="jobs queued or running at once, for this sync (Zendesk allows 30)"
+    )
+    poll_s: float = Field(2.0, ge=0.01, le=300, description="seconds between two polls of a running job")
+
+    _check_tokens = field_validator("api_token", "oauth_token")(
+        lambda v: None if v is None else secret_ref(v)
+    )
+    _check_url = field_validator("base_url")(lambda v: None if v is None else https(v))
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> ZendeskDestinationConfig:
+        if (self.api_token is None) == (self.oauth_token is None):
+            raise ValueError(
+                "destination: give either email and api_token (an API token) or oauth_token, not both"
+            )
+        if self.api_token is not None and not self.email:
+            raise ValueError("destination.email: an API token needs the e-mail of the agent it belongs to")
+        return self
+
+    @property
+    def url(self) -> str:
+        return (self.base_url or f"https://{self.subdomain}.zendesk.com").rstrip("/")
+
+
+def _build(sync: SyncSpec, secrets: SecretResolver, session: requests.Session) -> JobDestination:
+    from syncback.destinations.zendesk.client import ZendeskDestination
+
+    config = sync.destination
+    assert isinstance(config, ZendeskDestinationConfig)
+    if config.api_token is not None:
+        token = secrets.resolve(config.api_token, f"syncs/{sync.name}.yaml: destination.api_token")
+        authorization = ZendeskDestination.basic(str(config.email), token)
+    else:
+        assert config.oauth_token is not None
+        token = secrets.resolve(config.oauth_token, f"syncs/{sync.name}.yaml: destination.oauth_token")
+        authorization = f"Bearer {token}"
+    # the account's job limit, shared by the batches this sync delivers at once
+    return ZendeskDestination(config, authorization, max(1, config.max_jobs // config.concurrency), session)
+
+
+def _check_sync(sync: SyncSpec) -> list[tuple[str, str]]:
+    assert isinstance(sync.destination, ZendeskDestinationConfig)
+    problems = []
+    for name in sorted(sync.mapping):
+        if name not in USER_FIELDS and not (
+            name.startswith("user_fields.") and len(name) > len("user_fields.")
+        ):
+            problems.append(
+                (
+                    f"mapping.{name}",
+                    f"a Zendesk user has no field {name!r}; map one of {', '.join(USER_FIELDS)}, "
+                    "or a custom field as user_fields.<its key>",
+                )
+            )
+    for needed, why in (
+        (sync.destination.identify_by, "destination.identify_by finds users by it"),
+        ("name", "Zendesk creates no user without one"),
+    ):
+        if needed not in sync.mapping:
+            problems.append(("mapping", f"the mapping has no field {needed!r} ({why}); map a column to it"))
+    return problems
+
+
+def _account(config: ZendeskDestinationConfig) -> str:
+    from syncback.destinations.http import url_label
+
+    # the account's limit is per account: its address and which credential, never the secret
+    return f"{url_label(config.url)} {config.api_token or config.oauth_token}"
+
+
+KIND = register(
+    Kind(
+        name="zendesk",
+        config=ZendeskDestinationConfig,
+        modes=("upsert", "mirror"),
+        modes_note="Zendesk's bulk endpoint creates or updates; it has no bulk create-only or "
+        "update-only write by external_id or email",
+        removal="archive",
+        build=_build,
+        secrets=("api_token", "oauth_token"),
+        identifiers=lambda config, sync: [config.identify_by] if config.identify_by in sync.mapping else [],
+        place=lambda config: [config.object, config.identify_by, config.url],
+        account=_account,
+        check_sync=_check_sync,
+    )
+)

@@ -1,0 +1,402 @@
+"""A Zendesk Support users API on loopback, as Zendesk documents it (a test fake: production code
+never imports it).
+
+- ``POST /api/v2/users/create_or_update_many.json`` (at most 100 users, each found by
+  ``external_id``, else by ``email``), ``PUT /api/v2/users/update_many.json`` (each by ``id``) and
+  ``DELETE /api/v2/users/destroy_many.json?ids=`` (soft delete) queue a job and answer
+  ``{"job_status": {"id", "status": "queued", ...}}``;
+- ``GET /api/v2/job_statuses/{id}.json`` and ``show_many.json?ids=`` (those it still knows) move
+  ``queued`` → ``working`` → ``completed`` as time passes; a completed job lists one result per user, in request order: ``Created``, ``Updated`` or
+  ``Deleted`` with the user's ``id``, or ``Failed`` with ``error`` and ``details``; job statuses are
+  forgotten after ``job_retention_s`` (a 404);
+- at most ``max_jobs`` (30) jobs queued or working at once: one more is a 429; a user without a
+  name cannot be created; an e-mail must look like one;
+- ``Authorization: Basic base64({email}/token:{token})`` or ``Bearer {oauth token}``, else 401;
+- ``requests_per_minute`` in a rolling minute (``window_s``), then 429 with ``Retry-After``;
+  every answer carries ``X-Rate-Limit`` and ``X-Rate-Limit-Remaining``.
+
+The work of a job is done when it is submitted and shown when it completes. Fault knobs:
+``reject_values`` (a user holding one of them fails in the job's results), ``fail_jobs`` (that
+share of jobs ends ``failed`` without doing anything), and random 429s, 503s and answers too late
+(after the job was queued). ``FAKE`` is its view for the contract suites.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+
+from tests.fakes.contract import Fake
+
+Answer = tuple[int, dict[str, str], bytes]
+EMAIL, TOKEN = "agent@example.com", "contract-zendesk-token"
+MAX_USERS = 100
+
+
+class ZendeskFake(Fake):
+    """The users API of one Zendesk account, and its view for the contract suites."""
+
+    name = "zendesk"
+    env = {"CONTRACT_ZENDESK_TOKEN": TOKEN}
+
+    def __init__(
+        self,
+        requests_per_minute: int | None = None,
+        window_s: float = 60.0,
+        job_s: float = 0.02,
+        max_jobs: int = 30,
+        job_retention_s: float = 86_400.0,
+    ) -> None:
+        self.requests_per_minute = requests_per_minute
+        self.window_s = window_s
+        #: how long a job stays queued, then working (each)
+        self.job_s = job_s
+        self.max_jobs = max_jobs
+        self.job_retention_s = job_retention_s
+        self.users: dict[int, dict[str, Any]] = {}
+        #: active users by external_id and by email, in lower case
+        self._index: dict[str, dict[str, int]] = {"external_id": {}, "email": {}}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.reject_values: set[str] = set()
+        self.fail_jobs = 0.0
+        self.random_faults: tuple[float, float, float, random.Random] | None = None
+        self.late_s = 2.5
+        self.counts = {"requests": 0, "created": 0, "429": 0, "injected": 0, "jobs": 0, "most_jobs": 0}
+        self._sent: deque[float] = deque()
+        self._next_id = 1000
+        self._lock = threading.Lock()
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.fake = self
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> ZendeskFake:
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread = None
+        self._server.server_close()
+
+    # ---- one request ---------------------------------------------------------------------------
+
+    def answer(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
+        path, query = urlsplit(target).path, parse_qs(urlsplit(target).query)
+        with self._lock:
+            self.counts["requests"] += 1
+            if not self._authorised(headers.get("authorization", "")):
+                return self._json(401, {"error": "Couldn't authenticate you"})
+            limited = self._rate_limited()
+            if limited is not None:
+                return limited
+            fault = self._draw()
+            if fault == "429":
+                return self._json(429, {"error": "test fake answers 429"}, {"Retry-After": "1"})
+            if fault == "5xx":
+                return self._json(503, {"error": "test fake answers 503"})
+            answer = self._route(method, path, query, body)
+        if fault == "late":  # done, and answered after the client gave up
+            time.sleep(self.late_s)
+        return answer
+
+    def _route(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> Answer:
+        if method == "GET" and path == "/api/v2/job_statuses/show_many.json":
+            return self._job_statuses([i for i in ",".join(query.get("ids", [])).split(",") if i])
+        if method == "GET" and path.startswith("/api/v2/job_statuses/") and path.endswith(".json"):
+            return self._job_status(path.rsplit("/", 1)[1].removesuffix(".json"))
+        writes = {
+            ("POST", "/api/v2/users/create_or_update_many.json"): self._create_or_update,
+            ("PUT", "/api/v2/users/update_many.json"): self._update_by_id,
+        }
+        if (method, path) in writes:
+            try:
+                users = json.loads(body)["users"]
+                assert isinstance(users, list) and all(isinstance(u, dict) for u in users)
+            except (ValueError, KeyError, AssertionError):
+                return self._json(
+                    400, {"error": "InvalidValue", "description": "users must be an array of objects"}
+                )
+            return self._queue(users, writes[(method, path)])
+        if method == "DELETE" and path == "/api/v2/users/destroy_many.json":
+            ids = [i for i in ",".join(query.get("ids", [])).split(",") if i]
+            return self._queue([{"id": i} for i in ids], self._destroy)
+        return self._json(404, {"error": "InvalidEndpoint", "description": "Not found"})
+
+    def _queue(self, users: list[dict[str, Any]], work: Any) -> Answer:
+        if not users or len(users) > MAX_USERS:
+            return self._json(
+                400, {"error": "InvalidValue", "description": f"between 1 and {MAX_USERS} users"}
+            )
+        now = time.monotonic()
+        active = sum(1 for job in self.jobs.values() if job["done_at"] > now)
+        if active >= self.max_jobs:
+            self.counts["429"] += 1
+            return self._json(
+                429, {"error": "TooManyJobs", "description": "Too many jobs queued"}, {"Retry-After": "1"}
+            )
+        job_id = f"V3-{len(self.jobs) + 1:08x}"
+        failed = self.fail_jobs and random.random() < self.fail_jobs
+        results = None if failed else [work(user) for user in users]
+        self.jobs[job_id] = {
+            "results": results,
+            "total": len(users),
+            "at": now,
+            "done_at": now + 2 * self.job_s,
+        }
+        self.counts["jobs"] += 1
+        self.counts["most_jobs"] = max(self.counts["most_jobs"], active + 1)
+        return self._json(200, {"job_status": self._status(job_id, now)})
+
+    def _status(self, job_id: str, now: float) -> dict[str, Any]:
+        job = self.jobs[job_id]
+        elapsed = now - job["at"]
+        status = "queued" if elapsed < self.job_s else "working" if elapsed < 2 * self.job_s else "completed"
+        if status == "completed" and job["results"] is None:
+            status = "failed"
+        document: dict[str, Any] = {
+            "id": job_id,
+            "url": f"{self.url}/api/v2/job_statuses/{job_id}.json",
+            "job_type": "Bulk Create/Update Users",
+            "total": job["total"],
+            "progress": job["total"] if status == "completed" else 0,
+            "status": status,
+            "message": "Completed at " + time.strftime("%Y-%m-%d %H:%M:%S")
+            if status == "completed"
+            else None,
+            "results": job["results"] if status == "completed" else None,
+        }
+        return document
+
+    def _job_status(self, job_id: str) -> Answer:
+        now = time.monotonic()
+        job = self.jobs.get(job_id)
+        if job is None or now - job["at"] > self.job_retention_s:
+            return self._json(404, {"error": "RecordNotFound", "description": "Not found"})
+        return self._json(200, {"job_status": self._status(job_id, now)})
+
+    def _job_statuses(self, ids: list[str]) -> Answer:
+        if not ids or len(ids) > 100:
+            return self._json(400, {"error": "InvalidValue", "description": "ids: 1 to 100 job ids"})
+        now = time.monotonic()
+        known = [i for i in ids if i in self.jobs and now - self.jobs[i]["at"] <= self.job_retention_s]
+        return self._json(200, {"job_statuses": [self._status(i, now) for i in known]})
+
+    # ---- the work of a job ---------------------------------------------------------------------
+
+    def _create_or_update(self, user: dict[str, Any]) -> dict[str, Any]:
+        found = self._find(user)
+        failed = self._invalid(user, creating=found is None)
+        if failed is not None:
+            return failed
+        if found is None:
+            found = self._next_id
+            self._next_id += 1
+            self.users[found] = {"id": found, "active": True, "user_fields": {}}
+            self.counts["created"] += 1
+            status = "Created"
+        else:
+            status = "Updated"
+        self._apply(self.users[found], user)
+        return {"id": found, "status": status, "external_id": self.users[found].get("external_id")}
+
+    def _update_by_id(self, user: dict[str, Any]) -> dict[str, Any]:
+        target = self.users.get(int(user.get("id", 0)))
+        if target is None or not target["active"]:
+            return {
+                "id": user.get("id"),
+                "status": "Failed",
+                "error": "RecordNotFound",
+                "details": "User not found",
+            }
+        failed = self._invalid(user, creating=False)
+        if failed is not None:
+            return failed
+        self._apply(target, {k: v for k, v in user.items() if k != "id"})
+        return {"id": target["id"], "status": "Updated", "action": "update", "success": True}
+
+    def _destroy(self, user: dict[str, Any]) -> dict[str, Any]:
+        target = self.users.get(int(user["id"]))
+        if target is None or not target["active"]:
+            return {
+                "id": user["id"],
+                "status": "Failed",
+                "error": "RecordNotFound",
+                "details": "User not found",
+            }
+        target["active"] = False  # soft deleted: their tickets stay, with the user shown as deleted
+        for name in self._index:
+            self._unindex(target, name)
+        return {"id": target["id"], "status": "Deleted", "action": "delete", "success": True}
+
+    def _find(self, user: dict[str, Any]) -> int | None:
+        for field in ("external_id", "email"):
+            value = user.get(field)
+            if value not in (None, ""):
+                return self._index[field].get(str(value).lower())
+        return None
+
+    def _invalid(self, user: dict[str, Any], creating: bool) -> dict[str, Any] | None:
+        def fail(details: str) -> dict[str, Any]:
+            return {"id": user.get("id"), "status": "Failed", "error": "UserUpdateError", "details": details}
+
+        if creating and not str(user.get("name") or "").strip():
+            return fail("Name: is too short (minimum is 1 character)")
+        email = user.get("email")
+        if email not in (None, "") and ("@" not in str(email) or " " in str(email).strip()):
+            return fail(f"Email: {email} is not properly formatted")
+        values = [*user.values(), *(user.get("user_fields") or {}).values()]
+        if any(
+            str(v).lower() in self.reject_values for v in values if v is not None and not isinstance(v, dict)
+        ):
+            return fail("User fields: a value is not valid")
+        return None
+
+    def _apply(self, held: dict[str, Any], user: dict[str, Any]) -> None:
+        for name, value in user.items():
+            if name == "user_fields":
+                held["user_fields"].update(value or {})
+                continue
+            if name in self._index:
+                self._unindex(held, name)
+                if value not in (None, ""):
+                    self._index[name][str(value).lower()] = held["id"]
+            held[name] = value
+
+    def _unindex(self, held: dict[str, Any], name: str) -> None:
+        old = held.get(name)
+        if old not in (None, "") and self._index[name].get(str(old).lower()) == held["id"]:
+            del self._index[name][str(old).lower()]
+
+    # ---- around the work -----------------------------------------------------------------------
+
+    def _authorised(self, header: str) -> bool:
+        basic = base64.b64encode(f"{EMAIL}/token:{TOKEN}".encode()).decode()
+        return header in (f"Basic {basic}", f"Bearer {TOKEN}")
+
+    def _rate_limited(self) -> Answer | None:
+        if self.requests_per_minute is None:
+            return None
+        now = time.monotonic()
+        while self._sent and self._sent[0] <= now - self.window_s:
+            self._sent.popleft()
+        if len(self._sent) >= self.requests_per_minute:
+            self.counts["429"] += 1
+            wait = max(1, round(self.window_s - (now - self._sent[0]) + 0.5))
+            return self._json(429, {"error": "APIRateLimitExceeded"}, {"Retry-After": str(wait)})
+        self._sent.append(now)
+        return None
+
+    def _draw(self) -> str | None:
+        if self.random_faults is None:
+            return None
+        rate_429, rate_5xx, rate_late, rng = self.random_faults
+        x = rng.random()
+        for name, rate in (("429", rate_429), ("5xx", rate_5xx), ("late", rate_late)):
+            if x < rate:
+                self.counts["injected"] += 1
+                return name
+            x -= rate
+        return None
+
+    def _json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
+        limit = self.requests_per_minute or 700
+        out = {
+            "Content-Type": "application/json; charset=utf-8",
+            "X-Rate-Limit": str(limit),
+            "X-Rate-Limit-Remaining": str(max(0, limit - len(self._sent))),
+            **(headers or {}),
+        }
+        return status, out, json.dumps(body).encode()
+
+    # ---- the contract suites' view -------------------------------------------------------------
+
+    def destination(self) -> dict[str, Any]:
+        return {
+            "type": "zendesk",
+            "subdomain": "contract",
+            "base_url": self.url,
+            "email": EMAIL,
+            "api_token": "env:CONTRACT_ZENDESK_TOKEN",
+            "rate_limit": {"requests": 10_000, "per_seconds": 1},
+            "timeout_s": 2,
+            "poll_s": 0.02,
+        }
+
+    def mapping(self, generic: dict[str, Any], key_column: str) -> dict[str, Any]:
+        # users are found by external_id (the model's key); a user needs a name; the generic
+        # fields are custom user fields
+        return {
+            "external_id": key_column,
+            "name": {"column": key_column, "transform": "string"},
+            **{f"user_fields.{name}": source for name, source in generic.items()},
+        }
+
+    def records(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"id": str(u["id"]), **u["user_fields"]} for u in self.users.values() if u["active"]]
+
+    def reject(self, values: set[str]) -> None:
+        self.reject_values = {v.strip().lower() for v in values}
+
+    def inject(self, rate_429: float, rate_5xx: float, rate_timeout: float, seed: int) -> None:
+        self.random_faults = (rate_429, rate_5xx, rate_timeout, random.Random(seed))
+
+    def injected(self) -> int:
+        return self.counts["injected"]
+
+    def created(self) -> int:
+        return self.counts["created"]
+
+    def writes(self, request: requests.PreparedRequest) -> bool:
+        return "/api/v2/users/" in (request.url or "")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    fake: ZendeskFake
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that timed out and hung up
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 10
+    server: _Server
+
+    def _handle(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        status, out, payload = self.server.fake.answer(self.command, self.path, headers, body)
+        try:
+            self.send_response(status)
+            for name, value in out.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except OSError:
+            self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+FAKE = ZendeskFake
