@@ -74,7 +74,8 @@ def test_faults_lose_nothing_duplicate_nothing_and_converge(tmp_path: Path, fake
     refused = random.Random(5).sample(rows, ROWS * 2 // 100)
     refused_keys = {row[0] for row in refused}
     rt = runtime(tmp_path, fake, rows)
-    fake.inject(rate_429=0.10, rate_5xx=0.05, rate_timeout=0.005, seed=11)
+    # seed 28: two of the first four requests meet a fault, however few requests a destination needs
+    fake.inject(rate_429=0.10, rate_5xx=0.05, rate_timeout=0.005, seed=28)
     fake.reject({row[1] for row in refused})
 
     # When the sync runs through the faults
