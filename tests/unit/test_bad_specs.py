@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from syncback.cli import main
+from syncback.destinations.catalog import REGISTRY
 from tests.conftest import BASE_SYNC, contacts_rows, write_project
 
 HUB = BASE_SYNC["destination"]
@@ -55,7 +56,12 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
         "never written in the file",
     ),
     (sync(destination={**HUB, "token": "vault:hubspot"}), "destination.token", "env:NAME"),
-    (sync(destination={**HUB, "type": "pipedrive"}), "destination", "'hubspot', 'webhook'"),
+    # an unknown type names every registered one
+    (
+        sync(destination={**HUB, "type": "pipedrive"}),
+        "destination",
+        ", ".join(f"'{n}'" for n in sorted(REGISTRY)),
+    ),
     (sync(destination={**HUB, "base_url": "ftp://x"}), "destination.base_url", "http:// or https://"),
     (
         sync(destination={**HUB, "base_url": "http://api.hubapi.com"}),
