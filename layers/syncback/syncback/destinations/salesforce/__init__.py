@@ -1,0 +1,119 @@
+"""Salesforce objects (standard or custom) through the REST API: the spec's ``type: salesforce``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from syncback.destinations.registry import Kind, register
+from syncback.spec_parts import URL_PATTERN, DestinationBase, SecretRef, https, secret_ref
+
+if TYPE_CHECKING:
+    import requests
+
+    from syncback.destinations.base import Destination
+    from syncback.secrets import SecretResolver
+    from syncback.spec import SyncSpec
+
+API_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"
+
+
+class SalesforceDestinationConfig(DestinationBase):
+    """Salesforce records upserted by an external ID field, 200 a request (sObject Collections)."""
+
+    type: Literal["salesforce"]
+    object: str = Field(pattern=API_NAME, description="Contact, Account, Lead, My_Object__c, ...")
+    external_id_field: str = Field(
+        pattern=API_NAME, description="an External ID field of the object, which the mapping fills"
+    )
+    login_url: str = Field(
+        pattern=URL_PATTERN,
+        description="where tokens are asked for: your My Domain (https://acme.my.salesforce.com); "
+        "https://login.salesforce.com or https://test.salesforce.com for jwt_bearer",
+    )
+    auth: Literal["client_credentials", "jwt_bearer"]
+    client_id: str = Field(min_length=1, description="the connected app's consumer key")
+    client_secret: SecretRef | None = Field(None, description="client_credentials: the consumer secret")
+    username: str | None = Field(None, description="jwt_bearer: the user the app acts as")
+    private_key: SecretRef | None = Field(
+        None, description="jwt_bearer: the PEM private key of the app's certificate"
+    )
+    api_version: str = Field("62.0", pattern=r"^\d{2,3}\.0$")
+
+    _check_secrets = field_validator("client_secret", "private_key")(
+        lambda v: None if v is None else secret_ref(v)
+    )
+    _check_url = field_validator("login_url")(lambda v: https(v))
+
+    @model_validator(mode="after")
+    def _credentials_for_the_flow(self) -> SalesforceDestinationConfig:
+        if self.auth == "client_credentials" and self.client_secret is None:
+            raise ValueError("destination.client_secret: auth client_credentials needs the consumer secret")
+        if self.auth == "jwt_bearer" and (self.username is None or self.private_key is None):
+            raise ValueError(
+                "destination: auth jwt_bearer needs username (the user the app acts as) and private_key"
+            )
+        return self
+
+
+def _build(sync: SyncSpec, secrets: SecretResolver, session: requests.Session) -> Destination:
+    from syncback.destinations.salesforce.client import Credentials, SalesforceDestination
+
+    config = sync.destination
+    assert isinstance(config, SalesforceDestinationConfig)
+    where = f"syncs/{sync.name}.yaml: destination"
+    secret = config.client_secret if config.auth == "client_credentials" else config.private_key
+    assert secret is not None
+    field = "client_secret" if config.auth == "client_credentials" else "private_key"
+    credentials = Credentials(config, secrets.resolve(secret, f"{where}.{field}"))
+    return SalesforceDestination(config, credentials, session)
+
+
+def _check_secret(field: str, value: str) -> None:
+    from syncback.destinations.salesforce.client import load_private_key
+
+    if field == "private_key":
+        load_private_key(value)
+
+
+def _check_sync(sync: SyncSpec) -> list[tuple[str, str]]:
+    assert isinstance(sync.destination, SalesforceDestinationConfig)
+    field = sync.destination.external_id_field
+    if field not in sync.mapping:
+        return [
+            (
+                "mapping",
+                f"destination.external_id_field is {field!r} but the mapping has no field {field!r}; "
+                f"map the column that identifies records to it: {field}: <column>",
+            )
+        ]
+    return []
+
+
+def _account(config: SalesforceDestinationConfig) -> str:
+    from syncback.destinations.http import url_label
+
+    # an org's limits are per org: its login address and the app
+    return f"{url_label(config.login_url)} {config.client_id}"
+
+
+KIND = register(
+    Kind(
+        name="salesforce",
+        config=SalesforceDestinationConfig,
+        modes=("upsert", "mirror"),
+        modes_note="Salesforce upserts by an external ID; creating or updating only would need a "
+        "query per record",
+        removal="archive",
+        build=_build,
+        secrets=("client_secret", "private_key"),
+        identifiers=lambda config, sync: (
+            [config.external_id_field] if config.external_id_field in sync.mapping else []
+        ),
+        place=lambda config: [config.object, config.external_id_field, config.login_url],
+        account=_account,
+        check_secret=_check_secret,
+        check_sync=_check_sync,
+    )
+)

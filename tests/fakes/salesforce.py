@@ -1,0 +1,387 @@
+"""A Salesforce org on loopback, as Salesforce documents its REST API (a test fake: production code
+never imports it).
+
+- ``POST /services/oauth2/token``: ``client_credentials`` (client id and secret) or the JWT bearer
+  flow (an RS256 assertion checked against the app's certificate key: iss the client id, sub the
+  user, aud the login URL, not expired); answers ``access_token`` and ``instance_url`` (this server);
+- sObject Collections under ``/services/data/vXX.X/composite/sobjects``: upsert by an External ID
+  field (``PATCH .../{Object}/{Field}``), update by id (``PATCH``), delete (``DELETE ?ids=``); at
+  most 200 records, ``allOrNone: false``, 200 with one result per record in request order
+  (``id, success, created, errors: [{statusCode, message, fields}]``);
+- a record holding a field the object lacks is a 400 ``INVALID_FIELD`` for the request; an unknown
+  object a 404 ``NOT_FOUND``; an external ID held by two records makes that record fail;
+- every answer carries ``Sforce-Limit-Info: api-usage=n/limit``; past ``daily_limit`` requests,
+  403 ``REQUEST_LIMIT_EXCEEDED``; ``revoke()`` makes the tokens issued so far ``INVALID_SESSION_ID``.
+
+Fault knobs: ``reject_values`` (``FIELD_CUSTOM_VALIDATION_EXCEPTION``), ``lock_values`` (records
+holding them fail ``UNABLE_TO_LOCK_ROW`` that many times), and random 503s and answers too late
+(after the write). ``FAKE`` is its view for the contract suites.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from tests.fakes.contract import Fake
+
+Answer = tuple[int, dict[str, str], bytes]
+CLIENT_ID, CLIENT_SECRET, USERNAME = "3MVG9contract", "contract-consumer-secret", "sync@acme.example"
+OBJECT, EXTERNAL_ID = "Customer__c", "Customer_Key__c"
+_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+PRIVATE_KEY_PEM = _KEY.private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+).decode()
+_PATH = re.compile(r"^/services/data/v\d+\.\d/composite/sobjects(?:/(\w+)/(\w+))?$")
+
+
+class SalesforceFake(Fake):
+    """One org with custom object ``Customer__c`` (and ``Contact``), and its contract view."""
+
+    name = "salesforce"
+    env = {"CONTRACT_SF_SECRET": CLIENT_SECRET}
+
+    def __init__(self, daily_limit: int = 1_000_000) -> None:
+        self.daily_limit = daily_limit
+        #: object -> the fields it has (an External ID field among them)
+        self.objects: dict[str, set[str]] = {
+            OBJECT: {
+                EXTERNAL_ID,
+                *(
+                    f"{n}__c"
+                    for n in (
+                        "email",
+                        "customer_id",
+                        "firstname",
+                        "lead_score",
+                        "last_seen",
+                        "source",
+                        "score_text",
+                        "score",
+                        "big",
+                    )
+                ),
+            },
+            "Contact": {"LastName", "FirstName", "Email", "Lead_Score__c", "Customer_Key__c"},
+        }
+        self.store: dict[str, dict[str, Any]] = {}  # id -> {"type", "deleted", fields...}
+        #: the External ID fields, and the live records by (object, field, value in lower case)
+        self.external_ids = {EXTERNAL_ID}
+        self._index: dict[tuple[str, str, str], set[str]] = {}
+        self.reject_values: set[str] = set()
+        self.lock_values: dict[str, int] = {}
+        self.random_faults: tuple[float, float, float, random.Random] | None = None
+        self.late_s = 2.5
+        self.counts = {"requests": 0, "created": 0, "tokens": 0, "injected": 0, "locked": 0}
+        self._tokens: set[str] = set()
+        self._next = 1
+        self._lock = threading.Lock()
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.fake = self
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> SalesforceFake:
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread = None
+        self._server.server_close()
+
+    def revoke(self) -> None:
+        """Make every token issued so far invalid (a session timeout, an admin revoking it)."""
+        with self._lock:
+            self._tokens.clear()
+
+    def live(self, obj: str = OBJECT) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self.store.values() if r["type"] == obj and not r["deleted"]]
+
+    # ---- one request ---------------------------------------------------------------------------
+
+    def answer(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
+        parts = urlsplit(target)
+        with self._lock:
+            if parts.path == "/services/oauth2/token" and method == "POST":
+                return self._token({k: v[0] for k, v in parse_qs(body.decode()).items()})
+            self.counts["requests"] += 1
+            if headers.get("authorization", "").removeprefix("Bearer ") not in self._tokens:
+                return self._errors(401, "INVALID_SESSION_ID", "Session expired or invalid")
+            if self.counts["requests"] > self.daily_limit:
+                return self._errors(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+            fault = self._draw()
+            if fault == "5xx":
+                return self._errors(503, "SERVER_UNAVAILABLE", "test fake answers 503")
+            answer = self._route(method, parts.path, parse_qs(parts.query), body)
+        if fault == "late":
+            time.sleep(self.late_s)
+        return answer
+
+    def _token(self, form: dict[str, str]) -> Answer:
+        ok = False
+        if form.get("grant_type") == "client_credentials":
+            ok = form.get("client_id") == CLIENT_ID and form.get("client_secret") == CLIENT_SECRET
+        elif form.get("grant_type") == "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            ok = self._assertion_ok(form.get("assertion", ""))
+        if not ok:
+            return _answer(
+                400, {"error": "invalid_client", "error_description": "invalid client credentials"}
+            )
+        token = f"00Dfake!{self._next:08d}"
+        self._next += 1
+        self._tokens.add(token)
+        self.counts["tokens"] += 1
+        return _answer(200, {"access_token": token, "instance_url": self.url, "token_type": "Bearer"})
+
+    def _assertion_ok(self, assertion: str) -> bool:
+        try:
+            head, claims, signature = assertion.split(".")
+            _KEY.public_key().verify(
+                _unb64(signature), f"{head}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256()
+            )
+            got = json.loads(_unb64(claims))
+        except Exception:
+            return False
+        return got.get("iss") == CLIENT_ID and got.get("sub") == USERNAME and got.get("exp", 0) > time.time()
+
+    def _route(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> Answer:
+        found = _PATH.match(path)
+        if found is None:
+            return self._errors(404, "NOT_FOUND", "The requested resource does not exist")
+        if method == "DELETE":
+            ids = [i for i in ",".join(query.get("ids", [])).split(",") if i]
+            if not 0 < len(ids) <= 200:
+                return self._errors(400, "INVALID_FIELD", "ids: 1 to 200 record ids")
+            return self._json(200, [self._delete(i) for i in ids])
+        try:
+            request = json.loads(body)
+            records = request["records"]
+            assert isinstance(records, list) and 0 < len(records) <= 200
+        except (ValueError, KeyError, AssertionError):
+            return self._errors(400, "JSON_PARSER_ERROR", "records: 1 to 200 objects")
+        obj, field = found.group(1), found.group(2)
+        types = {obj} if obj else {str((r.get("attributes") or {}).get("type")) for r in records}
+        for name in types:
+            if name not in self.objects:
+                return self._errors(404, "NOT_FOUND", f"sObject type '{name}' is not supported.")
+            unknown = {k for r in records for k in r if k not in ("attributes", "id")} - self.objects[name]
+            if unknown:
+                return self._errors(
+                    400, "INVALID_FIELD", f"No such column '{sorted(unknown)[0]}' on sobject of type {name}"
+                )
+        if field is not None and field not in self.objects[obj]:
+            return self._errors(400, "INVALID_FIELD", f"Field {field} is not an External ID field of {obj}")
+        if obj is None:
+            return self._json(200, [self._update(r) for r in records])
+        return self._json(200, [self._upsert(obj, field, r) for r in records])
+
+    # ---- the work ------------------------------------------------------------------------------
+
+    def _upsert(self, obj: str, field: str, record: dict[str, Any]) -> dict[str, Any]:
+        value = record.get(field)
+        if value in (None, ""):
+            return _failed("MISSING_ARGUMENT", f"{field} not specified", [field])
+        failed = self._refused(record)
+        if failed is not None:
+            return failed
+        holders = sorted(self._index.get((obj, field, str(value).lower()), set()))
+        if len(holders) > 1:
+            return _failed(
+                "DUPLICATE_EXTERNAL_ID", f"{field}: more than one record found for external id field", [field]
+            )
+        fields = {k: v for k, v in record.items() if k != "attributes"}
+        if holders:
+            self._write(holders[0], fields)
+            return {"id": holders[0], "success": True, "errors": [], "created": False}
+        rid = f"a0B{self._next:015d}"
+        self._next += 1
+        self.store[rid] = {"type": obj, "deleted": False}
+        self._write(rid, fields)
+        self.counts["created"] += 1
+        return {"id": rid, "success": True, "errors": [], "created": True}
+
+    def _update(self, record: dict[str, Any]) -> dict[str, Any]:
+        held = self.store.get(str(record.get("id")))
+        if held is None or held["deleted"]:
+            return _failed("ENTITY_IS_DELETED", "entity is deleted", [])
+        failed = self._refused(record)
+        if failed is not None:
+            return failed
+        self._write(str(record["id"]), {k: v for k, v in record.items() if k not in ("attributes", "id")})
+        return {"id": record["id"], "success": True, "errors": []}
+
+    def _delete(self, rid: str) -> dict[str, Any]:
+        held = self.store.get(rid)
+        if held is None or held["deleted"]:
+            return {"id": rid, **_failed("ENTITY_IS_DELETED", "entity is deleted", [])}
+        self._write(rid, {field: None for field in self.external_ids})
+        held["deleted"] = True  # to the recycle bin
+        return {"id": rid, "success": True, "errors": []}
+
+    def add(self, obj: str, **fields: Any) -> str:
+        """Create a record as a person would; return its id."""
+        with self._lock:
+            rid = f"a0B{self._next:015d}"
+            self._next += 1
+            self.store[rid] = {"type": obj, "deleted": False}
+            self._write(rid, fields)
+            return rid
+
+    def _write(self, rid: str, fields: dict[str, Any]) -> None:
+        """Set ``fields`` of record ``rid``, keeping the external ID index."""
+        held = self.store[rid]
+        for name in self.external_ids & set(fields):
+            old = held.get(name)
+            if old not in (None, ""):
+                self._index.get((held["type"], name, str(old).lower()), set()).discard(rid)
+            if fields[name] not in (None, ""):
+                self._index.setdefault((held["type"], name, str(fields[name]).lower()), set()).add(rid)
+        held.update(fields)
+
+    def _refused(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        values = {str(v).lower() for k, v in record.items() if k != "attributes" and v is not None}
+        for value in values & set(self.lock_values):
+            if self.lock_values[value] > 0:
+                self.lock_values[value] -= 1
+                self.counts["locked"] += 1
+                return _failed("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access to this record", [])
+        if values & self.reject_values:
+            return _failed("FIELD_CUSTOM_VALIDATION_EXCEPTION", "a validation rule refused the record", [])
+        return None
+
+    # ---- around the work -----------------------------------------------------------------------
+
+    def _draw(self) -> str | None:
+        if self.random_faults is None:
+            return None
+        rate_429, rate_5xx, rate_late, rng = self.random_faults
+        x = rng.random()
+        # Salesforce answers no 429: its limits are daily (REQUEST_LIMIT_EXCEEDED); 429s become 503s
+        for name, rate in (("5xx", rate_429 + rate_5xx), ("late", rate_late)):
+            if x < rate:
+                self.counts["injected"] += 1
+                return name
+            x -= rate
+        return None
+
+    def _json(self, status: int, body: Any) -> Answer:
+        used = min(self.counts["requests"], self.daily_limit)
+        headers = {
+            "Content-Type": "application/json;charset=UTF-8",
+            "Sforce-Limit-Info": f"api-usage={used}/{self.daily_limit}",
+        }
+        return status, headers, json.dumps(body).encode()
+
+    def _errors(self, status: int, code: str, message: str) -> Answer:
+        return self._json(status, [{"errorCode": code, "message": message, "fields": []}])
+
+    # ---- the contract suites' view -------------------------------------------------------------
+
+    def destination(self) -> dict[str, Any]:
+        return {
+            "type": "salesforce",
+            "object": OBJECT,
+            "external_id_field": EXTERNAL_ID,
+            "login_url": self.url,
+            "auth": "client_credentials",
+            "client_id": CLIENT_ID,
+            "client_secret": "env:CONTRACT_SF_SECRET",
+            "timeout_s": 2,
+        }
+
+    def mapping(self, generic: dict[str, Any], key_column: str) -> dict[str, Any]:
+        # records are found by the external ID (the model's key); the generic fields are custom ones
+        return {EXTERNAL_ID: key_column, **{f"{name}__c": source for name, source in generic.items()}}
+
+    def records(self) -> list[dict[str, Any]]:
+        return [
+            {"id": r["id"], **{k.removesuffix("__c"): v for k, v in r.items() if k.endswith("__c")}}
+            for r in ({"id": rid, **rec} for rid, rec in self._live_items())
+        ]
+
+    def _live_items(self) -> list[tuple[str, dict[str, Any]]]:
+        with self._lock:
+            return [
+                (rid, dict(r)) for rid, r in self.store.items() if r["type"] == OBJECT and not r["deleted"]
+            ]
+
+    def reject(self, values: set[str]) -> None:
+        self.reject_values = {v.strip().lower() for v in values}
+
+    def inject(self, rate_429: float, rate_5xx: float, rate_timeout: float, seed: int) -> None:
+        self.random_faults = (rate_429, rate_5xx, rate_timeout, random.Random(seed))
+
+    def injected(self) -> int:
+        return self.counts["injected"]
+
+    def created(self) -> int:
+        return self.counts["created"]
+
+    def writes(self, request: requests.PreparedRequest) -> bool:
+        return "/composite/sobjects" in (request.url or "")
+
+
+def _failed(code: str, message: str, fields: list[str]) -> dict[str, Any]:
+    return {"success": False, "errors": [{"statusCode": code, "message": message, "fields": fields}]}
+
+
+def _answer(status: int, body: Any) -> Answer:
+    return status, {"Content-Type": "application/json;charset=UTF-8"}, json.dumps(body).encode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    fake: SalesforceFake
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 10
+    server: _Server
+
+    def _handle(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        status, out, payload = self.server.fake.answer(self.command, self.path, headers, body)
+        try:
+            self.send_response(status)
+            for name, value in out.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except OSError:
+            self.close_connection = True
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _handle
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+FAKE = SalesforceFake
