@@ -24,17 +24,18 @@ def sandbox() -> Iterator[HubSpotSandbox]:
 
 
 def client(
-    sandbox: HubSpotSandbox, mode: Mode = "upsert", token: str = "t", timeout_s: float = 5
+    sandbox: HubSpotSandbox, mode: Mode = "upsert", token: str = "t", timeout_s: float = 5, **config: str
 ) -> HubSpotDestination:
-    config = HubSpotDestinationConfig(
+    settings = HubSpotDestinationConfig(
         type="hubspot",
         object="contacts",
         id_property="email",
         token="env:X",
         base_url=sandbox.url,
         timeout_s=timeout_s,
+        **config,
     )
-    return HubSpotDestination(config, token, mode)
+    return HubSpotDestination(settings, token, mode)
 
 
 def contacts(*numbers: int) -> list[Change]:
@@ -149,3 +150,38 @@ def test_a_request_that_400s_for_its_shape_is_request_rejected(sandbox: HubSpotS
     duplicate = contacts(1) + [Change("2", "upsert", "h", {"email": "c1@example.com"})]
     with pytest.raises(RequestRejected, match="400"):
         client(sandbox).write(duplicate)
+
+
+@pytest.mark.parametrize(
+    ("version", "path"),
+    [
+        (None, "/crm/objects/2026-03/contacts/batch/upsert"),
+        ("2026-09", "/crm/objects/2026-09/contacts/batch/upsert"),
+        ("v3", "/crm/v3/objects/contacts/batch/upsert"),
+    ],
+)
+def test_requests_go_to_the_date_versioned_paths_unless_v3_is_asked_for(
+    sandbox: HubSpotSandbox, monkeypatch: pytest.MonkeyPatch, version: str | None, path: str
+) -> None:
+    import requests
+
+    sent: list[str] = []
+    real = requests.Session.send
+
+    def send(
+        session: requests.Session, request: requests.PreparedRequest, **kwargs: object
+    ) -> requests.Response:
+        sent.append(str(request.path_url))
+        return real(session, request, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(requests.Session, "send", send)
+    hubspot = client(sandbox, **({"api_version": version} if version else {}))
+    assert [o.status for o in hubspot.write(contacts(1))] == ["delivered"]
+    assert sent == [path]
+
+
+def test_a_version_hubspot_does_not_have_stops_the_run_naming_it(sandbox: HubSpotSandbox) -> None:
+    from syncback.errors import SystemicError
+
+    with pytest.raises(SystemicError, match="no API version 2025-09"):
+        client(sandbox, api_version="2025-09").write(contacts(1))

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 class HubSpotDestinationConfig(DestinationBase):
-    """HubSpot CRM v3 objects (contacts, companies, deals, custom objects)."""
+    """HubSpot CRM objects (contacts, companies, deals, custom objects)."""
 
     type: Literal["hubspot"]
     object: str = Field(
@@ -27,6 +27,12 @@ class HubSpotDestinationConfig(DestinationBase):
     id_property: str = Field(description="a unique property that identifies records (contacts: email)")
     token: SecretRef
     base_url: str = Field("https://api.hubapi.com", pattern=URL_PATTERN)
+    api_version: str = Field(
+        "2026-03",
+        pattern=r"^(v3|\d{4}-(03|09))$",
+        description="the CRM API version: a date version (2026-03, 2026-09, ...) in the path "
+        "/crm/objects/{version}/, or v3 for the /crm/v3/ paths (supported until September 2027)",
+    )
     rate_limit: RateLimit = RateLimit(requests=100, per_seconds=10.0)
 
     _check_token = field_validator("token")(lambda v: secret_ref(v))

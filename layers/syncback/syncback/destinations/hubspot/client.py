@@ -1,4 +1,5 @@
-"""HubSpot CRM v3 objects: batch upsert / create / update / archive, at most 100 inputs a request.
+"""HubSpot CRM objects: batch upsert / create / update / archive, at most 100 inputs a request, at
+``/crm/objects/{api_version}/{object}/batch/...`` (or ``/crm/v3/objects/...`` with api_version v3).
 
 Every input carries an ``objectWriteTraceId`` (the record's key), which turns on HubSpot's
 multi-status answers and ties each result and each error back to its record.
@@ -46,7 +47,8 @@ class HubSpotDestination:
         self.mode = mode
         self._session = session or requests.Session()
         self._session.headers.update({"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-        self._base = f"{config.base_url.rstrip('/')}/crm/v3/objects/{config.object}/batch"
+        objects = "v3/objects" if config.api_version == "v3" else f"objects/{config.api_version}"
+        self._base = f"{config.base_url.rstrip('/')}/crm/{objects}/{config.object}/batch"
 
     def write(self, changes: Sequence[Change], scope: str = "") -> list[Outcome]:
         if not changes:
@@ -187,7 +189,10 @@ class HubSpotDestination:
                 f"mapping.{missing}",
             )
         if status in (404, 405) or 300 <= status < 400:
-            raise SystemicError(f"{said}; the API address is wrong", "destination.base_url")
+            raise SystemicError(
+                f"{said}; the API address is wrong, or HubSpot has no API version {self.config.api_version}",
+                "destination.base_url",
+            )
 
     def _conflict(self, changes: Sequence[Change], response: requests.Response) -> list[Outcome]:
         if len(changes) > 1:

@@ -4,8 +4,9 @@ The destination for the demo (``syncback sandbox hubspot``), the integration tes
 never imported by production code. It does what HubSpot's documentation says (reference:
 ``destination-apis.md`` section 1); where the documentation is silent, a comment names the choice.
 
-- writes: ``POST /crm/v3/objects/{type}/batch/{upsert,create,update,archive}``, at most 100 inputs;
-- reads: ``GET /crm/v3/objects/{type}/{id}[?idProperty=]``, ``GET /crm/v3/objects/{type}?limit=&after=``;
+- writes: ``POST /crm/objects/{version}/{type}/batch/{upsert,create,update,archive}``, at most 100
+  inputs (``{version}``: 2026-03 or 2026-09; the older ``/crm/v3/objects/...`` paths too);
+- reads: ``GET /crm/objects/{version}/{type}/{id}[?idProperty=]``, ``GET .../{type}?limit=&after=``;
 - admin, no auth: ``GET /_sandbox/stats``, ``POST /_sandbox/reset``, ``GET|POST /_sandbox/faults``,
   ``GET /_sandbox/objects/{type}``.
 

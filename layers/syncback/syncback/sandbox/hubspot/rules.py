@@ -21,9 +21,13 @@ DEFAULT_UNIQUE_PROPERTIES = {"contacts": "email", "companies": "domain"}
 _TYPE_IDS = {"0-1": "contacts", "0-2": "companies", "0-3": "deals", "0-5": "tickets"}
 _STANDARD_TYPES = {"contacts", "companies", "deals", "tickets", "products", "line_items", "quotes"}
 _CUSTOM_TYPE = re.compile(r"^(p_\w+|2-\d+)$")
-_BATCH = re.compile(r"^/crm/v3/objects/([^/]+)/batch/(upsert|create|update|archive)$")
-_ONE = re.compile(r"^/crm/v3/objects/([^/]+)/([^/]+)$")
-_LIST = re.compile(r"^/crm/v3/objects/([^/]+)/?$")
+#: the date-versioned CRM paths (``/crm/objects/2026-03/...``, GA in April 2026) and the ``/crm/v3``
+#: ones they replace (supported until September 2027)
+VERSIONS = ("2026-03", "2026-09")
+_CRM = r"^/crm/(?:v3/objects|objects/(?:" + "|".join(VERSIONS) + "))"
+_BATCH = re.compile(_CRM + r"/([^/]+)/batch/(upsert|create|update|archive)$")
+_ONE = re.compile(_CRM + r"/([^/]+)/([^/]+)$")
+_LIST = re.compile(_CRM + r"/([^/]+)/?$")
 
 _Outcome = tuple[int, list[dict[str, Any]], list[dict[str, Any]]]  # status, results, per-record errors
 
