@@ -3,8 +3,9 @@
 Salesforce limits API requests per rolling 24 hours (Enterprise: 100,000 + 1,000 per licence) and
 documents no per-second limit, so at its limit a sync's rate is 200 times the requests it may spend ÷
 86,400 s, and what syncback controls is how many records each request carries. Measured on the
-test fake: a first sync of 100,000 rows and a second with 1% changed, the records each request
-carried ÷ 200, and the requests that were not writes (tokens). There is no 429 row: Salesforce
+test fake: a first sync of 100,000 rows and a second with 1% changed through sObject Collections,
+and a first sync through Bulk API 2.0 jobs of 10,000 (to another object): the records each request
+carried ÷ 200 (what Collections carry at most), and the requests that were not writes (tokens). There is no 429 row: Salesforce
 sends none; its limit answers 403 REQUEST_LIMIT_EXCEEDED, which stops a run.
 """
 
@@ -70,8 +71,26 @@ def measure() -> dict[str, Any]:
         write_contacts(root / "wh.duckdb", rows)
         project = load_project(root)
         rt = Runtime(project, LocalBatchStore(project.state_path), LocalStateStore(project.state_path))
-        for label, change in (("first sync", None), ("1% changed", ROWS // 100)):
-            if change:
+        for label, change in (
+            ("first sync", None),
+            ("1% changed", ROWS // 100),
+            ("first sync, Bulk API 2.0", None),
+        ):
+            if label.endswith("Bulk API 2.0"):  # batches of 10,000 (above bulk_above): one job each
+                write_contacts(root / "wh.duckdb", rows)
+                bulk = {**sync, "batch_size": 10_000, "destination": {**sync["destination"], "poll_s": 0.05}}
+                bulk["destination"]["object"] = "Customer__c"
+                bulk["mapping"] = {
+                    "Customer_Key__c": "customer_id",
+                    "firstname__c": "first_name",
+                    "email__c": "email",
+                }
+                (root / "syncs" / "customers.yaml").write_text(yaml.safe_dump(bulk))
+                project = load_project(root)
+                rt = Runtime(
+                    project, LocalBatchStore(project.state_path), LocalStateStore(project.state_path)
+                )
+            elif change:
                 write_contacts(
                     root / "wh.duckdb",
                     [(*r[:2], f"Changed{r[0]}", *r[3:]) if r[0] <= change else r for r in rows],

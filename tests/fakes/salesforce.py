@@ -10,6 +10,11 @@ never imports it).
   (``id, success, created, errors: [{statusCode, message, fields}]``);
 - a record holding a field the object lacks is a 400 ``INVALID_FIELD`` for the request; an unknown
   object a 404 ``NOT_FOUND``; an external ID held by two records makes that record fail;
+- Bulk API 2.0 ingest jobs (``/services/data/vXX.X/jobs/ingest``): create (upsert by an External ID
+  field, update, delete), upload CSV (201), close with ``UploadComplete``, then ``UploadComplete`` →
+  ``InProgress`` → ``JobComplete`` as time passes, and ``successfulResults`` / ``failedResults`` /
+  ``unprocessedrecords`` as CSV echoing the rows sent, shuffled (Salesforce keeps no order);
+  ``#N/A`` clears a field, an empty cell leaves it;
 - every answer carries ``Sforce-Limit-Info: api-usage=n/limit``; past ``daily_limit`` requests,
   403 ``REQUEST_LIMIT_EXCEEDED``; ``revoke()`` makes the tokens issued so far ``INVALID_SESSION_ID``.
 
@@ -21,6 +26,8 @@ holding them fail ``UNABLE_TO_LOCK_ROW`` that many times), and random 503s and a
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import random
 import re
@@ -44,6 +51,9 @@ PRIVATE_KEY_PEM = _KEY.private_bytes(
     serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
 ).decode()
 _PATH = re.compile(r"^/services/data/v\d+\.\d/composite/sobjects(?:/(\w+)/(\w+))?$")
+_BULK = re.compile(
+    r"^/services/data/v\d+\.\d/jobs/ingest(?:/(\w+))?(?:/(batches|successfulResults|failedResults|unprocessedrecords)/?)?$"
+)
 
 
 class SalesforceFake(Fake):
@@ -85,6 +95,9 @@ class SalesforceFake(Fake):
         self.late_s = 2.5
         self.counts = {"requests": 0, "created": 0, "tokens": 0, "injected": 0, "locked": 0}
         self._tokens: set[str] = set()
+        #: Bulk API 2.0 ingest jobs by id; how long a closed job stays UploadComplete, then InProgress
+        self.bulk_jobs: dict[str, dict[str, Any]] = {}
+        self.job_s = 0.02
         self._next = 1
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
@@ -163,6 +176,9 @@ class SalesforceFake(Fake):
         return got.get("iss") == CLIENT_ID and got.get("sub") == USERNAME and got.get("exp", 0) > time.time()
 
     def _route(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> Answer:
+        bulk = _BULK.match(path)
+        if bulk is not None:
+            return self._bulk(method, bulk.group(1), bulk.group(2), body)
         found = _PATH.match(path)
         if found is None:
             return self._errors(404, "NOT_FOUND", "The requested resource does not exist")
@@ -192,6 +208,101 @@ class SalesforceFake(Fake):
         if obj is None:
             return self._json(200, [self._update(r) for r in records])
         return self._json(200, [self._upsert(obj, field, r) for r in records])
+
+    # ---- Bulk API 2.0 ingest jobs ---------------------------------------------------------------
+
+    def _bulk(self, method: str, job_id: str | None, part: str | None, body: bytes) -> Answer:
+        if method == "POST" and job_id is None:
+            spec = json.loads(body or b"{}")
+            obj, operation = spec.get("object"), spec.get("operation")
+            if obj not in self.objects:
+                return self._errors(404, "NOT_FOUND", f"sObject type '{obj}' is not supported.")
+            if operation not in ("upsert", "update", "delete") or (
+                operation == "upsert" and spec.get("externalIdFieldName") not in self.objects[obj]
+            ):
+                return self._errors(400, "INVALIDJOB", "InvalidJob : operation or externalIdFieldName")
+            new = f"750{len(self.bulk_jobs) + 1:015d}"
+            self.bulk_jobs[new] = {"spec": spec, "state": "Open", "csv": b"", "at": 0.0}
+            return self._json(200, {"id": new, "state": "Open", "object": obj, "operation": operation})
+        job = self.bulk_jobs.get(job_id or "")
+        if job is None:
+            return self._errors(404, "NOT_FOUND", "The requested resource does not exist")
+        if method == "PUT" and part == "batches":
+            if job["state"] != "Open":
+                return self._errors(409, "INVALIDJOBSTATE", "the job is not open")
+            job["csv"] += body
+            return 201, {"Content-Type": "text/plain"}, b""
+        if method == "PATCH" and part is None:
+            if json.loads(body or b"{}").get("state") == "UploadComplete" and job["state"] == "Open":
+                job["state"], job["at"] = "UploadComplete", time.monotonic()
+                self._process(job)
+            return self._json(200, {"id": job_id, "state": job["state"]})
+        if method == "GET" and part is None:
+            return self._json(200, {"id": job_id, **self._job_state(job)})
+        if method == "GET" and part in ("successfulResults", "failedResults", "unprocessedrecords"):
+            if self._job_state(job)["state"] != "JobComplete":
+                return self._errors(400, "INVALIDJOBSTATE", "results are not available yet")
+            rows = list(job["results"][part])
+            random.shuffle(rows)  # "not guaranteed to match the ordering of records in the original job data"
+            out = io.StringIO()
+            columns = {
+                "successfulResults": ["sf__Id", "sf__Created"],
+                "failedResults": ["sf__Id", "sf__Error"],
+            }
+            writer = csv.DictWriter(out, [*columns.get(part, []), *job["columns"]], lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            return 200, {"Content-Type": "text/csv"}, out.getvalue().encode()
+        return self._errors(405, "METHOD_NOT_ALLOWED", "not allowed")
+
+    def _job_state(self, job: dict[str, Any]) -> dict[str, Any]:
+        state = job["state"]
+        if state == "UploadComplete":
+            elapsed = time.monotonic() - job["at"]
+            state = (
+                "UploadComplete"
+                if elapsed < self.job_s
+                else "InProgress"
+                if elapsed < 2 * self.job_s
+                else "JobComplete"
+            )
+        results = job.get("results", {})
+        return {
+            "state": state,
+            "numberRecordsProcessed": len(results.get("successfulResults", []))
+            + len(results.get("failedResults", [])),
+            "numberRecordsFailed": len(results.get("failedResults", [])),
+        }
+
+    def _process(self, job: dict[str, Any]) -> None:
+        """Do a closed job's work (shown once it completes), row by row as the operation says."""
+        spec = job["spec"]
+        reader = csv.DictReader(io.StringIO(job["csv"].decode("utf-8")))
+        job["columns"] = list(reader.fieldnames or [])
+        results: dict[str, list[dict[str, Any]]] = {
+            "successfulResults": [],
+            "failedResults": [],
+            "unprocessedrecords": [],
+        }
+        for row in reader:
+            fields = {k: (None if v == "#N/A" else v) for k, v in row.items() if v != ""}
+            if spec["operation"] == "upsert":
+                fields["attributes"] = {"type": spec["object"]}
+                result = self._upsert(spec["object"], spec["externalIdFieldName"], fields)
+            elif spec["operation"] == "update":
+                result = self._update({"id": fields.pop("Id", None), **fields})
+            else:
+                result = self._delete(str(fields.get("Id")))
+            if result.get("success"):
+                created = "true" if result.get("created") else "false"
+                results["successfulResults"].append(
+                    {"sf__Id": result.get("id"), "sf__Created": created, **row}
+                )
+            else:
+                error = result["errors"][0]
+                message = f"{error['statusCode']}:{error['message']}"
+                results["failedResults"].append({"sf__Id": fields.get("Id", ""), "sf__Error": message, **row})
+        job["results"] = results
 
     # ---- the work ------------------------------------------------------------------------------
 
@@ -378,7 +489,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
 
-    do_GET = do_POST = do_PATCH = do_DELETE = _handle
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

@@ -12,7 +12,7 @@ from syncback.spec_parts import URL_PATTERN, DestinationBase, SecretRef, https, 
 if TYPE_CHECKING:
     import requests
 
-    from syncback.destinations.base import Destination
+    from syncback.destinations.base import Destination, JobDestination
     from syncback.secrets import SecretResolver
     from syncback.spec import SyncSpec
 
@@ -20,7 +20,8 @@ API_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"
 
 
 class SalesforceDestinationConfig(DestinationBase):
-    """Salesforce records upserted by an external ID field, 200 a request (sObject Collections)."""
+    """Salesforce records upserted by an external ID field: 200 a request (sObject Collections), or
+    Bulk API 2.0 ingest jobs for batches above ``bulk_above``."""
 
     type: Literal["salesforce"]
     object: str = Field(pattern=API_NAME, description="Contact, Account, Lead, My_Object__c, ...")
@@ -40,6 +41,13 @@ class SalesforceDestinationConfig(DestinationBase):
         None, description="jwt_bearer: the PEM private key of the app's certificate"
     )
     api_version: str = Field("62.0", pattern=r"^\d{2,3}\.0$")
+    bulk_above: int = Field(
+        2000,
+        ge=200,
+        description="a sync whose batch_size is above this writes through Bulk API 2.0 ingest jobs "
+        "(one job per batch), else through sObject Collections, 200 records a request",
+    )
+    poll_s: float = Field(5.0, ge=0.01, le=300, description="Bulk: seconds between polls of a running job")
 
     _check_secrets = field_validator("client_secret", "private_key")(
         lambda v: None if v is None else secret_ref(v)
@@ -57,7 +65,9 @@ class SalesforceDestinationConfig(DestinationBase):
         return self
 
 
-def _build(sync: SyncSpec, secrets: SecretResolver, session: requests.Session) -> Destination:
+def _build(
+    sync: SyncSpec, secrets: SecretResolver, session: requests.Session
+) -> Destination | JobDestination:
     from syncback.destinations.salesforce.client import Credentials, SalesforceDestination
 
     config = sync.destination
@@ -67,6 +77,10 @@ def _build(sync: SyncSpec, secrets: SecretResolver, session: requests.Session) -
     assert secret is not None
     field = "client_secret" if config.auth == "client_credentials" else "private_key"
     credentials = Credentials(config, secrets.resolve(secret, f"{where}.{field}"))
+    if sync.batch_size > config.bulk_above:
+        from syncback.destinations.salesforce.bulk import SalesforceBulk
+
+        return SalesforceBulk(config, credentials, session, max_batch_size=sync.batch_size)
     return SalesforceDestination(config, credentials, session)
 
 

@@ -121,10 +121,8 @@ class Credentials:
         return f"{signing_input}.{_b64(signature)}"
 
 
-class SalesforceDestination:
-    """Writes one sync's records to one Salesforce object."""
-
-    max_batch_size = MAX_RECORDS
+class OrgClient:
+    """One org's REST API for one sync: the token it needs, and what its answers mean."""
 
     def __init__(
         self,
@@ -138,88 +136,28 @@ class SalesforceDestination:
         self._session = session or requests.Session()
         self._sleep = sleep
 
-    def write(self, changes: Sequence[Change], scope: str = "") -> list[Outcome]:
-        if not changes:
-            return []
-        if len(changes) > MAX_RECORDS:
-            raise ValueError(f"Salesforce takes at most {MAX_RECORDS} records a request, got {len(changes)}")
-        first = changes[0]
-        if first.destination_id is None and first.action != "upsert":
-            return [
-                Outcome(c.key, "skipped", reason="no Salesforce id was recorded for this record")
-                for c in changes
-            ]
-        outcomes: dict[str, Outcome] = {}
-        todo = list(changes)
-        for attempt in range(LOCK_RETRIES + 1):
-            locked = []
-            for change, outcome in zip(todo, self._send(todo), strict=True):
-                if outcome is None:
-                    locked.append(change)
-                else:
-                    outcomes[change.key] = outcome
-            if not locked:
-                break
-            todo = locked
-            if attempt < LOCK_RETRIES:
-                self._sleep(LOCK_WAIT_S * (attempt + 1))
-        for change in todo if locked else []:
-            outcomes[change.key] = Outcome(
-                change.key,
-                "undelivered",
-                reason="UNABLE_TO_LOCK_ROW: the record stayed locked; the next run sends it",
-            )
-        return [outcomes[c.key] for c in changes]
-
     def close(self) -> None:
         self._session.close()
 
-    # ---- requests ------------------------------------------------------------------------------
-
-    def _send(self, changes: Sequence[Change]) -> list[Outcome | None]:
-        """Send one request; return an outcome per change, None for a record to send again (locked)."""
-        config = self.config
-        path = f"/services/data/v{config.api_version}/composite/sobjects"
-        first = changes[0]
-        if first.action == "archive":
-            ids = ",".join(str(c.destination_id) for c in changes)
-            response = self._request("DELETE", path, changes, params={"ids": ids, "allOrNone": "false"})
-        elif first.destination_id is not None:
-            records = [
-                {"attributes": {"type": config.object}, **c.record, "id": c.destination_id} for c in changes
-            ]
-            response = self._request("PATCH", path, changes, json={"allOrNone": False, "records": records})
-        else:
-            records = [{"attributes": {"type": config.object}, **c.record} for c in changes]
-            response = self._request(
-                "PATCH",
-                f"{path}/{config.object}/{config.external_id_field}",
-                changes,
-                json={"allOrNone": False, "records": records},
-            )
-        results = json_body(response)
-        if not isinstance(results, list):
-            raise DestinationUnavailable("Salesforce answered 200 without a result per record")
-        return [self._outcome(c, results[i] if i < len(results) else None) for i, c in enumerate(changes)]
-
-    def _request(self, method: str, path: str, changes: Sequence[Change], **kwargs: Any) -> requests.Response:
+    def request(self, method: str, path: str, changes: Sequence[Change], **kwargs: Any) -> requests.Response:
         """Send with the cached token; on INVALID_SESSION_ID renew it once and send again."""
         who = f"Salesforce {self.config.object}"
+        extra = kwargs.pop("headers", {})
         for renew in (False, True):
             token, instance = self.credentials.current(self._session, renew=renew)
-            headers = {"Authorization": f"Bearer {token}"}
+            headers = {**extra, "Authorization": f"Bearer {token}"}
             response = send(
                 self._session, method, instance + path, who, "destination.login_url", self.config.timeout_s,
                 headers=headers, **kwargs,
             )  # fmt: skip
             if response.status_code != 401:
                 break
-        self._raise_for_request(response, changes)
+        self.raise_for_request(response, changes)
         return response
 
     # ---- answers: classified here and nowhere else --------------------------------------------
 
-    def _raise_for_request(self, response: requests.Response, sent: Sequence[Change]) -> None:
+    def raise_for_request(self, response: requests.Response, sent: Sequence[Change]) -> None:
         status = response.status_code
         if status < 300:
             return
@@ -254,6 +192,73 @@ class SalesforceDestination:
                 "destination.external_id_field" if field else "mapping",
             )
         raise RequestRejected(said)
+
+
+class SalesforceDestination(OrgClient):
+    """Writes one sync's records to one Salesforce object, 200 a request."""
+
+    max_batch_size = MAX_RECORDS
+
+    def write(self, changes: Sequence[Change], scope: str = "") -> list[Outcome]:
+        if not changes:
+            return []
+        if len(changes) > MAX_RECORDS:
+            raise ValueError(f"Salesforce takes at most {MAX_RECORDS} records a request, got {len(changes)}")
+        first = changes[0]
+        if first.destination_id is None and first.action != "upsert":
+            return [
+                Outcome(c.key, "skipped", reason="no Salesforce id was recorded for this record")
+                for c in changes
+            ]
+        outcomes: dict[str, Outcome] = {}
+        todo = list(changes)
+        for attempt in range(LOCK_RETRIES + 1):
+            locked = []
+            for change, outcome in zip(todo, self._send(todo), strict=True):
+                if outcome is None:
+                    locked.append(change)
+                else:
+                    outcomes[change.key] = outcome
+            if not locked:
+                break
+            todo = locked
+            if attempt < LOCK_RETRIES:
+                self._sleep(LOCK_WAIT_S * (attempt + 1))
+        for change in todo if locked else []:
+            outcomes[change.key] = Outcome(
+                change.key,
+                "undelivered",
+                reason="UNABLE_TO_LOCK_ROW: the record stayed locked; the next run sends it",
+            )
+        return [outcomes[c.key] for c in changes]
+
+    # ---- requests ------------------------------------------------------------------------------
+
+    def _send(self, changes: Sequence[Change]) -> list[Outcome | None]:
+        """Send one request; return an outcome per change, None for a record to send again (locked)."""
+        config = self.config
+        path = f"/services/data/v{config.api_version}/composite/sobjects"
+        first = changes[0]
+        if first.action == "archive":
+            ids = ",".join(str(c.destination_id) for c in changes)
+            response = self.request("DELETE", path, changes, params={"ids": ids, "allOrNone": "false"})
+        elif first.destination_id is not None:
+            records = [
+                {"attributes": {"type": config.object}, **c.record, "id": c.destination_id} for c in changes
+            ]
+            response = self.request("PATCH", path, changes, json={"allOrNone": False, "records": records})
+        else:
+            records = [{"attributes": {"type": config.object}, **c.record} for c in changes]
+            response = self.request(
+                "PATCH",
+                f"{path}/{config.object}/{config.external_id_field}",
+                changes,
+                json={"allOrNone": False, "records": records},
+            )
+        results = json_body(response)
+        if not isinstance(results, list):
+            raise DestinationUnavailable("Salesforce answered 200 without a result per record")
+        return [self._outcome(c, results[i] if i < len(results) else None) for i, c in enumerate(changes)]
 
     def _outcome(self, change: Change, result: Any) -> Outcome | None:
         if not isinstance(result, dict):
