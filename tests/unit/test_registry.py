@@ -35,6 +35,36 @@ def test_a_destination_that_cannot_remove_records_refuses_mirror(monkeypatch: py
     assert registry.sync_problems(sync) == []
 
 
+def test_a_destination_that_clears_on_removal_gets_its_fields_emptied_not_archived(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncback.batches import LocalBatchStore
+    from syncback.runner import Runtime, run_sync
+    from syncback.spec import load_project
+    from syncback.state import LocalStateStore
+    from tests.conftest import contacts_rows, write_contacts, write_project
+    from tests.fakes.recording import RecordingDestination
+
+    # Given HubSpot declared as a destination whose records are cleared, never deleted, by mirror
+    monkeypatch.setitem(REGISTRY, "hubspot", dataclasses.replace(REGISTRY["hubspot"], removal="clear"))
+    monkeypatch.setenv("HUBSPOT_TOKEN", "t")
+    sync = {**BASE_SYNC, "mode": "mirror", "guards": {"max_delete_pct": 50}}
+    write_project(tmp_path, sync, contacts_rows(10))
+    project = load_project(tmp_path)
+    destination = RecordingDestination()
+    rt = Runtime(project, LocalBatchStore(project.state_path), LocalStateStore(project.state_path))
+    rt = dataclasses.replace(rt, destination_factory=lambda spec: destination)
+    run_sync(rt, "contacts")
+    # When two rows leave the model
+    write_contacts(tmp_path / "wh.duckdb", contacts_rows(8))
+    record = run_sync(rt, "contacts")
+    # Then their records stay, with every mapped field but the identifier emptied
+    assert record.planned["removed"] == 2 and record.delivered == 2
+    assert set(destination.records) == {str(i) for i in range(1, 11)}
+    cleared = destination.records["10"]
+    assert all(value is None for name, value in cleared.items() if name != "email") and len(cleared) > 1
+
+
 def test_registering_a_type_twice_is_refused() -> None:
     with pytest.raises(ValueError, match="registered twice"):
         registry.register(REGISTRY["webhook"])

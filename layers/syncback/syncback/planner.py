@@ -27,7 +27,7 @@ from typing import Any
 
 from syncback.batches import BatchStore, batch_key, dumps, plan_key
 from syncback.destinations.base import Change
-from syncback.destinations.registry import destination_target, identifier_fields
+from syncback.destinations.registry import destination_target, identifier_fields, kind_of
 from syncback.errors import GuardError, ModelError
 from syncback.mapping import MappingQuery, describe, model_problems
 from syncback.snapshot import SnapshotTables, ensure_snapshot, same_target
@@ -359,9 +359,12 @@ class Planner:
         """Return what becomes of a record whose row left the model."""
         if self.sync.mode != "mirror":
             return Change(key, "forget", destination_id=destination_id)
-        if created:
+        removal = kind_of(self.sync).removal
+        if created and removal == "archive":
             return Change(key, "archive", destination_id=destination_id)
-        if self.sync.remove_not_created == "clear_fields" and destination_id is not None:
+        if (
+            removal == "clear" or self.sync.remove_not_created == "clear_fields"
+        ) and destination_id is not None:
             return Change(key, "clear", None, {name: None for name in clearable}, destination_id)
         return Change(key, "forget", destination_id=destination_id)
 

@@ -24,9 +24,11 @@ if TYPE_CHECKING:  # the spec imports this module: types only
     from syncback.secrets import SecretResolver
     from syncback.spec import SyncSpec
 
-#: what mirror does to a record whose row left the model: archive (delete) it; or nothing can be
-#: removed there, and mirror is refused for the destination
-Removal = Literal["archive", "unsupported"]
+#: what mirror does to a record this sync created whose row left the model. archive: take it out
+#: of where the sync put it (the client says how: delete or archive a record, remove a member from
+#: a list or an audience); clear: the records stay, and the fields the sync maps (all but the
+#: identifier) are emptied; unsupported: nothing can be removed there, and mirror is refused
+Removal = Literal["archive", "clear", "unsupported"]
 Mode = Literal["upsert", "update", "insert", "mirror"]
 
 
