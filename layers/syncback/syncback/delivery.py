@@ -205,7 +205,7 @@ class Delivery:
         sent come back ``undelivered``.
         """
         if works_in_jobs(self.destination):
-            return self._deliver_in_jobs(changes, scope, self.destination.poll_s)
+            return self._deliver_in_jobs(changes, scope)
         outcomes = [
             Outcome(c.key, "skipped", reason=_NOT_SENT[c.action]) for c in changes if c.action in _NOT_SENT
         ]
@@ -221,9 +221,9 @@ class Delivery:
                 self._on_progress(len(chunk))
         return outcomes
 
-    def _deliver_in_jobs(self, changes: Sequence[Change], scope: str, poll_s: float) -> list[Outcome]:
-        """Deliver through a destination that works in jobs, pass after pass, waiting between them,
-        keeping the jobs under way in memory (a batch keeps them in its store: see the runner)."""
+    def _deliver_in_jobs(self, changes: Sequence[Change], scope: str) -> list[Outcome]:
+        """Deliver through a destination that works in jobs, keeping the jobs under way in memory
+        (a batch keeps them in its store: see the runner)."""
         got: dict[str, Outcome] = {}
         report = self._on_outcomes
 
@@ -233,19 +233,38 @@ class Delivery:
 
         self._on_outcomes = collect
         try:
-            jobs: list[Job] = []
-            while True:
-                jobs = self.advance_jobs(
-                    [c for c in changes if c.key not in got], scope, jobs, lambda _: None
-                )
-                if not jobs or self.interrupt.is_set:
-                    break
-                self.interrupt.sleep(poll_s)
+            self.run_jobs(
+                lambda: [c for c in changes if c.key not in got], scope, [], lambda _: None, wait=True
+            )
         finally:
             self._on_outcomes = report
         return [
             got.get(c.key) or Outcome(c.key, "undelivered", reason=self.interrupt.reason) for c in changes
         ]
+
+    def run_jobs(
+        self,
+        pending: Callable[[], list[Change]],
+        scope: str,
+        jobs: list[Job],
+        save: Callable[[list[Job]], None],
+        wait: bool,
+    ) -> float | None:
+        """Take passes (``advance_jobs``) over the changes ``pending()`` returns, sleeping between
+        them when ``wait``, until no job is under way or the delivery is interrupted (return None);
+        without ``wait``, return after one pass that leaves jobs under way, with the seconds to wait
+        before the next. Interrupted, the jobs under way are given up: their records stay
+        undelivered and are sent again (job destinations write by identifier: twice is harmless)."""
+        client = self.destination
+        assert works_in_jobs(client), "a destination that writes at once is delivered by deliver"
+        while True:
+            jobs = self.advance_jobs(pending(), scope, jobs, save)
+            save(jobs)
+            if not jobs or self.interrupt.is_set:
+                return None
+            if not wait:
+                return client.poll_s
+            self.interrupt.sleep(client.poll_s)
 
     def advance_jobs(
         self, changes: Sequence[Change], scope: str, jobs: list[Job], save: Callable[[list[Job]], None]

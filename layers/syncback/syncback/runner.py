@@ -111,7 +111,7 @@ def _deliver(
             client, rt.budget(sync), rt.retry, on_progress=on_progress, on_outcomes=keep, interrupt=interrupt
         )
         if works_in_jobs(client):
-            pending = _advance_jobs(rt, delivery, client, batch, changes, answered, wait)
+            pending = _advance_jobs(rt, delivery, batch, changes, answered, wait)
         else:
             delivery.deliver([c for c in changes if c.key not in answered], batch)
     except SyncbackError as exc:
@@ -139,27 +139,22 @@ def _deliver(
 def _advance_jobs(
     rt: Runtime,
     delivery: Delivery,
-    client: JobDestination,
     batch: str,
     changes: list[Change],
     answered: dict[str, Outcome],
     wait: bool,
 ) -> float | None:
-    """Advance a batch's jobs (kept beside it, see ``jobs_key``) pass by pass, sleeping between
-    passes when ``wait``; return the seconds to wait before the next pass, or None when no job is
-    under way. Interrupted, the jobs under way are given up: their records stay undelivered and the
-    next run sends them again (the destination writes by identifier, so twice is harmless)."""
+    """Advance a batch's jobs, kept beside it (``jobs_key``) so that a later pass, or a retried
+    one, submits nothing twice; return the seconds to wait before the next pass, or None."""
     key = jobs_key(batch)
     jobs: list[Job] = rt.store.get_json(key) if rt.store.exists(key) else []
-    while True:
-        todo = [c for c in changes if c.key not in answered]
-        jobs = delivery.advance_jobs(todo, batch, jobs, lambda running: rt.store.put_json(key, running))
-        rt.store.put_json(key, jobs)
-        if not jobs or delivery.interrupt.is_set:
-            return None
-        if not wait:
-            return client.poll_s
-        delivery.interrupt.sleep(client.poll_s)
+    return delivery.run_jobs(
+        lambda: [c for c in changes if c.key not in answered],
+        batch,
+        jobs,
+        lambda running: rt.store.put_json(key, running),
+        wait,
+    )
 
 
 # ---- one local run -------------------------------------------------------------------------
