@@ -272,8 +272,10 @@ class Delivery:
         """Take one pass over a destination that works in jobs; return the jobs still under way.
 
         ``changes`` are those not answered yet, ``jobs`` those under way. The jobs are polled once,
-        together (one request where the API allows): the outcomes of those done are reported (``on_outcomes``), those that failed are submitted
-        again (at most ``JOB_ATTEMPTS`` times in all, then DestinationUnavailable stops the batch).
+        together (one request where the API allows): the outcomes of those done are reported
+        (``on_outcomes``); those that failed, or have not finished after ``JOB_TIMEOUT_S``, are
+        submitted again (``JOB_ATTEMPTS`` submissions in all, then DestinationUnavailable stops
+        the batch).
         Then the changes no job holds are submitted while the destination takes more jobs and the
         delivery is not interrupted; ``save`` is called after each submission, so that a pass cut
         off never submits the same changes twice. A request refused whole is refused for a reason
