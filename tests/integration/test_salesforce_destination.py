@@ -200,7 +200,13 @@ def test_a_wrong_object_or_field_is_a_systemic_error(
     ("change", "says"),
     [
         ({"client_secret": None}, "auth client_credentials needs the consumer secret"),
-        ({**JWT, "username": None}, "auth jwt_bearer needs username"),
+        ({**JWT, "username": None}, "destination.username: auth jwt_bearer needs the user the app acts as"),
+        ({**JWT, "private_key": None}, "destination.private_key: auth jwt_bearer needs the key"),
+        # a misspelled key lists Salesforce's own fields, not another destination's
+        (
+            {"externalid_field": "X"},
+            "unknown field; remove it or check its spelling (allowed: api_version, auth, bulk_above",
+        ),
         ({"object": "Contact; drop"}, "destination.object"),
     ],
 )
@@ -211,6 +217,13 @@ def test_validate_names_the_field_and_the_fix(
     with pytest.raises(ConfigError) as caught:
         load_project(tmp_path)
     assert says in str(caught.value) and "syncs/contacts.yaml" in str(caught.value)
+
+
+def test_an_unquoted_api_version_is_taken_as_the_version_it_means(
+    tmp_path: Path, org: SalesforceFake
+) -> None:
+    project(tmp_path, org, rows=1, destination=destination(org, api_version=62.0))
+    assert load_project(tmp_path).sync("contacts").destination.api_version == "62.0"  # type: ignore[union-attr]
 
 
 def test_validate_refuses_a_mapping_without_the_external_id_and_a_key_that_is_not_one(

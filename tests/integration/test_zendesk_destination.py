@@ -178,13 +178,25 @@ def test_a_wrong_address_is_a_systemic_error_naming_the_subdomain(
 @pytest.mark.parametrize(
     ("change", "says"),
     [
-        ({"mapping": {**MAPPING, "role": "plan"}}, "mapping.role: a Zendesk user has no field 'role'"),
+        (
+            {"mapping": {**MAPPING, "role": "plan"}},
+            "syncs/contacts.yaml: mapping.role: a Zendesk user has no field 'role'",
+        ),
+        ({"destination_extra": {"oauth_token": "env:X"}}, "syncs/contacts.yaml: destination: give either"),
         ({"mapping": {k: v for k, v in MAPPING.items() if k != "name"}}, "no field 'name'"),
         ({"mapping": {k: v for k, v in MAPPING.items() if k != "external_id"}}, "no field 'external_id'"),
         ({"destination_extra": {"oauth_token": "env:X"}}, "either email and api_token"),
         ({"destination_extra": {"email": None}}, "needs the e-mail of the agent"),
         ({"mode": "insert"}, "a zendesk destination takes upsert or mirror, not insert"),
-        ({"destination_extra": {"subdomain": "Acme Corp"}}, "destination.subdomain"),
+        (
+            {"destination_extra": {"subdomain": "acme.zendesk.com"}},
+            "destination.subdomain: 'acme.zendesk.com' is not a subdomain: write just the account",
+        ),
+        (
+            {"destination_extra": {"api_token": None}},
+            "destination.api_token: missing; give email and api_token",
+        ),
+        ({"destination_extra": {"subdomian": "acme"}}, "(allowed: api_token, base_url, concurrency, email"),
     ],
 )
 def test_validate_names_the_field_and_the_fix(

@@ -74,7 +74,7 @@ CASES: list[tuple[dict[str, Any], str, str]] = [
             mapping={"email": "email"},
         ),
         "destination.url",
-        "http:// is for 127.0.0.1 only",
+        "http:// is for this machine only: 127.0.0.1, localhost, [::1]",
     ),
     (
         sync(destination={**HUB, "rate_limit": {"requests": 0}}),

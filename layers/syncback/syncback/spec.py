@@ -279,7 +279,7 @@ class Project:
         return self.syncs[name]
 
 
-_ACROSS = re.compile(r"^(model|mapping|mode|guards|destination(?:\.\w+)*): (.*)$", re.S)
+_ACROSS = re.compile(r"^(model|mapping(?:\.[^:\s]+)?|mode|guards|destination(?:\.\w+)*): (.*)$", re.S)
 _BRANCHES = {*REGISTRY, "duckdb", "snowflake"}
 _HINTS = {
     "extra_forbidden": "unknown field; remove it or check its spelling",
@@ -295,8 +295,8 @@ def _problems(file: str, error: ValidationError, model: type[BaseModel]) -> list
         where = ".".join(loc) or "(top level)"
         message = _HINTS.get(item["type"], item["msg"].removeprefix("Value error, "))
         # a check across fields names its field first: "guards: mirror mode deletes records..."
-        across = _ACROSS.match(message) if not loc else None
-        if across:
+        across = _ACROSS.match(message)
+        if across and (not loc or across.group(1).split(".")[0] == loc[0]):
             where, message = across.group(1), across.group(2)
         if item["type"] == "string_pattern_mismatch" and item.get("ctx", {}).get("pattern") == URL_PATTERN:
             message = "must be an http:// or https:// address, e.g. https://hooks.example.com/syncback"
@@ -309,19 +309,24 @@ def _problems(file: str, error: ValidationError, model: type[BaseModel]) -> list
             message = f"{given!r} is not a transform; use one of: {', '.join(TRANSFORMS)}"
             where = ".".join(p for p in loc if not p.isdigit())
         if item["type"] == "extra_forbidden":
-            message += f" (allowed: {', '.join(_allowed(model, loc[:-1]))})"
+            branch = next((str(p) for p in item["loc"] if str(p) in REGISTRY), None)
+            message += f" (allowed: {', '.join(_allowed(model, loc[:-1], branch))})"
         out.append(Problem(file, where, message))
     # one problem per field is enough: union branches repeat themselves
     return list({p.field: p for p in reversed(out)}.values())[::-1]
 
 
-def _allowed(model: type[BaseModel], path: list[str]) -> list[str]:
+def _allowed(model: type[BaseModel], path: list[str], branch: str | None = None) -> list[str]:
+    """Return the fields allowed at ``path``; ``branch``: the destination type the spec names."""
     current: Any = model
     for part in path:
         info = getattr(current, "model_fields", {}).get(part)
         if info is None:
             return _names(current)
-        current = _model_of(info.annotation)
+        if part == "destination" and branch in REGISTRY:
+            current = REGISTRY[str(branch)].config
+        else:
+            current = _model_of(info.annotation)
     return _names(current)
 
 

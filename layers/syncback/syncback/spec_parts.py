@@ -32,7 +32,8 @@ def https(value: str) -> str:
     host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     if value.startswith("http://") and host not in _LOOPBACK:
         raise ValueError(
-            "http:// sends records and tokens in clear text; use https:// (http:// is for 127.0.0.1 only)"
+            "http:// sends records and tokens in clear text; use https:// (http:// is for this machine only: "
+            "127.0.0.1, localhost, [::1])"
         )
     return value
 

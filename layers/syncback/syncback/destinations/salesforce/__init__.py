@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -58,11 +58,19 @@ class SalesforceDestinationConfig(DestinationBase):
     def _credentials_for_the_flow(self) -> SalesforceDestinationConfig:
         if self.auth == "client_credentials" and self.client_secret is None:
             raise ValueError("destination.client_secret: auth client_credentials needs the consumer secret")
-        if self.auth == "jwt_bearer" and (self.username is None or self.private_key is None):
+        if self.auth == "jwt_bearer" and self.username is None:
+            raise ValueError("destination.username: auth jwt_bearer needs the user the app acts as")
+        if self.auth == "jwt_bearer" and self.private_key is None:
             raise ValueError(
-                "destination: auth jwt_bearer needs username (the user the app acts as) and private_key"
+                "destination.private_key: auth jwt_bearer needs the key of the app's certificate"
             )
         return self
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: Any) -> Any:
+        # api_version: 62.0 unquoted is a YAML float: take it as the version it means
+        return f"{value:.1f}" if isinstance(value, float | int) and not isinstance(value, bool) else value
 
 
 def _build(

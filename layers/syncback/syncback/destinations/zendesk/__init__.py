@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+import re
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -37,9 +38,7 @@ class ZendeskDestinationConfig(DestinationBase):
     """Zendesk Support users, created or updated in bulk jobs of at most 100."""
 
     type: Literal["zendesk"]
-    subdomain: str = Field(
-        pattern=r"^[a-z0-9][a-z0-9-]*$", description="the account: yourcompany in yourcompany.zendesk.com"
-    )
+    subdomain: str = Field(description="the account: yourcompany in yourcompany.zendesk.com")
     object: Literal["users"] = "users"
     identify_by: Literal["external_id", "email"] = Field(
         "external_id", description="the user field that finds a user (map it)"
@@ -65,13 +64,25 @@ class ZendeskDestinationConfig(DestinationBase):
 
     @model_validator(mode="after")
     def _one_credential(self) -> ZendeskDestinationConfig:
-        if (self.api_token is None) == (self.oauth_token is None):
+        if self.api_token is not None and self.oauth_token is not None:
+            raise ValueError("destination: give either email and api_token or oauth_token, not both")
+        if self.api_token is None and self.oauth_token is None:
             raise ValueError(
-                "destination: give either email and api_token (an API token) or oauth_token, not both"
+                "destination.api_token: missing; give email and api_token (an API token), or oauth_token"
             )
         if self.api_token is not None and not self.email:
             raise ValueError("destination.email: an API token needs the e-mail of the agent it belongs to")
         return self
+
+    @field_validator("subdomain", mode="before")
+    @classmethod
+    def _just_the_account(cls, value: Any) -> Any:
+        if isinstance(value, str) and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", value):
+            raise ValueError(
+                f"{value!r} is not a subdomain: write just the account, acme for acme.zendesk.com "
+                "(lower case, digits and -)"
+            )
+        return value
 
     @property
     def url(self) -> str:
