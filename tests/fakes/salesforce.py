@@ -33,7 +33,6 @@ import random
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -42,8 +41,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.fakes.contract import Fake
+from tests.fakes.loopback import Answer, LoopbackServer
 
-Answer = tuple[int, dict[str, str], bytes]
 CLIENT_ID, CLIENT_SECRET, USERNAME = "3MVG9contract", "contract-consumer-secret", "sync@acme.example"
 OBJECT, EXTERNAL_ID = "Customer__c", "Customer_Key__c"
 _KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -56,7 +55,7 @@ _BULK = re.compile(
 )
 
 
-class SalesforceFake(Fake):
+class SalesforceFake(LoopbackServer, Fake):
     """One org with custom object ``Customer__c`` (and ``Contact``), and its contract view."""
 
     name = "salesforce"
@@ -100,24 +99,7 @@ class SalesforceFake(Fake):
         self.job_s = 0.02
         self._next = 1
         self._lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.fake = self
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> SalesforceFake:
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread = None
-        self._server.server_close()
+        super().__init__()
 
     def revoke(self) -> None:
         """Make every token issued so far invalid (a session timeout, an admin revoking it)."""
@@ -460,39 +442,6 @@ def _answer(status: int, body: Any) -> Answer:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: SalesforceFake
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 10
-    server: _Server
-
-    def _handle(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        status, out, payload = self.server.fake.answer(self.command, self.path, headers, body)
-        try:
-            self.send_response(status)
-            for name, value in out.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-        except OSError:
-            self.close_connection = True
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 FAKE = SalesforceFake

@@ -29,20 +29,19 @@ import random
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import requests
 
 from tests.fakes.contract import Fake
+from tests.fakes.loopback import Answer, LoopbackServer
 
-Answer = tuple[int, dict[str, str], bytes]
 EMAIL, TOKEN = "agent@example.com", "contract-zendesk-token"
 MAX_USERS = 100
 
 
-class ZendeskFake(Fake):
+class ZendeskFake(LoopbackServer, Fake):
     """The users API of one Zendesk account, and its view for the contract suites."""
 
     name = "zendesk"
@@ -74,24 +73,7 @@ class ZendeskFake(Fake):
         self._sent: deque[float] = deque()
         self._next_id = 1000
         self._lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.fake = self
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> ZendeskFake:
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread = None
-        self._server.server_close()
+        super().__init__()
 
     # ---- one request ---------------------------------------------------------------------------
 
@@ -364,39 +346,6 @@ class ZendeskFake(Fake):
 
     def writes(self, request: requests.PreparedRequest) -> bool:
         return "/api/v2/users/" in (request.url or "")
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: ZendeskFake
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that timed out and hung up
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 10
-    server: _Server
-
-    def _handle(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        status, out, payload = self.server.fake.answer(self.command, self.path, headers, body)
-        try:
-            self.send_response(status)
-            for name, value in out.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-        except OSError:
-            self.close_connection = True
-
-    do_GET = do_POST = do_PUT = do_DELETE = _handle
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 FAKE = ZendeskFake
