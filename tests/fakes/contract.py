@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import random
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -88,6 +89,26 @@ class Fake:
         """Return the ids of the records ``request`` created (``before``: the ids before it), once
         its answer is lost: the destination did the work, syncback never heard of it."""
         return {r["id"] for r in self.records()} - before
+
+
+class RandomFaults:
+    """The faults ``Fake.inject`` asks for: each request draws once, a 429, a 5xx, an answer too
+    late (after the work was done), or none; ``struck`` counts those that struck."""
+
+    def __init__(self, rate_429: float, rate_5xx: float, rate_late: float, seed: int) -> None:
+        self.rates = (("429", rate_429), ("5xx", rate_5xx), ("late", rate_late))
+        self.struck = 0
+        self._rng = random.Random(seed)
+
+    def draw(self) -> str | None:
+        """Return the fault that strikes this request, if any (callers hold their lock)."""
+        x = self._rng.random()
+        for name, rate in self.rates:
+            if x < rate:
+                self.struck += 1
+                return name
+            x -= rate
+        return None
 
 
 def fakes() -> dict[str, type[Fake]]:

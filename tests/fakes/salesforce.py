@@ -40,7 +40,7 @@ import requests
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tests.fakes.contract import Fake
+from tests.fakes.contract import Fake, RandomFaults
 from tests.fakes.loopback import Answer, LoopbackServer
 
 CLIENT_ID, CLIENT_SECRET, USERNAME = "3MVG9contract", "contract-consumer-secret", "sync@acme.example"
@@ -90,9 +90,9 @@ class SalesforceFake(LoopbackServer, Fake):
         self._index: dict[tuple[str, str, str], set[str]] = {}
         self.reject_values: set[str] = set()
         self.lock_values: dict[str, int] = {}
-        self.random_faults: tuple[float, float, float, random.Random] | None = None
+        self.random_faults: RandomFaults | None = None
         self.late_s = 2.5
-        self.counts = {"requests": 0, "created": 0, "tokens": 0, "injected": 0, "locked": 0}
+        self.counts = {"requests": 0, "created": 0, "tokens": 0, "locked": 0}
         self._tokens: set[str] = set()
         #: Bulk API 2.0 ingest jobs by id; how long a closed job stays UploadComplete, then InProgress
         self.bulk_jobs: dict[str, dict[str, Any]] = {}
@@ -122,8 +122,8 @@ class SalesforceFake(LoopbackServer, Fake):
                 return self._errors(401, "INVALID_SESSION_ID", "Session expired or invalid")
             if self.counts["requests"] > self.daily_limit:
                 return self._errors(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
-            fault = self._draw()
-            if fault == "5xx":
+            fault = self.random_faults.draw() if self.random_faults else None
+            if fault in ("429", "5xx"):  # Salesforce answers no 429: its limits are daily
                 return self._errors(503, "SERVER_UNAVAILABLE", "test fake answers 503")
             answer = self._route(method, parts.path, parse_qs(parts.query), body)
         if fault == "late":
@@ -362,19 +362,6 @@ class SalesforceFake(LoopbackServer, Fake):
 
     # ---- around the work -----------------------------------------------------------------------
 
-    def _draw(self) -> str | None:
-        if self.random_faults is None:
-            return None
-        rate_429, rate_5xx, rate_late, rng = self.random_faults
-        x = rng.random()
-        # Salesforce answers no 429: its limits are daily (REQUEST_LIMIT_EXCEEDED); 429s become 503s
-        for name, rate in (("5xx", rate_429 + rate_5xx), ("late", rate_late)):
-            if x < rate:
-                self.counts["injected"] += 1
-                return name
-            x -= rate
-        return None
-
     def _json(self, status: int, body: Any) -> Answer:
         used = min(self.counts["requests"], self.daily_limit)
         headers = {
@@ -420,10 +407,10 @@ class SalesforceFake(LoopbackServer, Fake):
         self.reject_values = {v.strip().lower() for v in values}
 
     def inject(self, rate_429: float, rate_5xx: float, rate_timeout: float, seed: int) -> None:
-        self.random_faults = (rate_429, rate_5xx, rate_timeout, random.Random(seed))
+        self.random_faults = RandomFaults(rate_429, rate_5xx, rate_timeout, seed)
 
     def injected(self) -> int:
-        return self.counts["injected"]
+        return self.random_faults.struck if self.random_faults else 0
 
     def created(self) -> int:
         return self.counts["created"]

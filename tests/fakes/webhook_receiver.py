@@ -15,7 +15,6 @@ suites. A test fake: production code never imports it.
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
 from collections import deque
@@ -27,7 +26,7 @@ import requests
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from tests.fakes.contract import Fake
+from tests.fakes.contract import Fake, RandomFaults
 
 Answer = tuple[int, dict[str, str], bytes]
 SECRET = "whsec_c3luY2JhY2stY29udHJhY3Qta2V5LTMyYnl0ZXM="
@@ -50,13 +49,11 @@ class WebhookReceiver:
         self.reject_keys: set[str] = set()
         #: records holding one of these values (in lower case) in a field are rejected too
         self.reject_values: set[str] = set()
-        #: (rate of 429s, of 5xx, of answers too late (after storing), the draw): random faults
-        self.random_faults: tuple[float, float, float, random.Random] | None = None
+        #: random 429s, 5xx and answers too late (after storing)
+        self.random_faults: RandomFaults | None = None
         self.late_s = 2.5
         #: every key an accepted upsert ever held
         self.first_seen: set[str] = set()
-        #: how many random faults struck
-        self.injected = 0
         self.reject_reason = "refused by the test receiver"
         self.reject_batch_if_key_in: set[str] = set()
         #: seconds to wait before answering (for client timeouts)
@@ -111,7 +108,7 @@ class WebhookReceiver:
             self.requests += 1
             if self._faults:
                 return self._faults.popleft()
-            fault = self._draw()
+            fault = self.random_faults.draw() if self.random_faults else None
         if fault in ("429", "5xx"):
             status = 429 if fault == "429" else 503
             return _json_answer(status, {"error": f"test receiver answers {status}"})
@@ -155,19 +152,6 @@ class WebhookReceiver:
         if fault == "late":  # stored, and answered after the client gave up
             time.sleep(self.late_s)
         return answer
-
-    def _draw(self) -> str | None:
-        """Return the random fault that strikes this request, if any; hold the lock."""
-        if self.random_faults is None:
-            return None
-        rate_429, rate_5xx, rate_late, rng = self.random_faults
-        x = rng.random()
-        for name, rate in (("429", rate_429), ("5xx", rate_5xx), ("late", rate_late)):
-            if x < rate:
-                self.injected += 1
-                return name
-            x -= rate
-        return None
 
     def _holds_rejected_value(self, record: dict[str, Any]) -> bool:
         fields = record.get("fields") or {}
@@ -282,13 +266,13 @@ class WebhookFake(Fake):
         self.receiver.reject_values = {v.lower() for v in values}
 
     def inject(self, rate_429: float, rate_5xx: float, rate_timeout: float, seed: int) -> None:
-        self.receiver.random_faults = (rate_429, rate_5xx, rate_timeout, random.Random(seed))
+        self.receiver.random_faults = RandomFaults(rate_429, rate_5xx, rate_timeout, seed)
 
     def created(self) -> int:
         return len(self.receiver.first_seen)
 
     def injected(self) -> int:
-        return self.receiver.injected
+        return self.receiver.random_faults.struck if self.receiver.random_faults else 0
 
     def writes(self, request: requests.PreparedRequest) -> bool:
         return True

@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-from tests.fakes.contract import Fake
+from tests.fakes.contract import Fake, RandomFaults
 from tests.fakes.loopback import Answer, LoopbackServer
 
 EMAIL, TOKEN = "agent@example.com", "contract-zendesk-token"
@@ -67,9 +67,9 @@ class ZendeskFake(LoopbackServer, Fake):
         self.jobs: dict[str, dict[str, Any]] = {}
         self.reject_values: set[str] = set()
         self.fail_jobs = 0.0
-        self.random_faults: tuple[float, float, float, random.Random] | None = None
+        self.random_faults: RandomFaults | None = None
         self.late_s = 2.5
-        self.counts = {"requests": 0, "created": 0, "429": 0, "injected": 0, "jobs": 0, "most_jobs": 0}
+        self.counts = {"requests": 0, "created": 0, "429": 0, "jobs": 0, "most_jobs": 0}
         self._sent: deque[float] = deque()
         self._next_id = 1000
         self._lock = threading.Lock()
@@ -86,7 +86,7 @@ class ZendeskFake(LoopbackServer, Fake):
             limited = self._rate_limited()
             if limited is not None:
                 return limited
-            fault = self._draw()
+            fault = self.random_faults.draw() if self.random_faults else None
             if fault == "429":
                 return self._json(429, {"error": "test fake answers 429"}, {"Retry-After": "1"})
             if fault == "5xx":
@@ -283,18 +283,6 @@ class ZendeskFake(LoopbackServer, Fake):
         self._sent.append(now)
         return None
 
-    def _draw(self) -> str | None:
-        if self.random_faults is None:
-            return None
-        rate_429, rate_5xx, rate_late, rng = self.random_faults
-        x = rng.random()
-        for name, rate in (("429", rate_429), ("5xx", rate_5xx), ("late", rate_late)):
-            if x < rate:
-                self.counts["injected"] += 1
-                return name
-            x -= rate
-        return None
-
     def _json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
         limit = self.requests_per_minute or 700
         out = {
@@ -336,10 +324,10 @@ class ZendeskFake(LoopbackServer, Fake):
         self.reject_values = {v.strip().lower() for v in values}
 
     def inject(self, rate_429: float, rate_5xx: float, rate_timeout: float, seed: int) -> None:
-        self.random_faults = (rate_429, rate_5xx, rate_timeout, random.Random(seed))
+        self.random_faults = RandomFaults(rate_429, rate_5xx, rate_timeout, seed)
 
     def injected(self) -> int:
-        return self.counts["injected"]
+        return self.random_faults.struck if self.random_faults else 0
 
     def created(self) -> int:
         return self.counts["created"]
