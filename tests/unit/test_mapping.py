@@ -36,7 +36,10 @@ def mapped(
         )
         described = describe(warehouse.columns("select * from t"), warehouse.dialect)
         query = MappingQuery(sync, described, warehouse.dialect, identifiers)
-        rows = warehouse.fetch_all(f"select * from ({query.select('select * from t')}) q order by sb_key")
+        rows = warehouse.fetch_all(
+            f"select sb_key, {query.record()}, sb_invalid, sb_ident "
+            f"from ({query.select('select * from t')}) q order by sb_key"
+        )
     finally:
         warehouse.close()
     return [(json.loads(record), invalid, ident) for _, record, invalid, ident in rows]
@@ -177,5 +180,7 @@ def test_column_names_match_case_insensitively_and_any_name_is_quoted() -> None:
     )
     described = describe(warehouse.columns(sync.model_sql), warehouse.dialect)
     query = MappingQuery(sync, described, warehouse.dialect, ())
-    rows = warehouse.fetch_all(query.select(sync.model_sql))
+    rows = warehouse.fetch_all(
+        f"select sb_key, {query.record()}, sb_invalid, sb_ident from ({query.select(sync.model_sql)}) q"
+    )
     assert [(key, json.loads(record)) for key, record, _, _ in rows] == [("1", {"score": 42, "word": "x"})]

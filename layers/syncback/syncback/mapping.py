@@ -22,6 +22,8 @@ NaN and infinity make the row invalid; timestamps without a zone are taken as UT
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +47,12 @@ _ARTICLE = {
 _TRUE = "('true', 't', 'yes', 'y', '1')"
 _FALSE = "('false', 'f', 'no', 'n', '0')"
 _NUMBERS = (Kind.INTEGER, Kind.DECIMAL, Kind.FLOAT)
+
+#: where the model's SQL goes in the mapping's query
+_MODEL = "\x00model\x00"
+_ONLY = "\x00only\x00"
+#: raise when the JSON a value becomes changes, so that every record is sent again once
+ENCODING = 1
 
 #: (the converted value, why it failed when a non-null value came out null; None: it cannot fail)
 Step = tuple[Typed, str | None]
@@ -218,6 +226,7 @@ class MappingQuery:
             sql: f"c{j}"
             for j, sql in enumerate(sorted({f.start.sql for f in self.fields if f.source != "constant"}))
         }
+        self._query, self.values = self._layers()
 
     def _field(self, name: str, entry: FieldMapping, described: Sequence[Column]) -> _Field:
         if entry.column is not None:
@@ -229,14 +238,14 @@ class MappingQuery:
             start, source = _constant(entry.value, self.dialect), "constant"
         return _Field(name, source, start, list(entry.transforms), entry.on_null == "send")
 
-    def select(self, model_sql: str) -> str:
-        """Return a query of ``sb_key, sb_record, sb_invalid, sb_ident`` over ``model_sql``'s rows."""
+    def _layers(self) -> tuple[str, list[Typed]]:
+        """Return the mapping's query over ``_MODEL`` (the model's place) and its output columns."""
         d = self.dialect
         # a newline before the closing parenthesis: a model ending in a -- comment cannot swallow it
         columns = ", ".join(
             [f"{d.text(self.key)} as sb_key", *(f"{c} as {a}" for c, a in self.columns.items())]
         )
-        sql = f"select {columns} from (\n{model_sql}\n) as m"
+        sql = f"select {columns} from (\n{_MODEL}\n) as m{_ONLY}"
         values = [
             f.start
             if f.source == "constant"
@@ -260,13 +269,49 @@ class MappingQuery:
             sql = f"select {', '.join(outputs)} from ({sql}) as l{depth}"
             values = [Typed(f"v{i}", v.kind, v.sqltype) for i, v in enumerate(values)]
             reasons = [None if r is None else f"r{i}" for i, r in enumerate(reasons)]
-        return f"select sb_key, {self._record(values)} as sb_record, {self._invalid(values, reasons)} as sb_invalid, {self._identity(values)} as sb_ident from ({sql}) as mapped"
+        columns = ", ".join(f"{v.sql} as v{i}" for i, v in enumerate(values))
+        sql = (
+            f"select sb_key, {columns}, {self._invalid(values, reasons)} as sb_invalid, "
+            f"{self._identity(values)} as sb_ident from ({sql}) as mapped"
+        )
+        return sql, [Typed(f"v{i}", v.kind, v.sqltype) for i, v in enumerate(values)]
 
-    def _record(self, values: list[Typed]) -> str:
+    def select(self, model_sql: str, keys: str | None = None) -> str:
+        """Return a query of ``sb_key, v0…, sb_invalid, sb_ident`` over ``model_sql``'s rows: each
+        field's value, mapped, in name order (``record`` and ``row_hash`` read them).
+
+        ``keys``: a query of the keys (as text) whose rows to map; the others are dropped as they
+        are read, before any transform.
+        """
+        only = "" if keys is None else f" where {self.dialect.text(self.key)} in ({keys})"
+        return self._query.replace(_MODEL, model_sql).replace(_ONLY, only)
+
+    def record(self) -> str:
+        """Return SQL of the record as JSON text, over the ``v0``… columns ``select`` yields."""
         members = [
-            (f.name, self.dialect.json(v), f.keep_null) for f, v in zip(self.fields, values, strict=True)
+            (f.name, self.dialect.json(v), f.keep_null) for f, v in zip(self.fields, self.values, strict=True)
         ]
         return self.dialect.json_object(members)
+
+    def row_hash(self, target: str) -> str:
+        """Return SQL of the row's hash, over the ``v0``… columns: equal hashes, equal records.
+
+        The hash covers the target and the record's shape (field names, kinds, whether a null is
+        sent), so a record written elsewhere or encoded differently is never taken as unchanged.
+        """
+        fields = [[f.name, v.kind.value, f.keep_null] for f, v in zip(self.fields, self.values, strict=True)]
+        shape = json.dumps([ENCODING, target, fields])
+        digest = hashlib.md5(shape.encode()).hexdigest()[:16]
+        return self.dialect.row_hash(target, digest, [self._canonical(v) for v in self.values], self.record())
+
+    def _canonical(self, value: Typed) -> str:
+        """Return a value in one type per kind, so that a column whose type widens (an integer
+        becoming a bigint, a float a double) hashes as before when its JSON is the same."""
+        if value.kind is Kind.INTEGER:
+            return self.dialect.varchar(value.sql)
+        if value.kind is Kind.FLOAT:
+            return self.dialect.to_double(value.sql)
+        return value.sql
 
     def _invalid(self, values: list[Typed], reasons: list[str | None]) -> str:
         d = self.dialect

@@ -1,8 +1,11 @@
 """The plan: the model diffed against the snapshot inside the warehouse, streamed out in batches.
 
-The model is mapped in SQL (``mapping.py``) into a scratch table with, per row, its key, its
-record as JSON text, an md5 of that text, the normalised identifier and why the row is invalid, if
-it is. Every check runs there, over the whole model, so memory does not grow with it:
+The model is mapped in SQL (``mapping.py``) and joined to the snapshot in one statement that
+keeps, in a scratch table, only the rows the run acts on (to write, invalid, gone from the model),
+each with its key, the hash of its record, its normalised identifier and why it is invalid, if it
+is. A second read of the model makes the JSON text of the rows to write only, so a run over ten
+million rows with a few changed makes a few records' text, not ten million. Every check runs in
+the warehouse, over the whole model, so memory does not grow with it:
 
 - a null or repeated primary key makes its rows invalid;
 - a value a transform cannot convert makes its row invalid, naming the field;
@@ -30,7 +33,7 @@ from syncback.destinations.base import Change
 from syncback.destinations.registry import destination_target, identifier_fields, kind_of
 from syncback.errors import GuardError, ModelError
 from syncback.mapping import MappingQuery, describe, model_problems
-from syncback.snapshot import SnapshotTables, ensure_snapshot, same_target
+from syncback.snapshot import SNAPSHOT_COLUMNS, SnapshotTables, ensure_snapshot, same_target
 from syncback.spec import SyncSpec
 from syncback.warehouses.base import Warehouse
 from syncback.warehouses.dialect import literal
@@ -133,14 +136,18 @@ class Planner:
         """Diff the model against the snapshot; write batches to ``store`` (None: a dry run)."""
         query = self._mapping_query()
         ensure_snapshot(self.warehouse, self.tables)
-        table = self.tables.scratch("plan")
-        self.warehouse.create_scratch_as(table, self._plan_sql(query, full_resync))
+        table, writes = self.tables.scratch("plan"), self.tables.scratch("writes")
         try:
+            self.warehouse.create_scratch_as(table, self._plan_sql(query, full_resync))
             result = self._count(table, run_id, full_resync)
             result.started_at = started_at or result.started_at
             self._check_guards(result)
-            self._write_batches(table, result, store, sample_changes)
+            self.warehouse.create_scratch_as(writes, self._writes_sql(table, query))
+            self._write_batches(table, writes, result, store, sample_changes)
+            if store is not None:
+                self._rehash(table)
         finally:
+            self.warehouse.execute(f"drop table if exists {writes}")
             self.warehouse.execute(f"drop table if exists {table}")
         if store is not None:
             store.put_json(plan_key(self.sync.name, run_id), result.to_json())
@@ -157,9 +164,10 @@ class Planner:
         return MappingQuery(self.sync, described, self.warehouse.dialect, self.identifiers)
 
     def _plan_sql(self, query: MappingQuery, full_resync: bool = False) -> str:
-        """Return the query of the plan table: every model row, mapped, checked, beside its snapshot row."""
-        digest = self.warehouse.dialect.md5(f"{literal(self.target)} || sb_record")
+        """Return the query of the plan table: every model row, mapped, checked, beside its snapshot
+        row; only the rows the run acts on are kept, and only their keys, hashes and identifiers."""
         pk = self.sync.primary_key
+        legacy = None if full_resync else self._legacy_hash(query)
 
         def eligible(incumbent: str, row: str) -> str:
             # who may hold an identifier: rows with a key of their own, valid or holding it already
@@ -169,60 +177,121 @@ class Planner:
             )
 
         incumbent = "coalesce(s.identity = y.sb_ident and not s.removed, false)"
-        window = (
-            f"partition by {eligible(incumbent, 'y.')}, y.sb_ident "
-            f"order by case when {incumbent} then 0 else 1 end, y.sb_key"
-        )
+        if self.identifiers:
+            window = (
+                f"partition by {eligible(incumbent, 'y.')}, y.sb_ident "
+                f"order by case when {incumbent} then 0 else 1 end, y.sb_key"
+            )
+            ranks = (
+                f"row_number() over ({window}) as sb_rank, first_value(y.sb_key) over ({window}) as sb_winner"
+            )
+        else:  # nothing to compete for: no window to sort the whole model by
+            ranks = "1 as sb_rank, cast(null as varchar) as sb_winner"
         names = ", ".join(self.identifiers)
         loser = literal(
             f"field {names} has the same value (as the destination compares it) as the row with key "
         )
         loser_tail = literal(", and the destination holds one record per value: only that row is sent")
         reason = (
-            f"case when sb_key is null then {literal(f'primary key {pk} is null (')} || sb_n || ' rows)' "
+            "case when sb_present is null then null "
+            f"when sb_key is null then {literal(f'primary key {pk} is null (')} || sb_n || ' rows)' "
             "when sb_n > 1 then 'duplicate primary key (' || sb_n || ' rows share it)' "
             "when sb_invalid is not null then sb_invalid "
             f"when {eligible('sb_incumbent', '')} and sb_rank > 1 then {loser} || sb_winner || {loser_tail} end"
         )
+        mapped = query.select(self.sync.model_sql)
+        # keys that more than one row has (few or none): counted apart, so that the join that marks
+        # them holds only those, not a count for every row of the model
+        repeated = f"select sb_key, count(*) as sb_n from ({mapped}) as k group by sb_key having count(*) > 1"
+        # every model row beside its snapshot row, and every snapshot row of the target the model
+        # no longer has (``sb_gone``): one full join decides added, changed, unchanged and removed
         checked = (
-            f"select y.*, {incumbent} as sb_incumbent, "
+            f"select y.*, {incumbent} as sb_incumbent, y.sb_present is null and s.key is not null "
+            f"and not s.removed and {same_target('s', self.target)} as sb_gone, s.key as s_key, "
             "s.key is not null and not s.removed as sb_live, s.row_hash as s_hash, "
             "s.destination_id as s_dest, s.identity as s_ident, s.created as s_created, "
-            f"row_number() over ({window}) as sb_rank, first_value(y.sb_key) over ({window}) as sb_winner "
-            f"from (select m.*, count(*) over (partition by m.sb_key) as sb_n, {digest} as sb_hash "
-            f"from ({query.select(self.sync.model_sql)}) as m) as y "
-            f"left join {self.tables.snapshot} s on s.key = y.sb_key and {same_target('s', self.target)}"
+            f"{ranks} from (select {'m.*' if legacy else 'm.sb_key, m.sb_invalid, m.sb_ident'}, "
+            "true as sb_present, coalesce(d.sb_n, 1) as sb_n, "
+            f"{query.row_hash(self.target)} as sb_hash from ({mapped}) as m "
+            f"left join ({repeated}) as d on d.sb_key is not distinct from m.sb_key) as y "
+            f"full join {self.tables.snapshot} s on s.key = y.sb_key and {same_target('s', self.target)}"
         )
-        # only what is to be sent keeps its record, hash and identifiers: most rows of most runs are
-        # unchanged, and writing their text would cost more than computing it
-        unchanged = "false" if full_resync else "coalesce(sb_live and s_hash = sb_hash, false)"
-        kept = f"({reason}) is null and not {unchanged}"
-        keep = [
-            f"case when {kept} then {c} end as {c}"
-            for c in ("sb_record", "sb_ident", "sb_hash", "s_dest", "s_ident")
-        ]
+        same = "s_hash = sb_hash"
+        if legacy is not None:  # the values ride along, and a row's text is made only if needed
+            same = (
+                f"(case when {same} then true when length(s_hash) = 32 then s_hash = {legacy} else false end)"
+            )
+        unchanged = "false" if full_resync else f"coalesce(sb_live and {same}, false)"
+        judged = (
+            f"select x.*, {reason} as sb_reason, {unchanged} as sb_unchanged "
+            f"from ({checked}) as x where x.sb_present or x.sb_gone"
+        )
+        # the table keeps what the run acts on: rows to write, invalid rows, rows that left, and
+        # unchanged rows whose hash is rehashed; keys, hashes and identifiers, never values. Most
+        # rows of most runs are unchanged, and storing them would cost more than the rest of the plan
+        write = "sb_present and sb_reason is null and not sb_unchanged"
+        rehash = "case when sb_unchanged and s_hash <> sb_hash then sb_hash end"
+        if legacy is None:
+            rehash = "cast(null as varchar)"
         return (
-            f"select sb_key, {', '.join(keep)}, {reason} as sb_reason, sb_live, {unchanged} as sb_unchanged, "
-            f"s_created from ({checked}) as x"
+            f"select coalesce(sb_key, s_key) as sb_key, {write} as sb_write, sb_ident, sb_hash, s_dest, s_ident, "
+            f"sb_reason, coalesce(sb_live, false) as sb_live, sb_gone, s_created, {rehash} as sb_rehash "
+            f"from ({judged}) as j where sb_gone or not sb_unchanged or {rehash} is not null"
         )
+
+    def _legacy_hash(self, query: MappingQuery) -> str | None:
+        """Return SQL of the hash an older release kept, if the snapshot still holds such hashes."""
+        legacy = self.warehouse.dialect.legacy_row_hash(self.target, query.record())
+        if legacy is None or not self.warehouse.fetch_all(
+            f"select 1 from {self.tables.snapshot} where length(row_hash) = 32 limit 1"
+        ):
+            return None
+        return legacy
+
+    def _rehash(self, table: str) -> None:
+        """Give unchanged rows the hash this release keeps, so the next plan need not make their text.
+
+        Once, after an upgrade: the snapshot is rewritten beside itself and swapped in one
+        transaction (an UPDATE of millions of rows does not spill to disk, a rewrite does).
+        """
+        if not self.warehouse.fetch_all(f"select 1 from {table} where sb_rehash is not null limit 1"):
+            return
+        snap, fresh = self.tables.snapshot, self.tables.scratch("rehash")
+        names = [column.split()[0] for column in SNAPSHOT_COLUMNS.split(", ")]
+        columns = ", ".join(
+            "coalesce(p.sb_rehash, s.row_hash) as row_hash" if n == "row_hash" else f"s.{n}" for n in names
+        )
+        self.warehouse.create_scratch_as(
+            fresh,
+            f"select {columns} from {snap} s left join (select sb_key, sb_rehash from {table} "
+            f"where sb_rehash is not null) p on p.sb_key = s.key",
+        )
+        self.warehouse.execute("begin")
+        try:
+            self.warehouse.execute(f"drop table {snap}")
+            self.warehouse.execute(f"alter table {fresh} rename to {snap.split('.')[-1]}")
+            self.warehouse.execute("commit")
+        except BaseException:
+            self.warehouse.execute("rollback")
+            self.warehouse.execute(f"drop table if exists {fresh}")
+            raise
 
     # ---- counts, guards --------------------------------------------------------------------------
 
     def _count(self, table: str, run_id: str, full_resync: bool) -> PlanResult:
         snap = self.tables.snapshot
         live = f"not s.removed and {same_target('s', self.target)}"
-        differs = "not p.sb_unchanged"
-        added, changed, unchanged, invalid = self.warehouse.fetch_all(
-            "select coalesce(sum(case when p.sb_reason is null and not coalesce(p.sb_live, false) then 1 else 0 end), 0), "
-            f"coalesce(sum(case when p.sb_reason is null and p.sb_live and ({differs}) then 1 else 0 end), 0), "
-            f"coalesce(sum(case when p.sb_reason is null and p.sb_live and not ({differs}) then 1 else 0 end), 0), "
-            "coalesce(sum(case when p.sb_reason is not null then 1 else 0 end), 0) "
-            f"from {table} p"
+        added, changed, invalid, removed = self.warehouse.fetch_all(
+            "select coalesce(sum(case when sb_write and not sb_live then 1 else 0 end), 0), "
+            "coalesce(sum(case when sb_write and sb_live then 1 else 0 end), 0), "
+            "coalesce(sum(case when sb_reason is not null then 1 else 0 end), 0), "
+            f"coalesce(sum(case when sb_gone then 1 else 0 end), 0) from {table}"
         )[0]
-        removed, size, top = self.warehouse.fetch_all(
-            f"select coalesce(sum(case when not exists (select 1 from {table} p where p.sb_key = s.key) "
-            "then 1 else 0 end), 0), count(*), "
-            f"(select max(version) from {snap}) from {snap} s where {live}"
+        # the unchanged rows are not in the table: they are the model's other rows
+        rows = int(self.warehouse.fetch_all(f"select count(*) from (\n{self.sync.model_sql}\n) as m")[0][0])
+        unchanged = rows - int(added) - int(changed) - int(invalid)
+        size, top = self.warehouse.fetch_all(
+            f"select count(*), (select max(version) from {snap}) from {snap} s where {live}"
         )[0]
         counts = PlanCounts(int(added), int(changed), int(removed), int(unchanged), int(invalid))
         if full_resync:
@@ -277,28 +346,30 @@ class Planner:
 
     # ---- the changes ------------------------------------------------------------------------------
 
-    def _changes(self, table: str, result: PlanResult) -> Iterator[tuple[str, int, str]]:
+    def _changes(self, table: str, writes: str, result: PlanResult) -> Iterator[tuple[str, int, str]]:
         """Yield (kind, phase, change as JSON text) for every change, phase by phase, in chunks.
 
         The writes, which are most changes, come out of the warehouse as finished JSON text: Python
         only joins them into batch files, so a plan's time is the warehouse's.
         """
-        writes = self._writes_sql(table, result.full_resync)
-        yield from self._writes(f"select sb_key, sb_live, sb_line from ({writes}) as c where sb_phase = 1", 1)
-        for kind, phase, change in self._releases(
-            f"select sb_key, s_dest from ({writes}) as c where sb_release"
-        ):
+        yield from self._writes(f"select sb_key, sb_live, sb_line from {writes} where sb_phase = 1", 1)
+        for kind, phase, change in self._releases(f"select sb_key, s_dest from {writes} where sb_release"):
             yield kind, phase, _line(change)
         if not result.full_resync:
             for kind, phase, change in self._removals(table):
                 yield kind, phase, _line(change)
-        yield from self._writes(f"select sb_key, sb_live, sb_line from ({writes}) as c where sb_phase = 2", 2)
+        yield from self._writes(f"select sb_key, sb_live, sb_line from {writes} where sb_phase = 2", 2)
 
-    def _writes_sql(self, table: str, full_resync: bool) -> str:
+    def _writes_sql(self, table: str, query: MappingQuery) -> str:
         """Return the query of the rows to write, each with its phase, whether it releases first, and
-        its change as the JSON array a batch stores (``change_to_json``)."""
+        its change as the JSON array a batch stores (``change_to_json``).
+
+        The records are made here, from a second read of the model joined to the rows to write, so
+        the plan table never carries every row's values. A row is written only if its values still
+        hash as the plan judged them: one that changed in between (a model that is not a stable
+        table) is left undelivered, and the next run plans it afresh.
+        """
         snap = self.tables.snapshot
-        differs = "not p.sb_unchanged"
         if self.identifiers and self.sync.mode != "insert":
             live = f"not s.removed and s.identity is not null and {same_target('s', self.target)}"
             # wait: another record of this sync holds the identifier, and gives it up in phase 1
@@ -310,7 +381,7 @@ class Planner:
                 f"left join (select identity, min(key) as k1, max(key) as k2 from {snap} s where {live} "
                 "group by identity) h on h.identity = p.sb_ident "
                 f"left join (select sb_ident, min(sb_key) as k1, max(sb_key) as k2 from {table} "
-                "where sb_reason is null group by sb_ident) w on w.sb_ident = p.s_ident "
+                "where sb_write group by sb_ident) w on w.sb_ident = p.s_ident "
             )
             # a record whose identifier another row takes gives it up first (phase 1), however its
             # own move goes: a move the destination refuses must not keep the other row from it
@@ -323,12 +394,17 @@ class Planner:
         j = self.warehouse.dialect.json_scalar
         line = (
             f"'[' || {j('p.sb_key')} || ',' || {action} || ',\"' || p.sb_hash || '\",' || "
-            f"coalesce({j('p.s_dest')}, 'null') || ',' || p.sb_record || ',' || coalesce({j('p.sb_ident')}, 'null') || ']'"
+            f"coalesce({j('p.s_dest')}, 'null') || ',' || {query.record()} || ',' || coalesce({j('p.sb_ident')}, 'null') || ']'"
+        )
+        # the text is made after the join, for the rows to write only
+        values = (
+            f"select *, {query.row_hash(self.target)} as sb_hash from "
+            f"({query.select(self.sync.model_sql, f'select sb_key from {table} where sb_write')}) as v"
         )
         return (
-            f"select p.sb_key, coalesce(p.sb_live, false) as sb_live, p.s_dest, {line} as sb_line, "
-            f"{phase} as sb_phase, {release} as sb_release from {table} p {joins}"
-            f"where p.sb_reason is null{'' if full_resync else f' and ({differs})'}"
+            f"select p.sb_key, p.sb_live, p.s_dest, {line} as sb_line, {phase} as sb_phase, "
+            f"{release} as sb_release from {table} p join ({values}) as m "
+            f"on m.sb_key = p.sb_key and m.sb_hash = p.sb_hash {joins}where p.sb_write"
         )
 
     def _writes(self, sql: str, phase: int) -> Iterator[tuple[str, int, str]]:
@@ -344,12 +420,7 @@ class Planner:
                 yield "release", 1, Change(key, "release", None, dict(emptied), destination_id)
 
     def _removals(self, table: str) -> Iterator[tuple[str, int, Change]]:
-        snap = self.tables.snapshot
-        sql = (
-            f"select s.key, s.destination_id, s.created from {snap} s where not s.removed "
-            f"and {same_target('s', self.target)} "
-            f"and not exists (select 1 from {table} p where p.sb_key = s.key) order by s.key"
-        )
+        sql = f"select sb_key, s_dest, s_created from {table} where sb_gone order by sb_key"
         clearable = [name for name in sorted(self.sync.mapping) if name not in self.identifiers]
         for chunk in self.warehouse.stream(sql):
             for key, destination_id, created in chunk:
@@ -369,7 +440,7 @@ class Planner:
         return Change(key, "forget", destination_id=destination_id)
 
     def _write_batches(
-        self, table: str, result: PlanResult, store: BatchStore | None, sample_changes: int
+        self, table: str, writes: str, result: PlanResult, store: BatchStore | None, sample_changes: int
     ) -> None:
         pending: list[str] = []
         current = 1
@@ -390,7 +461,7 @@ class Planner:
 
         cap = self.sync.max_changes_per_run
         emitted = 0
-        for kind, phase, line in self._changes(table, result):
+        for kind, phase, line in self._changes(table, writes, result):
             if cap is not None and emitted >= cap:
                 result.deferred = result.counts.changes - emitted
                 break  # the rest, in the same order, is what the next run plans first

@@ -3,8 +3,9 @@
 One row per key the sync ever delivered::
 
     key             the model row's primary key, as text
-    row_hash        md5 of the record last accepted; NULL: send it again (it left the model, gave its
-                    identifier away, or lost its destination record to another key)
+    row_hash        a hash of the record last accepted (``Dialect.row_hash``); NULL: send it again (it
+                    left the model, gave its identifier away, or lost its destination record to
+                    another key)
     destination_id  the destination's id of the record (NULL: unknown, or archived)
     identity        the normalised identifier last sent (an email), to order identifier moves
     created         this sync created the destination record (mirror archives only those)
