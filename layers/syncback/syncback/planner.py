@@ -22,6 +22,7 @@ never meets its own previous owner.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -124,6 +125,7 @@ class Planner:
         self.tables = SnapshotTables(state_schema, sync.name)
         self.identifiers = identifier_fields(sync)
         self.target = destination_target(sync)
+        self._emptied = {name: None for name in self.identifiers}  # a release's record
 
     def plan(
         self,
@@ -142,7 +144,13 @@ class Planner:
             result = self._count(table, run_id, full_resync)
             result.started_at = started_at or result.started_at
             self._check_guards(result)
-            self.warehouse.create_scratch_as(writes, self._writes_sql(table, query))
+            # a few rows to write: the model's other rows are dropped as they are read; most of
+            # them (a first sync): filtering by key would cost more than it saves
+            few = (
+                2 * (result.counts.added + result.counts.changed)
+                < result.counts.changes + result.counts.unchanged
+            )
+            self.warehouse.create_scratch_as(writes, self._writes_sql(table, query, few))
             self._write_batches(table, writes, result, store, sample_changes)
             if store is not None:
                 self._rehash(table)
@@ -346,21 +354,28 @@ class Planner:
 
     # ---- the changes ------------------------------------------------------------------------------
 
-    def _changes(self, table: str, writes: str, result: PlanResult) -> Iterator[tuple[str, int, str]]:
-        """Yield (kind, phase, change as JSON text) for every change, phase by phase, in chunks.
+    def _changes(self, table: str, writes: str, result: PlanResult) -> Iterator[tuple[int, bool, list[str]]]:
+        """Yield (phase, counted, changes as JSON text) for every change, phase by phase, in chunks;
+        ``counted``: the chunk's changes count towards ``max_changes_per_run`` (releases do not).
 
         The writes, which are most changes, come out of the warehouse as finished JSON text: Python
         only joins them into batch files, so a plan's time is the warehouse's.
         """
-        yield from self._writes(f"select sb_key, sb_live, sb_line from {writes} where sb_phase = 1", 1)
-        for kind, phase, change in self._releases(f"select sb_key, s_dest from {writes} where sb_release"):
-            yield kind, phase, _line(change)
+        yield from self._writes(writes, 1)
+        for chunk in self.warehouse.stream(
+            f"select sb_key, s_dest from {writes} where sb_release order by sb_key"
+        ):
+            # give the identifier up in phase 1, so the row taking it in phase 2 meets no owner
+            yield (
+                1,
+                False,
+                [_line(Change(key, "release", None, dict(self._emptied), dest)) for key, dest in chunk],
+            )
         if not result.full_resync:
-            for kind, phase, change in self._removals(table):
-                yield kind, phase, _line(change)
-        yield from self._writes(f"select sb_key, sb_live, sb_line from {writes} where sb_phase = 2", 2)
+            yield from self._removals(table)
+        yield from self._writes(writes, 2)
 
-    def _writes_sql(self, table: str, query: MappingQuery) -> str:
+    def _writes_sql(self, table: str, query: MappingQuery, few: bool = True) -> str:
         """Return the query of the rows to write, each with its phase, whether it releases first, and
         its change as the JSON array a batch stores (``change_to_json``).
 
@@ -399,7 +414,7 @@ class Planner:
         # the text is made after the join, for the rows to write only
         values = (
             f"select *, {query.row_hash(self.target)} as sb_hash from "
-            f"({query.select(self.sync.model_sql, f'select sb_key from {table} where sb_write')}) as v"
+            f"({query.select(self.sync.model_sql, f'select sb_key from {table} where sb_write' if few else None)}) as v"
         )
         return (
             f"select p.sb_key, p.sb_live, p.s_dest, {line} as sb_line, {phase} as sb_phase, "
@@ -407,24 +422,36 @@ class Planner:
             f"on m.sb_key = p.sb_key and m.sb_hash = p.sb_hash {joins}where p.sb_write"
         )
 
-    def _writes(self, sql: str, phase: int) -> Iterator[tuple[str, int, str]]:
-        for chunk in self.warehouse.stream(f"{sql} order by sb_key"):
-            for _, live, line in chunk:
-                yield ("changed" if live else "added"), phase, line
+    def _writes(self, writes: str, phase: int) -> Iterator[tuple[int, bool, list[str]]]:
+        sql = f"select sb_line from {writes} where sb_phase = {phase} order by sb_key"
+        for chunk in self.warehouse.stream(sql, self.sync.batch_size):
+            yield phase, True, [line for (line,) in chunk]
 
-    def _releases(self, sql: str) -> Iterator[tuple[str, int, Change]]:
-        emptied = {name: None for name in self.identifiers}
-        for chunk in self.warehouse.stream(f"{sql} order by sb_key"):
-            for key, destination_id in chunk:
-                # give the identifier up in phase 1, so the row taking it in phase 2 meets no owner
-                yield "release", 1, Change(key, "release", None, dict(emptied), destination_id)
+    def _sample(self, table: str, writes: str, size: int) -> list[dict[str, Any]]:
+        """Return the first ``size`` writes and removals, as ``plan`` shows them."""
+        kinds = [
+            ("changed" if live else "added", line)
+            for live, line in self.warehouse.fetch_all(
+                f"select sb_live, sb_line from {writes} order by sb_phase, sb_key limit {size}"
+            )
+        ]
+        for _, _, lines in itertools.islice(self._removals(table), 1):
+            kinds += [("removed", line) for line in lines[: size - len(kinds)]]
+        sample = []
+        for kind, line in kinds:
+            change = change_from_json(json.loads(line))
+            sample.append({"kind": kind, "key": change.key, "action": change.action, "record": change.record})
+        return sample
 
-    def _removals(self, table: str) -> Iterator[tuple[str, int, Change]]:
+    def _removals(self, table: str) -> Iterator[tuple[int, bool, list[str]]]:
         sql = f"select sb_key, s_dest, s_created from {table} where sb_gone order by sb_key"
         clearable = [name for name in sorted(self.sync.mapping) if name not in self.identifiers]
         for chunk in self.warehouse.stream(sql):
-            for key, destination_id, created in chunk:
-                yield "removed", 1, self._removal(key, destination_id, bool(created), clearable)
+            yield (
+                1,
+                True,
+                [_line(self._removal(k, dest, bool(created), clearable)) for k, dest, created in chunk],
+            )
 
     def _removal(self, key: str, destination_id: str | None, created: bool, clearable: list[str]) -> Change:
         """Return what becomes of a record whose row left the model."""
@@ -461,25 +488,30 @@ class Planner:
 
         cap = self.sync.max_changes_per_run
         emitted = 0
-        for kind, phase, line in self._changes(table, writes, result):
-            if cap is not None and emitted >= cap:
-                result.deferred = result.counts.changes - emitted
-                break  # the rest, in the same order, is what the next run plans first
-            emitted += kind != "release"
+        for phase, counted, lines in self._changes(table, writes, result):
+            room = None if cap is None else max(cap - emitted, 0)
+            # the rest, in the same order, is what the next run plans first
+            stop = room is not None and (room == 0 or (counted and len(lines) > room))
+            if stop:
+                lines = lines[:room] if counted else []
+            emitted += len(lines) if counted else 0
             if phase != current:
                 if pending:
                     flush()
                 current = phase
-            if len(result.change_sample) < sample_changes and kind != "release":
-                change = change_from_json(json.loads(line))
-                result.change_sample.append(
-                    {"kind": kind, "key": change.key, "action": change.action, "record": change.record}
-                )
-            pending.append(line)
-            if len(pending) >= self.sync.batch_size:
-                flush()
+            while lines:
+                space = self.sync.batch_size - len(pending)
+                pending.extend(lines[:space])
+                lines = lines[space:]
+                if len(pending) >= self.sync.batch_size:
+                    flush()
+            if stop:
+                result.deferred = result.counts.changes - emitted
+                break
         if pending:
             flush()
+        if sample_changes:
+            result.change_sample = self._sample(table, writes, sample_changes)
 
 
 def _line(change: Change) -> str:
