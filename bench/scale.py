@@ -37,6 +37,7 @@ class Receiver(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body in one go, as real servers send them
     server: Receiver
 
     def do_POST(self) -> None:

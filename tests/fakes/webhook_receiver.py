@@ -197,6 +197,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive; every answer carries Content-Length
+    disable_nagle_algorithm = True  # headers and body in one go, as real servers send them
     timeout = 10  # close idle keep-alive connections so stopped receivers leave no threads behind
     server: _Server
 

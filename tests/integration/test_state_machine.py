@@ -387,8 +387,9 @@ def test_a_destination_that_works_in_jobs_waits_in_the_state_machine_not_in_a_la
     from tests.fakes.recording import RecordingJobs
 
     # Given 120 changed rows in batches of 50, to a destination whose jobs finish on their 2nd poll
+    # and that takes 20 jobs at once (5 for each of the 4 batches delivered side by side)
     project = make_project(rows=contacts_rows(120))
-    destination = RecordingJobs(max_batch_size=20, max_jobs=5, polls=2)
+    destination = RecordingJobs(max_batch_size=20, max_jobs=20, polls=2)
     destination.reject_keys = {"7"}
     stack = build_stack(project, lambda sync: destination, monkeypatch)
     # When the state machine runs the sync

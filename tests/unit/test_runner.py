@@ -18,7 +18,7 @@ from syncback.state import LocalStateStore
 from syncback.warehouses.dialect import Dialect, DuckDBDialect
 from syncback.warehouses.duckdb import DuckDBWarehouse
 from tests.conftest import ProjectFactory, contacts_rows, write_contacts
-from tests.fakes.recording import RecordingDestination
+from tests.fakes.recording import RecordingDestination, RecordingJobs
 
 
 def runtime(project: Project, destination: RecordingDestination) -> Runtime:
@@ -278,6 +278,22 @@ def test_a_snapshot_an_older_release_hashed_is_not_sent_again_and_gets_the_new_h
     assert all(len(h) < 32 for h in snapshot(project).values())
     # and the next run finds nothing to send
     assert run_sync(rt, "contacts").planned["changed"] == 0
+
+
+def test_a_local_run_keeps_one_pool_of_jobs_across_batches(make_project: ProjectFactory) -> None:
+    # Given 120 rows in batches of 50, to a destination that works in jobs of at most 20 records,
+    # takes 6 jobs at once and finishes each on its 2nd poll
+    project = make_project(rows=contacts_rows(120))
+    destination = RecordingJobs(max_batch_size=20, max_jobs=6, polls=2)
+    # When a local run delivers them
+    record = run_sync(runtime(project, destination), "contacts")
+    # Then the second batch's jobs are submitted while the first batch's run (6 under way, where
+    # one batch has 3), every pass polls the jobs of all open batches in one request (the third
+    # batch's one job is submitted in the pass that finds the first six done), and none is
+    # submitted twice
+    assert record.delivered == 120 and len(destination.records) == 120
+    assert destination.most_running == 6 and len(destination.jobs) == 7
+    assert destination.polls_sent == 4
 
 
 def test_two_runs_of_one_sync_never_overlap(make_project: ProjectFactory) -> None:

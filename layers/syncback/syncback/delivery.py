@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -173,6 +174,53 @@ Job = dict[str, Any]
 SYSTEMIC_LEVELS = 2
 
 
+class JobBatch:
+    """A batch as passes over its jobs see it: its changes not answered yet, its jobs under way
+    (``save`` keeps them, so a later pass submits nothing twice), where its outcomes go."""
+
+    def __init__(
+        self,
+        scope: str,
+        changes: Sequence[Change],
+        jobs: list[Job],
+        save: Callable[[list[Job]], None],
+        on_outcomes: Callable[[list[Outcome]], None],
+    ) -> None:
+        self.scope = scope
+        self.by_key = {c.key: c for c in changes}
+        self.jobs = jobs
+        self.save = save
+        self.attempts: dict[str, int] = {}  # keys to submit again, and which submission that is
+        self._report = on_outcomes
+
+    def report(self, outcomes: list[Outcome]) -> None:
+        self._report(outcomes)
+
+    def answer(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.by_key.pop(key, None)
+
+    def skip_not_sent(self) -> list[Outcome]:
+        """Answer the changes this mode does not send (``_NOT_SENT``); return their outcomes."""
+        skipped = [
+            Outcome(c.key, "skipped", reason=_NOT_SENT[c.action])
+            for c in self.by_key.values()
+            if c.action in _NOT_SENT
+        ]
+        if skipped:
+            self.report(skipped)
+            self.answer([o.key for o in skipped])
+        return skipped
+
+    def unsubmitted(self) -> list[Change]:
+        held = {k for job in self.jobs for k in job["keys"]}
+        return [c for c in self.by_key.values() if c.key not in held]
+
+    @property
+    def done(self) -> bool:
+        return not self.by_key and not self.jobs
+
+
 class Delivery:
     """Delivers changes through one destination, sharing one rate budget."""
 
@@ -225,78 +273,74 @@ class Delivery:
         """Deliver through a destination that works in jobs, keeping the jobs under way in memory
         (a batch keeps them in its store: see the runner)."""
         got: dict[str, Outcome] = {}
-        report = self._on_outcomes
 
         def collect(outcomes: list[Outcome]) -> None:
             got.update((o.key, o) for o in outcomes)
-            report(outcomes)
+            self._on_outcomes(outcomes)
 
-        self._on_outcomes = collect
-        try:
-            self.run_jobs(
-                lambda: [c for c in changes if c.key not in got], scope, [], lambda _: None, wait=True
-            )
-        finally:
-            self._on_outcomes = report
+        self.run_jobs(JobBatch(scope, changes, [], lambda _: None, collect), wait=True)
         return [
             got.get(c.key) or Outcome(c.key, "undelivered", reason=self.interrupt.reason) for c in changes
         ]
 
-    def run_jobs(
-        self,
-        pending: Callable[[], list[Change]],
-        scope: str,
-        jobs: list[Job],
-        save: Callable[[list[Job]], None],
-        wait: bool,
-    ) -> float | None:
-        """Take passes (``advance_jobs``) over the changes ``pending()`` returns, sleeping between
-        them when ``wait``, until no job is under way or the delivery is interrupted (return None);
-        without ``wait``, return after one pass that leaves jobs under way, with the seconds to wait
-        before the next. Interrupted, the jobs under way are given up: their records stay
-        undelivered and are sent again (job destinations write by identifier: twice is harmless)."""
+    def run_jobs(self, batch: JobBatch, wait: bool, allowed: int | None = None) -> float | None:
+        """Take passes (``advance_jobs``) over one batch, sleeping between them when ``wait``, until
+        no job is under way or the delivery is interrupted (return None); without ``wait``, return
+        after one pass that leaves jobs under way, with the seconds to wait before the next.
+        Interrupted, the jobs under way are given up: their records stay undelivered and are sent
+        again (job destinations write by identifier: twice is harmless). ``allowed``: this batch's
+        share of the destination's ``max_jobs``."""
         client = self.destination
         assert works_in_jobs(client), "a destination that writes at once is delivered by deliver"
         while True:
-            jobs = self.advance_jobs(pending(), scope, jobs, save)
-            save(jobs)
-            if not jobs or self.interrupt.is_set:
+            self.advance_jobs([batch], allowed=allowed)
+            batch.save(batch.jobs)
+            if not batch.jobs or self.interrupt.is_set:
                 return None
             if not wait:
                 return client.poll_s
             self.interrupt.sleep(client.poll_s)
 
     def advance_jobs(
-        self, changes: Sequence[Change], scope: str, jobs: list[Job], save: Callable[[list[Job]], None]
-    ) -> list[Job]:
-        """Take one pass over a destination that works in jobs; return the jobs still under way.
+        self,
+        batches: list[JobBatch],
+        more: Callable[[], JobBatch | None] | None = None,
+        allowed: int | None = None,
+        workers: int = 1,
+    ) -> None:
+        """Take one pass over the jobs of ``batches``; each batch's ``jobs`` are then those still
+        under way.
 
-        ``changes`` are those not answered yet, ``jobs`` those under way. The jobs are polled once,
-        together (one request where the API allows): the outcomes of those done are reported
-        (``on_outcomes``); those that failed, or have not finished after ``JOB_TIMEOUT_S``, are
-        submitted again (``JOB_ATTEMPTS`` submissions in all, then DestinationUnavailable stops
-        the batch).
-        Then the changes no job holds are submitted while the destination takes more jobs and the
-        delivery is not interrupted; ``save`` is called after each submission, so that a pass cut
-        off never submits the same changes twice. A request refused whole is refused for a reason
-        no record caused (the job reports records one by one): SystemicError.
+        The jobs of every batch are polled once, together (one request where the API allows): the
+        outcomes of those done are reported (to the batch's ``on_outcomes``); those that failed, or
+        have not finished after ``JOB_TIMEOUT_S``, are submitted again (``JOB_ATTEMPTS``
+        submissions in all, then DestinationUnavailable stops the delivery).
+        Then the changes no job holds are submitted, batch by batch, while the destination takes
+        more jobs (``allowed``, else ``max_jobs``, across all batches) and the delivery is not interrupted; when every
+        batch has all its changes under way, ``more`` may give one more batch (appended to
+        ``batches``); ``workers`` submissions are under way at once (a request takes a while, and
+        the rate limit allows several). ``save`` is called after each submission, so that a pass
+        cut off never submits the same changes twice. A request refused whole is refused for a reason no record
+        caused (the job reports records one by one): SystemicError.
         """
         client = self.destination
         assert works_in_jobs(client), "a destination that writes at once is delivered by deliver"
-        by_key = {c.key: c for c in changes}
-        running: list[Job] = []
-        attempts: dict[str, int] = {}
-        answered: set[str] = set()
-        polled = [(job, [by_key[k] for k in job["keys"] if k in by_key]) for job in jobs]
+        polled = [
+            (batch, job, [batch.by_key[k] for k in job["keys"] if k in batch.by_key])
+            for batch in batches
+            for job in batch.jobs
+        ]
         try:
             states = (
-                self._with_retries(client.results, [(job["id"], chunk) for job, chunk in polled])
-                if jobs
+                self._with_retries(client.results, [(job["id"], chunk) for _, job, chunk in polled])
+                if polled
                 else []
             )
         except _Interrupted:
-            return list(jobs)
-        for (job, chunk), done in zip(polled, states, strict=True):
+            return
+        for batch in batches:
+            batch.jobs = []
+        for (batch, job, chunk), done in zip(polled, states, strict=True):
             late = done is None and time.time() - job["at"] > JOB_TIMEOUT_S
             if isinstance(done, JobFailed) or late:
                 if job["attempt"] >= JOB_ATTEMPTS:
@@ -306,42 +350,68 @@ class Delivery:
                     raise DestinationUnavailable(
                         f"job {job['id']}: {why}; {job['attempt'] - 1} submissions of its records before it fared no better"
                     )
-                attempts.update((k, job["attempt"] + 1) for k in job["keys"])
+                batch.attempts.update((k, job["attempt"] + 1) for k in job["keys"])
             elif done is None:
-                running.append(job)
+                batch.jobs.append(job)
             else:
-                self._on_outcomes(_one_per_change(chunk, done))
+                batch.report(_one_per_change(chunk, done))
                 self._on_progress(len(chunk))
-                answered.update(job["keys"])
-        busy = answered | {k for job in running for k in job["keys"]}
-        skipped = [
-            Outcome(c.key, "skipped", reason=_NOT_SENT[c.action])
-            for c in changes
-            if c.action in _NOT_SENT and c.key not in answered
-        ]
-        self._on_outcomes(skipped)
-        self._on_progress(len(skipped))
-        size = client.max_batch_size
-        for todo in _requests([c for c in changes if c.key not in busy]):
-            for start in range(0, len(todo), size):
-                if len(running) >= client.max_jobs or self.interrupt.is_set:
-                    return running
-                chunk = todo[start : start + size]
-                try:
-                    job_id = self._with_retries(client.submit, chunk, scope)
-                except _Interrupted:
-                    return running
-                except RequestRejected as exc:
-                    raise SystemicError(
-                        f"{exc}; the job request was refused whole, for a reason no record caused",
-                        "destination",
-                    ) from exc
-                attempt = attempts.get(chunk[0].key, 1)
-                running.append(
+                batch.answer(job["keys"])
+        for batch in batches:
+            skipped = batch.skip_not_sent()
+            self._on_progress(len(skipped))
+        room = (allowed or client.max_jobs) - sum(len(batch.jobs) for batch in batches)
+        chunks: list[tuple[JobBatch, list[Change]]] = []
+        index = 0
+        while len(chunks) < room and not self.interrupt.is_set:
+            if index == len(batches):
+                extra = more() if more is not None else None
+                if extra is None:
+                    break
+                batches.append(extra)
+            batch = batches[index]
+            for todo in _requests(batch.unsubmitted()):
+                for start in range(0, len(todo), client.max_batch_size):
+                    chunks.append((batch, todo[start : start + client.max_batch_size]))
+            index += 1
+        self._submit(chunks[: max(room, 0)], workers)
+
+    def _submit(self, chunks: list[tuple[JobBatch, list[Change]]], workers: int) -> None:
+        """Submit each chunk as one job of its batch, ``workers`` at a time, until interrupted."""
+        client = self.destination
+        assert works_in_jobs(client)
+        lock, failed = threading.Lock(), threading.Event()
+
+        def one(batch: JobBatch, chunk: list[Change]) -> None:
+            if self.interrupt.is_set or failed.is_set():  # after an error, submit no more
+                return
+            try:
+                job_id = self._with_retries(client.submit, chunk, batch.scope)
+            except _Interrupted:
+                return
+            except RequestRejected as exc:
+                failed.set()
+                raise SystemicError(
+                    f"{exc}; the job request was refused whole, for a reason no record caused", "destination"
+                ) from exc
+            except BaseException:
+                failed.set()
+                raise
+            attempt = batch.attempts.get(chunk[0].key, 1)
+            with lock:
+                batch.jobs.append(
                     {"id": job_id, "keys": [c.key for c in chunk], "attempt": attempt, "at": time.time()}
                 )
-                save(running)
-        return running
+                batch.save(batch.jobs)
+
+        if workers <= 1 or len(chunks) <= 1:
+            for batch, chunk in chunks:
+                one(batch, chunk)
+            return
+        with ThreadPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
+            done = [pool.submit(one, batch, chunk) for batch, chunk in chunks]
+        for future in done:
+            future.result()  # the first error a submission raised, once all have ended
 
     def _undelivered(self, chunk: Sequence[Change]) -> list[Outcome]:
         return [Outcome(c.key, "undelivered", reason=self.interrupt.reason) for c in chunk]

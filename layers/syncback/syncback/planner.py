@@ -144,14 +144,8 @@ class Planner:
             result = self._count(table, run_id, full_resync)
             result.started_at = started_at or result.started_at
             self._check_guards(result)
-            # a few rows to write: the model's other rows are dropped as they are read; most of
-            # them (a first sync): filtering by key would cost more than it saves
-            few = (
-                2 * (result.counts.added + result.counts.changed)
-                < result.counts.changes + result.counts.unchanged
-            )
-            self.warehouse.create_scratch_as(writes, self._writes_sql(table, query, few))
-            self._write_batches(table, writes, result, store, sample_changes)
+            source = self._writes_source(table, writes, query, result)
+            self._write_batches(table, source, result, store, sample_changes)
             if store is not None:
                 self._rehash(table)
         finally:
@@ -375,6 +369,21 @@ class Planner:
             yield from self._removals(table)
         yield from self._writes(writes, 2)
 
+    def _writes_source(self, table: str, writes: str, query: MappingQuery, result: PlanResult) -> str:
+        """Return what to read the rows to write from, made the way that costs least for this plan:
+        the scratch table ``writes``, or, for a first sync, the query itself (read once, in order)."""
+        fresh = result.snapshot_size == 0 and not self.warehouse.fetch_all(
+            f"select 1 from {table} where sb_write and (s_dest is not null or s_ident is not null) limit 1"
+        )
+        if fresh:
+            return f"({self._fresh_writes_sql(table, query)}) as w"
+        # a few rows to write: the model's other rows are dropped as they are read; most of them:
+        # filtering by key would cost more than it saves
+        counts = result.counts
+        few = 2 * (counts.added + counts.changed) < counts.changes + counts.unchanged
+        self.warehouse.create_scratch_as(writes, self._writes_sql(table, query, few))
+        return writes
+
     def _writes_sql(self, table: str, query: MappingQuery, few: bool = True) -> str:
         """Return the query of the rows to write, each with its phase, whether it releases first, and
         its change as the JSON array a batch stores (``change_to_json``).
@@ -406,11 +415,7 @@ class Planner:
         action = "'\"upsert\"'"
         if self.sync.mode == "insert":  # a record that exists: insert mode never writes it again
             action = "case when coalesce(p.sb_live, false) or p.s_dest is not null then '\"keep\"' else '\"upsert\"' end"
-        j = self.warehouse.dialect.json_scalar
-        line = (
-            f"'[' || {j('p.sb_key')} || ',' || {action} || ',\"' || p.sb_hash || '\",' || "
-            f"coalesce({j('p.s_dest')}, 'null') || ',' || {query.record()} || ',' || coalesce({j('p.sb_ident')}, 'null') || ']'"
-        )
+        line = self._line_sql(query, "p.sb_key", action, "p.sb_hash", "p.s_dest", "p.sb_ident")
         # the text is made after the join, for the rows to write only
         values = (
             f"select *, {query.row_hash(self.target)} as sb_hash from "
@@ -420,6 +425,29 @@ class Planner:
             f"select p.sb_key, p.sb_live, p.s_dest, {line} as sb_line, {phase} as sb_phase, "
             f"{release} as sb_release from {table} p join ({values}) as m "
             f"on m.sb_key = p.sb_key and m.sb_hash = p.sb_hash {joins}where p.sb_write"
+        )
+
+    def _fresh_writes_sql(self, table: str, query: MappingQuery) -> str:
+        """Return ``_writes_sql`` for a plan whose rows to write the snapshot knows nothing of (a
+        first sync): every valid model row is written, in phase 1, as it is read. Only the plan's
+        invalid rows (few) are held to drop, not every row to write."""
+        values = f"select *, {query.row_hash(self.target)} as sb_hash from ({query.select(self.sync.model_sql)}) as v"
+        line = self._line_sql(query, "m.sb_key", "'\"upsert\"'", "m.sb_hash", "null", "m.sb_ident")
+        return (
+            f"select m.sb_key, false as sb_live, cast(null as varchar) as s_dest, {line} as sb_line, "
+            f"1 as sb_phase, false as sb_release from ({values}) as m "
+            f"left join (select sb_key from {table} where sb_reason is not null) as x on x.sb_key = m.sb_key "
+            "where m.sb_key is not null and x.sb_key is null"
+        )
+
+    def _line_sql(
+        self, query: MappingQuery, key: str, action: str, row_hash: str, dest: str, ident: str
+    ) -> str:
+        """Return SQL of a change as the JSON array a batch stores (``change_to_json``)."""
+        j = self.warehouse.dialect.json_scalar
+        return (
+            f"'[' || {j(key)} || ',' || {action} || ',\"' || {row_hash} || '\",' || "
+            f"coalesce({j(dest)}, 'null') || ',' || {query.record()} || ',' || coalesce({j(ident)}, 'null') || ']'"
         )
 
     def _writes(self, writes: str, phase: int) -> Iterator[tuple[int, bool, list[str]]]:

@@ -12,11 +12,12 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from syncback.batches import Journal, LocalBatchStore, jobs_key, journal_key, receipt_key
 from syncback.commit import answers, commit_run, end_unsettled, planned, recover
-from syncback.delivery import Delivery, Interrupt, Job, outcome_to_json, receipt
+from syncback.delivery import Delivery, Interrupt, Job, JobBatch, outcome_to_json, receipt
 from syncback.destinations.base import Change, Destination, JobDestination, Outcome, works_in_jobs
 from syncback.errors import RunInProgress, SyncbackError
 from syncback.planner import PHASES, BatchRef, Planner, PlanResult, change_from_json
@@ -76,6 +77,56 @@ def deliver_pass(
     return _deliver(rt, sync_name, batch, None, None, interrupt, wait=False)
 
 
+class _Batch:
+    """A stored batch being delivered: its changes, the answers it has (from its journal or
+    receipt, then as they come), and its receipt."""
+
+    def __init__(self, rt: Runtime, key: str) -> None:
+        self.rt, self.key = rt, key
+        self.changes = [change_from_json(item) for item in rt.store.get_json(key)["changes"]]
+        self.answered = {o.key: o for o in answers(rt, key)}
+        self._journal = rt.store if isinstance(rt.store, Journal) else None
+
+    @property
+    def complete(self) -> bool:
+        return all(c.key in self.answered for c in self.changes)
+
+    def pending(self) -> list[Change]:
+        return [c for c in self.changes if c.key not in self.answered]
+
+    def keep(self, outcomes: list[Outcome]) -> None:
+        self.answered.update((o.key, o) for o in outcomes)
+        if self._journal is not None and outcomes:
+            self._journal.append_lines(journal_key(self.key), [outcome_to_json(o) for o in outcomes])
+
+    def store_receipt(self, why: str, error: str | None = None) -> list[Outcome]:
+        outcomes = [
+            self.answered.get(c.key) or Outcome(c.key, "undelivered", reason=why) for c in self.changes
+        ]
+        self.rt.store.put_json(receipt_key(self.key), receipt(self.key, outcomes, self.changes, error))
+        return outcomes
+
+    def jobs(self) -> JobBatch:
+        """Return the batch as passes over its jobs see it, with the jobs kept beside it (``jobs_key``)
+        so that a later pass, or a retried one, submits nothing twice."""
+        key = jobs_key(self.key)
+        jobs: list[Job] = self.rt.store.get_json(key) if self.rt.store.exists(key) else []
+        return JobBatch(
+            self.key, self.pending(), jobs, lambda running: self.rt.store.put_json(key, running), self.keep
+        )
+
+    def log(self, pending: float | None, outcomes: list[Outcome], sync_name: str) -> None:
+        statuses = [o.status for o in outcomes]
+        log.info(
+            "delivered batch" if pending is None else "batch waits for its jobs",
+            extra={
+                "sync": sync_name,
+                "batch": self.key,
+                **{s: statuses.count(s) for s in ("delivered", "rejected", "skipped", "undelivered")},
+            },
+        )
+
+
 def _deliver(
     rt: Runtime,
     sync_name: str,
@@ -86,75 +137,94 @@ def _deliver(
     wait: bool,
 ) -> tuple[list[Outcome], float | None]:
     sync = rt.project.sync(sync_name)
-    changes = [change_from_json(item) for item in rt.store.get_json(batch)["changes"]]
-    answered = {o.key: o for o in answers(rt, batch)}
-    if all(c.key in answered for c in changes):
-        return [answered[c.key] for c in changes], None
-    journal = rt.store if isinstance(rt.store, Journal) else None
+    stored = _Batch(rt, batch)
+    if stored.complete:
+        return [stored.answered[c.key] for c in stored.changes], None
     interrupt = interrupt or Interrupt()
-
-    def keep(outcomes: list[Outcome]) -> None:
-        answered.update((o.key, o) for o in outcomes)
-        if journal is not None and outcomes:
-            journal.append_lines(journal_key(batch), [outcome_to_json(o) for o in outcomes])
-
-    def store_receipt(error: str | None = None) -> list[Outcome]:
-        outcomes = [answered.get(c.key) or Outcome(c.key, "undelivered", reason=why) for c in changes]
-        rt.store.put_json(receipt_key(batch), receipt(batch, outcomes, changes, error))
-        return outcomes
-
     why = "not sent: the delivery stopped before it"
     client = destination or rt.destination(sync)
     pending: float | None = None
     try:
         delivery = Delivery(
-            client, rt.budget(sync), rt.retry, on_progress=on_progress, on_outcomes=keep, interrupt=interrupt
+            client,
+            rt.budget(sync),
+            rt.retry,
+            on_progress=on_progress,
+            on_outcomes=stored.keep,
+            interrupt=interrupt,
         )
         if works_in_jobs(client):
-            pending = _advance_jobs(rt, delivery, batch, changes, answered, wait)
+            # batches delivered side by side (the state machine's map) share the destination's jobs
+            share = max(1, client.max_jobs // sync.destination.concurrency)
+            pending = delivery.run_jobs(stored.jobs(), wait, share)
         else:
-            delivery.deliver([c for c in changes if c.key not in answered], batch)
+            delivery.deliver(stored.pending(), batch)
     except SyncbackError as exc:
         why = f"not sent: {type(exc).__name__}"
-        store_receipt(f"{type(exc).__name__}: {exc}")  # what was done stays done; a retry sends the rest
+        stored.store_receipt(
+            why, f"{type(exc).__name__}: {exc}"
+        )  # what was done stays done; a retry sends the rest
         raise
     finally:
         if destination is None:
             client.close()
     if interrupt.is_set:
         why = f"not sent: {interrupt.reason}"
-    outcomes = store_receipt()
-    statuses = [o.status for o in outcomes]
-    log.info(
-        "delivered batch" if pending is None else "batch waits for its jobs",
-        extra={
-            "sync": sync_name,
-            "batch": batch,
-            **{s: statuses.count(s) for s in ("delivered", "rejected", "skipped", "undelivered")},
-        },
-    )
+    outcomes = stored.store_receipt(why)
+    stored.log(pending, outcomes, sync_name)
     return outcomes, pending
 
 
-def _advance_jobs(
+def _deliver_pool(
     rt: Runtime,
-    delivery: Delivery,
-    batch: str,
-    changes: list[Change],
-    answered: dict[str, Outcome],
-    wait: bool,
-) -> float | None:
-    """Advance a batch's jobs, kept beside it (``jobs_key``) so that a later pass, or a retried
-    one, submits nothing twice; return the seconds to wait before the next pass, or None."""
-    key = jobs_key(batch)
-    jobs: list[Job] = rt.store.get_json(key) if rt.store.exists(key) else []
-    return delivery.run_jobs(
-        lambda: [c for c in changes if c.key not in answered],
-        batch,
-        jobs,
-        lambda running: rt.store.put_json(key, running),
-        wait,
-    )
+    sync: SyncSpec,
+    destination: JobDestination,
+    batches: list[BatchRef],
+    on_progress: Callable[[int], None],
+    interrupt: Interrupt,
+) -> str | None:
+    """Deliver the batches of a destination that works in jobs through one pool of jobs, on this
+    thread: every pass polls the jobs of every open batch in one request and submits while the
+    destination takes more jobs, opening the next batch as soon as the open ones have all their
+    changes under way, so the destination's job queue never idles at the end of a batch. A batch
+    stores its receipt when its last job is done (or the delivery stops); return the error that
+    stopped the delivery, or None."""
+    waiting = deque(ref.key for ref in batches)
+    open_: list[tuple[_Batch, JobBatch]] = []
+    delivery = Delivery(destination, rt.budget(sync), rt.retry, on_progress=on_progress, interrupt=interrupt)
+
+    def more() -> JobBatch | None:
+        while waiting and not interrupt.is_set:
+            stored = _Batch(rt, waiting.popleft())
+            if stored.complete:  # answered by an earlier delivery: its receipt is there
+                continue
+            open_.append((stored, stored.jobs()))
+            return open_[-1][1]
+        return None
+
+    def close(done: list[tuple[_Batch, JobBatch]], why: str, error: str | None = None) -> None:
+        for stored, jobs in done:
+            jobs.save(jobs.jobs)
+            stored.log(None, stored.store_receipt(why, error), sync.name)
+            open_.remove((stored, jobs))
+
+    try:
+        while not interrupt.is_set:
+            started = time.monotonic()
+            delivery.advance_jobs([jobs for _, jobs in open_], more, workers=sync.destination.concurrency)
+            for _, jobs in open_:
+                jobs.save(jobs.jobs)
+            close([(s, j) for s, j in open_ if j.done], "not sent: the delivery stopped before it")
+            if not open_ and not waiting:
+                return None
+            # the pass submitted all it could: the destination's queue is full, or every change is in
+            # it; the next poll comes ``poll_s`` after this one (a long pass has waited already)
+            interrupt.sleep(max(0.0, destination.poll_s - (time.monotonic() - started)))
+    except SyncbackError as exc:
+        close(list(open_), f"not sent: {type(exc).__name__}", f"{type(exc).__name__}: {exc}")
+        return f"{type(exc).__name__}: {exc}"
+    close(list(open_), f"not sent: {interrupt.reason}")
+    return None
 
 
 # ---- one local run -------------------------------------------------------------------------
@@ -245,18 +315,22 @@ def _deliver_all(
     progress: Progress,
     interrupt: Interrupt,
 ) -> str | None:
-    """Deliver the batches on ``destination.concurrency`` threads; return the error that stopped
-    them, or None. An error or an interrupt stops every thread from starting requests; requests
-    under way get ``GRACE_S`` to finish, then are abandoned (their threads are daemons)."""
+    """Deliver the batches on ``destination.concurrency`` threads (a destination that works in
+    jobs: through one pool of jobs, ``_deliver_pool``); return the error that stopped them, or
+    None. An error or an interrupt stops every thread from starting requests; requests under way
+    get ``GRACE_S`` to finish, then are abandoned (their threads are daemons)."""
     lock = threading.Lock()
-    pending: queue.SimpleQueue[str] = queue.SimpleQueue()
-    for ref in batches:
-        pending.put(ref.key)
-    errors: list[BaseException] = []
 
     def advance(n: int) -> None:
         with lock:
             progress.advance(n)
+
+    if works_in_jobs(destination):  # the job queue is the concurrency
+        return _deliver_pool(rt, sync, destination, batches, advance, interrupt)
+    pending: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for ref in batches:
+        pending.put(ref.key)
+    errors: list[BaseException] = []
 
     def work() -> None:
         while not interrupt.is_set:

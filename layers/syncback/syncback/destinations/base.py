@@ -93,7 +93,8 @@ class JobDestination(Protocol):
 
     #: the most records one job may carry
     max_batch_size: int
-    #: the most jobs of this client that may be queued or running at once
+    #: the most jobs of this sync that may be queued or running at once, across all its batches
+    #: (batches delivered side by side each take an equal share)
     max_jobs: int
     #: seconds between two polls of a running job
     poll_s: float

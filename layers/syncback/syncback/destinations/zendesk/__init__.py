@@ -102,7 +102,7 @@ def _build(sync: SyncSpec, secrets: SecretResolver, session: requests.Session) -
         token = secrets.resolve(config.oauth_token, f"syncs/{sync.name}.yaml: destination.oauth_token")
         authorization = f"Bearer {token}"
     # the account's job limit, shared by the batches this sync delivers at once
-    return ZendeskDestination(config, authorization, max(1, config.max_jobs // config.concurrency), session)
+    return ZendeskDestination(config, authorization, config.max_jobs, session)
 
 
 def _check_sync(sync: SyncSpec) -> list[tuple[str, str]]:
