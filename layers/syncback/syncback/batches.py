@@ -102,6 +102,10 @@ class LocalBatchStore:
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    def path(self, key: str) -> Path:
+        """Return the file that holds ``key``."""
+        return self.root / key
+
     def put_json(self, key: str, document: Any) -> None:
         self.put_bytes(key, dumps(document))
 

@@ -15,8 +15,9 @@ import json
 import logging
 import secrets as random_tokens
 from dataclasses import dataclass
+from pathlib import Path
 
-from syncback.batches import Journal, journal_key, plan_key, receipt_key
+from syncback.batches import Journal, LocalBatchStore, journal_key, plan_key, receipt_key
 from syncback.delivery import Delivery, outcome_from_json, outcomes_from_receipt
 from syncback.destinations.base import Change, Outcome
 from syncback.destinations.registry import destination_target
@@ -106,8 +107,7 @@ def commit_run(
     with rt.warehouse(sync) as warehouse:
         stage = outcome_stage(warehouse, rt.tables(sync))
         try:
-            for index, ref in enumerate(plan.batches):
-                stopped_by += _stage_batch(rt, warehouse, stage, plan, index, ref)
+            stopped_by += _stage_batches(rt, warehouse, stage, plan)
             _count(warehouse, stage, plan, record)
             _keep_dead_letters(rt, warehouse, stage, plan, record)
             apply_outcomes(warehouse, rt.tables(sync), stage, run_id, plan.target, utcnow())
@@ -142,6 +142,27 @@ def commit_run(
     return record
 
 
+def _stage_batches(rt: Runtime, warehouse: Warehouse, stage: str, plan: PlanResult) -> list[str]:
+    """Stage every batch's outcomes; return the errors that stopped their delivery, as receipts say.
+
+    Receipts kept as local files (a local run's) are read by the warehouse all at once."""
+    stopped_by: list[str] = []
+    files: list[tuple[Path, int, int, int]] = []
+    for index, ref in enumerate(plan.batches):
+        if isinstance(rt.store, LocalBatchStore) and rt.store.exists(receipt_key(ref.key)):
+            path = rt.store.path(receipt_key(ref.key))
+            files.append((path, ref.phase, plan.version, index))
+            stopped_by += _receipt_error(path.read_bytes())
+        else:
+            stopped_by += _stage_batch(rt, warehouse, stage, plan, index, ref)
+    warehouse.stage_outcome_files(stage, files)
+    return stopped_by
+
+
+def _receipt_error(text: bytes) -> list[str]:
+    return [str(json.loads(text)["error"])] if b'"error":' in text else []
+
+
 def _stage_batch(
     rt: Runtime, warehouse: Warehouse, stage: str, plan: PlanResult, index: int, ref: BatchRef
 ) -> list[str]:
@@ -153,9 +174,7 @@ def _stage_batch(
     if rt.store.exists(receipt_key(ref.key)):
         text = rt.store.get_bytes(receipt_key(ref.key))
         warehouse.stage_outcomes(stage, text, ref.phase, plan.version, index)
-        if b'"error":' in text:
-            return [str(json.loads(text)["error"])]
-        return []
+        return _receipt_error(text)
     journaled = answers(rt, ref.key)
     if journaled:
         changes = {c.key: c for c in map(change_from_json, rt.store.get_json(ref.key)["changes"])}

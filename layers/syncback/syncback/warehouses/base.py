@@ -8,6 +8,7 @@ onto ``ModelError`` (the SQL is wrong) or ``WarehouseUnavailable`` (try again).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from syncback.warehouses.dialect import Dialect
@@ -47,6 +48,11 @@ class Warehouse(Protocol):
         """Insert a receipt's outcomes (``[key, status, destination_id, reason, created, action,
         row_hash, identity]`` each) into ``table`` (``snapshot.OUTCOME_COLUMNS``), parsing the JSON in
         the warehouse: no row passes through Python."""
+        ...
+
+    def stage_outcome_files(self, table: str, receipts: Sequence[tuple[Path, int, int, int]]) -> None:
+        """``stage_outcomes`` for receipts kept as local files, each with its seq, version and batch
+        (a local run's): all at once where the warehouse reads files itself."""
         ...
 
     def load_rows(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from syncback.errors import (
@@ -180,6 +181,10 @@ class SnowflakeWarehouse:
             "o.value[3]::varchar, ?, ?, ? from table(flatten(input => parse_json(?):outcomes)) o",
             [seq, version, batch, receipt.decode("utf-8")],
         )
+
+    def stage_outcome_files(self, table: str, receipts: Sequence[tuple[Path, int, int, int]]) -> None:
+        for path, seq, version, batch in receipts:
+            self.stage_outcomes(table, path.read_bytes(), seq, version, batch)
 
     def load_rows(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:
