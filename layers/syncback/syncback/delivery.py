@@ -191,10 +191,7 @@ class JobBatch:
         self.jobs = jobs
         self.save = save
         self.attempts: dict[str, int] = {}  # keys to submit again, and which submission that is
-        self._report = on_outcomes
-
-    def report(self, outcomes: list[Outcome]) -> None:
-        self._report(outcomes)
+        self.report = on_outcomes
 
     def answer(self, keys: Sequence[str]) -> None:
         for key in keys:

@@ -161,9 +161,8 @@ def _deliver(
             delivery.deliver(stored.pending(), batch)
     except SyncbackError as exc:
         why = f"not sent: {type(exc).__name__}"
-        stored.store_receipt(
-            why, f"{type(exc).__name__}: {exc}"
-        )  # what was done stays done; a retry sends the rest
+        # what was done stays done; a retry sends the rest
+        stored.store_receipt(why, f"{type(exc).__name__}: {exc}")
         raise
     finally:
         if destination is None:
@@ -325,7 +324,7 @@ def _deliver_all(
         with lock:
             progress.advance(n)
 
-    if works_in_jobs(destination):  # the job queue is the concurrency
+    if works_in_jobs(destination):  # one pool of jobs for the whole sync
         return _deliver_pool(rt, sync, destination, batches, advance, interrupt)
     pending: queue.SimpleQueue[str] = queue.SimpleQueue()
     for ref in batches:
