@@ -122,3 +122,24 @@ def fakes() -> dict[str, type[Fake]]:
         if fake is not None:
             found[fake.name] = fake
     return dict(sorted(found.items()))
+
+
+class Knobs(Fake):
+    """``reject``, ``inject``, ``injected`` and ``created`` for a fake that keeps ``reject_values``,
+    ``random_faults`` and ``counts["created"]`` (the Zendesk and Salesforce fakes)."""
+
+    reject_values: set[str]
+    random_faults: RandomFaults | None
+    counts: dict[str, int]
+
+    def reject(self, values: set[str]) -> None:
+        self.reject_values = {v.strip().lower() for v in values}
+
+    def inject(self, rate_429: float, rate_5xx: float, rate_timeout: float, seed: int) -> None:
+        self.random_faults = RandomFaults(rate_429, rate_5xx, rate_timeout, seed)
+
+    def injected(self) -> int:
+        return self.random_faults.struck if self.random_faults else 0
+
+    def created(self) -> int:
+        return self.counts["created"]

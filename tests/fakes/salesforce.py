@@ -40,7 +40,7 @@ import requests
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tests.fakes.contract import Fake, RandomFaults
+from tests.fakes.contract import Knobs, RandomFaults
 from tests.fakes.loopback import Answer, LoopbackServer
 
 CLIENT_ID, CLIENT_SECRET, USERNAME = "3MVG9contract", "contract-consumer-secret", "sync@acme.example"
@@ -55,7 +55,7 @@ _BULK = re.compile(
 )
 
 
-class SalesforceFake(LoopbackServer, Fake):
+class SalesforceFake(LoopbackServer, Knobs):
     """One org with custom object ``Customer__c`` (and ``Contact``), and its contract view."""
 
     name = "salesforce"
@@ -402,18 +402,6 @@ class SalesforceFake(LoopbackServer, Fake):
             return [
                 (rid, dict(r)) for rid, r in self.store.items() if r["type"] == OBJECT and not r["deleted"]
             ]
-
-    def reject(self, values: set[str]) -> None:
-        self.reject_values = {v.strip().lower() for v in values}
-
-    def inject(self, rate_429: float, rate_5xx: float, rate_timeout: float, seed: int) -> None:
-        self.random_faults = RandomFaults(rate_429, rate_5xx, rate_timeout, seed)
-
-    def injected(self) -> int:
-        return self.random_faults.struck if self.random_faults else 0
-
-    def created(self) -> int:
-        return self.counts["created"]
 
     def writes(self, request: requests.PreparedRequest) -> bool:
         return "/composite/sobjects" in (request.url or "")

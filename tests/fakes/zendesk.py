@@ -34,14 +34,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-from tests.fakes.contract import Fake, RandomFaults
+from tests.fakes.contract import Knobs, RandomFaults
 from tests.fakes.loopback import Answer, LoopbackServer
 
 EMAIL, TOKEN = "agent@example.com", "contract-zendesk-token"
 MAX_USERS = 100
 
 
-class ZendeskFake(LoopbackServer, Fake):
+class ZendeskFake(LoopbackServer, Knobs):
     """The users API of one Zendesk account, and its view for the contract suites."""
 
     name = "zendesk"
@@ -319,18 +319,6 @@ class ZendeskFake(LoopbackServer, Fake):
     def records(self) -> list[dict[str, Any]]:
         with self._lock:
             return [{"id": str(u["id"]), **u["user_fields"]} for u in self.users.values() if u["active"]]
-
-    def reject(self, values: set[str]) -> None:
-        self.reject_values = {v.strip().lower() for v in values}
-
-    def inject(self, rate_429: float, rate_5xx: float, rate_timeout: float, seed: int) -> None:
-        self.random_faults = RandomFaults(rate_429, rate_5xx, rate_timeout, seed)
-
-    def injected(self) -> int:
-        return self.random_faults.struck if self.random_faults else 0
-
-    def created(self) -> int:
-        return self.counts["created"]
 
     def writes(self, request: requests.PreparedRequest) -> bool:
         return "/api/v2/users/" in (request.url or "")
