@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import syncback.delivery as delivery_module
-from syncback.delivery import JOB_ATTEMPTS, Delivery, Interrupt, RetryPolicy
+from syncback.delivery import JOB_ATTEMPTS, Delivery, Interrupt, JobBatch, RetryPolicy
 from syncback.destinations.base import Change
 from syncback.errors import DestinationUnavailable, SystemicError
 from tests.fakes.recording import RecordingJobs
@@ -72,3 +72,14 @@ def test_interrupted_jobs_leave_their_records_undelivered() -> None:
     outcomes = delivery.deliver(upserts(20))
     assert {o.status for o in outcomes} == {"undelivered"}
     assert all(o.reason == "Ctrl-C" for o in outcomes) and len(jobs.jobs) == 1
+
+
+def test_submissions_side_by_side_stop_at_the_first_refused_whole() -> None:
+    # Given a pool of jobs submitting four at once, where one job request is refused whole
+    jobs = RecordingJobs(max_batch_size=10, max_jobs=10, polls=1)
+    jobs.poison_keys = {"25"}
+    batch = JobBatch("b", upserts(100), [], lambda _: None, lambda outcomes: None)
+    # When a pass submits: Then the run stops as systemic, and no job holds the refused request
+    with pytest.raises(SystemicError, match="refused whole"):
+        Delivery(jobs, retry=NO_WAIT).advance_jobs([batch], workers=4)
+    assert len(batch.jobs) == len(jobs.jobs) and all("25" not in job["keys"] for job in batch.jobs)
