@@ -29,6 +29,7 @@ ENV = {
     "AWS_DEFAULT_REGION": "eu-west-1",
     # the template's default (TracingEnabled false): the X-Ray SDK is not imported
     "POWERTOOLS_TRACE_DISABLED": "true",
+    "PYDANTIC_DISABLE_PLUGINS": "__all__",
 }
 
 

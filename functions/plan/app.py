@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
 from syncback.aws import LambdaSettings, lambda_tracer
 from syncback.aws import handler_runtime as runtime
 from syncback.steps import SyncRequest, run_deadline, run_id_for, start_run
+from syncback.telemetry import LambdaLogger, Metrics, MetricUnit
 
-logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+logger = LambdaLogger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()
 tracer = lambda_tracer()  # X-Ray only when the stack turns tracing on
 SETTINGS = LambdaSettings.from_env()

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.typing import LambdaContext
+from typing import TYPE_CHECKING, Any
 
 from syncback.aws import handler_runtime as runtime
 from syncback.aws import lambda_tracer
 from syncback.steps import replay_messages
+from syncback.telemetry import LambdaLogger, Metrics, MetricUnit
 
-logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+logger = LambdaLogger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()
 tracer = lambda_tracer()  # X-Ray only when the stack turns tracing on
 

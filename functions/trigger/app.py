@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import functools
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from syncback.aws import LambdaSettings, lambda_tracer
 from syncback.aws import handler_runtime as runtime
 from syncback.steps import requested_runs, run_ended
+from syncback.telemetry import LambdaLogger, Metrics, MetricUnit
 
-logger = Logger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+logger = LambdaLogger(service="syncback")  # the engine logs to "syncback" too: same JSON, same keys
 metrics = Metrics()
 tracer = lambda_tracer()  # X-Ray only when the stack turns tracing on
 SETTINGS = LambdaSettings.from_env()
