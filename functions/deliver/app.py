@@ -13,8 +13,8 @@ from pydantic import BaseModel
 
 from syncback.aws import handler_runtime as runtime
 from syncback.aws import lambda_tracer
+from syncback.batch_delivery import deliver_pass
 from syncback.delivery import Interrupt
-from syncback.runner import deliver_pass
 from syncback.telemetry import LambdaLogger, Metrics, MetricUnit
 
 if TYPE_CHECKING:

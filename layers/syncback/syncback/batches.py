@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from syncback.destinations.base import Change
 
 if TYPE_CHECKING:  # the planner writes through this module: a type-only import avoids the cycle
     from syncback.planner import PlanResult
@@ -152,3 +155,30 @@ class LocalBatchStore:
         """Delete a committed run's batch files: they hold record values, and are no longer needed."""
         for path in (self.root / run_prefix(sync, run_id) / "batches").glob("*.json"):
             path.unlink()
+
+
+# ---- a batch's changes ----------------------------------------------------------------------
+
+
+@dataclass
+class BatchRef:
+    """A batch of a plan: its key in the store, how many changes it holds, and its phase."""
+
+    key: str
+    count: int
+    phase: int = 1
+
+
+def change_line(change: Change) -> str:
+    """Return a change as the JSON text of its array in a batch file."""
+    return json.dumps(change_to_json(change), separators=(",", ":"), ensure_ascii=False)
+
+
+def change_to_json(change: Change) -> list[Any]:
+    """Return a change as the compact array a batch stores."""
+    return [change.key, change.action, change.row_hash, change.destination_id, change.record, change.identity]
+
+
+def change_from_json(item: list[Any]) -> Change:
+    key, action, row_hash, destination_id, record, *identity = item
+    return Change(key, action, row_hash, record, destination_id, identity[0] if identity else None)

@@ -17,12 +17,13 @@ import secrets as random_tokens
 from dataclasses import dataclass
 from pathlib import Path
 
-from syncback.batches import Journal, LocalBatchStore, journal_key, plan_key, receipt_key
-from syncback.delivery import Delivery, outcome_from_json, outcomes_from_receipt
+from syncback.batch_delivery import answers
+from syncback.batches import BatchRef, LocalBatchStore, change_from_json, plan_key, receipt_key
+from syncback.delivery import Delivery
 from syncback.destinations.base import Change, Outcome
 from syncback.destinations.registry import destination_target
 from syncback.errors import RunInProgress
-from syncback.planner import BatchRef, PlanResult, change_from_json
+from syncback.planner import PlanResult
 from syncback.runtime import Runtime, utcnow
 from syncback.snapshot import apply_outcomes, outcome_stage, read_snapshot, stage_rows
 from syncback.spec import SyncSpec
@@ -77,27 +78,21 @@ def dead_letter(
 # ---- commit ----------------------------------------------------------------------------------
 
 
-def answers(rt: Runtime, batch: str) -> list[Outcome]:
-    """Return what the destination answered for a batch: its receipt's and journal's outcomes (a
-    delivery cut off keeps a journal locally, or a receipt with the rest undelivered), without
-    those left undelivered."""
-    found: dict[str, Outcome] = {}
-    if rt.store.exists(receipt_key(batch)):
-        found.update((o.key, o) for o in outcomes_from_receipt(rt.store.get_json(receipt_key(batch))))
-    if isinstance(rt.store, Journal):
-        found.update(
-            (o.key, o) for o in map(outcome_from_json, rt.store.read_lines(journal_key(batch)) or [])
-        )
-    return [o for o in found.values() if o.status != "undelivered"]
-
-
 def commit_run(
-    rt: Runtime, sync_name: str, run_id: str, error: str | None = None, cancelled: bool = False
+    rt: Runtime,
+    sync_name: str,
+    run_id: str,
+    error: str | None = None,
+    cancelled: bool = False,
+    sent: set[str] | None = None,
 ) -> RunRecord:
     """Apply what the run delivered to the snapshot, keep its dead letters, record the run.
 
-    Safe to do twice (a commit retried, a run recovered after a crash): applying the same
-    outcomes at the same version changes nothing more, and the run is recorded once.
+    ``sent``: the batches whose delivery began, where the caller knows (a local run); the others
+    were never sent. Otherwise a batch without an answer may have been sent, and its changes are
+    taken as possibly done (``snapshot.EFFECT``). Safe to do twice (a commit retried, a run
+    recovered after a crash): applying the same outcomes at the same version changes nothing
+    more, and the run is recorded once.
     """
     sync = rt.project.sync(sync_name)
     plan = PlanResult.from_json(rt.store.get_json(plan_key(sync_name, run_id)))
@@ -107,7 +102,7 @@ def commit_run(
     with rt.warehouse(sync) as warehouse:
         stage = outcome_stage(warehouse, rt.tables(sync))
         try:
-            stopped_by += _stage_batches(rt, warehouse, stage, plan)
+            stopped_by += _stage_batches(rt, warehouse, stage, plan, sent)
             _count(warehouse, stage, plan, record)
             _keep_dead_letters(rt, warehouse, stage, plan, record)
             apply_outcomes(warehouse, rt.tables(sync), stage, run_id, plan.target, utcnow())
@@ -142,7 +137,9 @@ def commit_run(
     return record
 
 
-def _stage_batches(rt: Runtime, warehouse: Warehouse, stage: str, plan: PlanResult) -> list[str]:
+def _stage_batches(
+    rt: Runtime, warehouse: Warehouse, stage: str, plan: PlanResult, sent: set[str] | None
+) -> list[str]:
     """Stage every batch's outcomes; return the errors that stopped their delivery, as receipts say.
 
     Receipts kept as local files (a local run's) are read by the warehouse all at once."""
@@ -153,7 +150,7 @@ def _stage_batches(rt: Runtime, warehouse: Warehouse, stage: str, plan: PlanResu
             path = rt.store.path(receipt_key(ref.key))
             files.append((path, ref.phase, plan.version, index))
             stopped_by += _receipt_error(path.read_bytes())
-        else:
+        elif sent is None or ref.key in sent:
             stopped_by += _stage_batch(rt, warehouse, stage, plan, index, ref)
     warehouse.stage_outcome_files(stage, files)
     return stopped_by
@@ -168,22 +165,46 @@ def _stage_batch(
 ) -> list[str]:
     """Stage one batch's outcomes; return the error that stopped its delivery, if it says one.
 
-    A receipt is loaded as it is; a batch cut off without one (a local process killed) is staged
-    from its journal, with what each change asked read from the batch file.
+    A receipt is loaded as it is; a batch cut off without one (a process killed, a Lambda that
+    failed) is staged from its journal, with what each change asked read from the batch file, and
+    the changes no answer tells of as unanswered.
     """
     if rt.store.exists(receipt_key(ref.key)):
         text = rt.store.get_bytes(receipt_key(ref.key))
         warehouse.stage_outcomes(stage, text, ref.phase, plan.version, index)
         return _receipt_error(text)
-    journaled = answers(rt, ref.key)
-    if journaled:
-        changes = {c.key: c for c in map(change_from_json, rt.store.get_json(ref.key)["changes"])}
-        stage_rows(
-            warehouse,
-            stage,
-            (outcome_row(o, changes[o.key], ref.phase, plan.version, index) for o in journaled),
-        )
+    journaled = {o.key: o for o in answers(rt, ref.key)}
+    changes = map(change_from_json, rt.store.get_json(ref.key)["changes"])
+    stage_rows(
+        warehouse,
+        stage,
+        (
+            outcome_row(journaled[c.key], c, ref.phase, plan.version, index)
+            if c.key in journaled
+            else _unanswered(c, ref.phase, plan.version, index)
+            for c in changes
+        ),
+    )
     return []
+
+
+def _unanswered(change: Change, seq: int, version: int, batch: int) -> tuple[object, ...]:
+    """Return the stage row of a change no answer tells of: its request may have been done (the
+    process was killed waiting for the answer); ``snapshot.EFFECT`` says what that means. Its hash
+    is not kept: what the record holds is not known."""
+    return (
+        change.key,
+        "unanswered",
+        change.destination_id,
+        None,
+        change.action,
+        None,
+        change.identity,
+        None,
+        seq,
+        version,
+        batch,
+    )
 
 
 def _count(warehouse: Warehouse, stage: str, plan: PlanResult, record: RunRecord) -> None:

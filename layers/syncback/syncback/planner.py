@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from syncback.batches import BatchStore, batch_key, dumps, plan_key
+from syncback.batches import BatchRef, BatchStore, batch_key, change_from_json, change_line, dumps, plan_key
 from syncback.destinations.base import Change
 from syncback.destinations.registry import destination_target, identifier_fields, kind_of
 from syncback.errors import GuardError, ModelError
@@ -61,13 +61,6 @@ class PlanCounts:
 class InvalidRow:
     key: str | None
     reason: str
-
-
-@dataclass
-class BatchRef:
-    key: str
-    count: int
-    phase: int = 1
 
 
 @dataclass
@@ -363,7 +356,7 @@ class Planner:
             yield (
                 1,
                 False,
-                [_line(Change(key, "release", None, dict(self._emptied), dest)) for key, dest in chunk],
+                [change_line(Change(key, "release", None, dict(self._emptied), dest)) for key, dest in chunk],
             )
         if not result.full_resync:
             yield from self._removals(table)
@@ -478,7 +471,7 @@ class Planner:
             yield (
                 1,
                 True,
-                [_line(self._removal(k, dest, bool(created), clearable)) for k, dest, created in chunk],
+                [change_line(self._removal(k, dest, bool(created), clearable)) for k, dest, created in chunk],
             )
 
     def _removal(self, key: str, destination_id: str | None, created: bool, clearable: list[str]) -> Change:
@@ -540,17 +533,3 @@ class Planner:
             flush()
         if sample_changes:
             result.change_sample = self._sample(table, writes, sample_changes)
-
-
-def _line(change: Change) -> str:
-    return json.dumps(change_to_json(change), separators=(",", ":"), ensure_ascii=False)
-
-
-def change_to_json(change: Change) -> list[Any]:
-    """Return a change as the compact array a batch stores."""
-    return [change.key, change.action, change.row_hash, change.destination_id, change.record, change.identity]
-
-
-def change_from_json(item: list[Any]) -> Change:
-    key, action, row_hash, destination_id, record, *identity = item
-    return Change(key, action, row_hash, record, destination_id, identity[0] if identity else None)

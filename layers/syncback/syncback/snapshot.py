@@ -54,8 +54,13 @@ LOAD_ROWS = 50_000
 # put (the destination holds this record now), release (it gave its identifier away: send it again),
 # gone (archived), left (the row left the model, the record stays); NULL: nothing (rejected, not
 # sent, or skipped with nothing learnt, as in update mode where the record does not exist).
+# An unanswered write (its request may have been done: the answer was lost) is taken as done to the
+# record it named or, by identifier, to the record another key holds that identifier on, with no hash:
+# the next run writes it again, by that record's id, whatever its values are by then.
 EFFECT = (
-    "case when c.status not in ('delivered', 'skipped') then null "
+    "case when c.status = 'unanswered' then "
+    "case when c.action = 'upsert' and c.destination_id is not null then 'put' end "
+    "when c.status not in ('delivered', 'skipped') then null "
     "when c.action = 'archive' then 'gone' "
     "when c.action in ('forget', 'clear') then 'left' "
     "when c.action = 'release' then case when c.status = 'delivered' then 'release' end "
@@ -128,9 +133,24 @@ def _merge(
 ) -> int:
     snap, fresh = tables.snapshot, f"{stage}_next"
     stamp = now.astimezone(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
+    # the record an unanswered write by identifier went to: the one another key holds it on, unless
+    # that key gave it up (or had its record archived) in this run, answered or not
+    holders = (
+        f"(select identity, min(destination_id) as destination_id from {snap} s "
+        f"where identity in (select identity from {stage} where status = 'unanswered') "
+        f"and destination_id is not null and {same_target('s', target)} "
+        f"and key not in (select key from {stage} where action in ('release', 'archive')) "
+        "group by identity having count(distinct destination_id) = 1)"
+    )
+    outcomes = (
+        "(select c.key, c.status, c.action, c.version, c.row_hash, c.identity, c.created, c.seq, "
+        "coalesce(c.destination_id, o.destination_id) as destination_id "
+        f"from {stage} c left join {holders} o on c.status = 'unanswered' and c.destination_id is null "
+        "and o.identity = c.identity)"
+    )
     effects = (
         f"(select key, {EFFECT} as effect, version, row_hash, destination_id, identity, "
-        f"case when c.status = 'delivered' then c.created else false end as created, seq from {stage} c)"
+        f"case when c.status = 'delivered' then c.created else false end as created, seq from {outcomes} c)"
     )
     put = "c.effect = 'put'"
     destination = (

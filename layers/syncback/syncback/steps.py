@@ -16,10 +16,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from syncback.batches import manifest, manifest_key, plan_key
+from syncback.batches import change_from_json, manifest, manifest_key, plan_key
 from syncback.commit import RECOVER_WINDOW, ReplayResult, commit_run, counted, end_unsettled, recover, replay
 from syncback.errors import PermanentError, RunInProgress, SyncbackError
-from syncback.planner import PHASES, change_from_json
+from syncback.planner import PHASES
 from syncback.runner import plan_run
 from syncback.runtime import Runtime, utcnow
 from syncback.spec import Project
