@@ -25,6 +25,8 @@ class Fake:
 
     #: the registered destination type it fakes
     name: ClassVar[str]
+    #: which of the destination's objects, where the suites run against more than one
+    variant: ClassVar[str | None] = None
     #: the generic field by which the destination finds a record, compared trimmed and in lower
     #: case (its values must not be shared by two rows), or None when the model's key is enough
     identifier: ClassVar[str | None] = None
@@ -112,15 +114,16 @@ class RandomFaults:
 
 
 def fakes() -> dict[str, type[Fake]]:
-    """Return every destination fake under ``tests/fakes/``, by destination type."""
+    """Return every destination fake under ``tests/fakes/``, by destination type (and variant: a
+    module's ``FAKES``, where the suites run against more than one of its objects)."""
     import tests.fakes as package
 
     found: dict[str, type[Fake]] = {}
     for info in pkgutil.iter_modules(package.__path__):
         module = importlib.import_module(f"tests.fakes.{info.name}")
-        fake = getattr(module, "FAKE", None)
-        if fake is not None:
-            found[fake.name] = fake
+        for fake in getattr(module, "FAKES", [getattr(module, "FAKE", None)]):
+            if fake is not None:
+                found[fake.name if fake.variant is None else f"{fake.name}-{fake.variant}"] = fake
     return dict(sorted(found.items()))
 
 

@@ -241,8 +241,9 @@ class Convergence(RuleBasedStateMachine):
 
 # one test case per destination fake: a new destination is searched without editing this file
 for _name in fakes():
-    globals()[f"Test{_name.title()}Convergence"] = type(
-        f"{_name.title()}Convergence", (Convergence,), {"kind": _name}
+    _title = _name.title().replace("-", "")
+    globals()[f"Test{_title}Convergence"] = type(
+        f"{_title}Convergence", (Convergence,), {"kind": _name}
     ).TestCase
-    globals()[f"Test{_name.title()}Convergence"].settings = SETTINGS
-del _name
+    globals()[f"Test{_title}Convergence"].settings = SETTINGS
+del _name, _title
