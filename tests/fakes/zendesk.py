@@ -1,5 +1,5 @@
-"""A Zendesk Support users API on loopback, as Zendesk documents it (a test fake: production code
-never imports it).
+"""A Zendesk Support users and organizations API on loopback, as Zendesk documents it (a test fake:
+production code never imports it).
 
 - ``POST /api/v2/users/create_or_update_many.json`` (at most 100 users, each found by
   ``external_id``, else by ``email``), ``PUT /api/v2/users/update_many.json`` (each by ``id``) and
@@ -9,6 +9,10 @@ never imports it).
   ``queued`` → ``working`` → ``completed`` as time passes; a completed job lists one result per user, in request order: ``Created``, ``Updated`` or
   ``Deleted`` with the user's ``id``, or ``Failed`` with ``error`` and ``details``; job statuses are
   forgotten after ``job_retention_s`` (a 404);
+- organizations: ``GET /api/v2/organizations/show_many.json?external_ids=`` (or ``ids=``, at most
+  100, answered at once), and jobs for ``POST create_many``, ``PUT update_many`` (each by ``id``)
+  and ``DELETE destroy_many?ids=`` (a hard delete); an organization needs a ``name``, and its name
+  and its ``external_id`` are unique, compared case-insensitively;
 - at most ``max_jobs`` (30) jobs queued or working at once: one more is a 429; a user without a
   name cannot be created; an e-mail must look like one;
 - ``Authorization: Basic base64({email}/token:{token})`` or ``Bearer {oauth token}``, else 401;
@@ -62,6 +66,7 @@ class ZendeskFake(LoopbackServer, Knobs):
         self.max_jobs = max_jobs
         self.job_retention_s = job_retention_s
         self.users: dict[int, dict[str, Any]] = {}
+        self.organizations: dict[int, dict[str, Any]] = {}
         #: active users by external_id and by email, in lower case
         self._index: dict[str, dict[str, int]] = {"external_id": {}, "email": {}}
         self.jobs: dict[str, dict[str, Any]] = {}
@@ -117,7 +122,37 @@ class ZendeskFake(LoopbackServer, Knobs):
         if method == "DELETE" and path == "/api/v2/users/destroy_many.json":
             ids = [i for i in ",".join(query.get("ids", [])).split(",") if i]
             return self._queue([{"id": i} for i in ids], self._destroy)
+        if path.startswith("/api/v2/organizations/"):
+            return self._organizations(method, path.removeprefix("/api/v2/organizations/"), query, body)
         return self._json(404, {"error": "InvalidEndpoint", "description": "Not found"})
+
+    def _organizations(self, method: str, endpoint: str, query: dict[str, list[str]], body: bytes) -> Answer:
+        listed = [i for i in ",".join(query.get("ids", []) or query.get("external_ids", [])).split(",") if i]
+        if method == "GET" and endpoint == "show_many.json":
+            if not listed or len(listed) > MAX_USERS:
+                return self._json(
+                    400, {"error": "InvalidValue", "description": "1 to 100 ids or external_ids"}
+                )
+            by = "id" if "ids" in query else "external_id"
+            wanted = {value.lower() for value in listed}
+            found = [o for o in self.organizations.values() if str(o.get(by) or "").lower() in wanted]
+            return self._json(200, {"organizations": found, "count": len(found), "next_page": None})
+        if method == "DELETE" and endpoint == "destroy_many.json":
+            return self._queue([{"id": i} for i in listed], self._destroy_organization)
+        work = {
+            ("POST", "create_many.json"): self._create_organization,
+            ("PUT", "update_many.json"): self._update_organization,
+        }
+        if (method, endpoint) not in work:
+            return self._json(404, {"error": "InvalidEndpoint", "description": "Not found"})
+        try:
+            items = json.loads(body)["organizations"]
+            assert isinstance(items, list) and all(isinstance(o, dict) for o in items)
+        except (ValueError, KeyError, AssertionError):
+            return self._json(
+                400, {"error": "InvalidValue", "description": "organizations must be an array of objects"}
+            )
+        return self._queue(items, work[(method, endpoint)])
 
     def _queue(self, users: list[dict[str, Any]], work: Any) -> Answer:
         if not users or len(users) > MAX_USERS:
@@ -225,6 +260,64 @@ class ZendeskFake(LoopbackServer, Knobs):
             self._unindex(target, name)
         return {"id": target["id"], "status": "Deleted", "action": "delete", "success": True}
 
+    def _create_organization(self, item: dict[str, Any]) -> dict[str, Any]:
+        failed = self._organization_invalid(item, None)
+        if failed is not None:
+            return failed
+        found = self._next_id
+        self._next_id += 1
+        self.organizations[found] = {"id": found, "organization_fields": {}}
+        self.counts["created"] += 1
+        self._apply_organization(self.organizations[found], item)
+        return {"id": found, "status": "Created", "action": "create", "success": True}
+
+    def _update_organization(self, item: dict[str, Any]) -> dict[str, Any]:
+        target = self.organizations.get(int(item.get("id", 0)))
+        if target is None:
+            return {
+                "id": item.get("id"),
+                "status": "Failed",
+                "error": "RecordNotFound",
+                "details": "Not found",
+            }
+        failed = self._organization_invalid(item, target["id"])
+        if failed is not None:
+            return failed
+        self._apply_organization(target, {k: v for k, v in item.items() if k != "id"})
+        return {"id": target["id"], "status": "Updated", "action": "update", "success": True}
+
+    def _destroy_organization(self, item: dict[str, Any]) -> dict[str, Any]:
+        if self.organizations.pop(int(item["id"]), None) is None:  # its users and tickets stay
+            return {"id": item["id"], "status": "Failed", "error": "RecordNotFound", "details": "Not found"}
+        return {"id": int(item["id"]), "status": "Deleted", "action": "delete", "success": True}
+
+    def _organization_invalid(self, item: dict[str, Any], own: int | None) -> dict[str, Any] | None:
+        def fail(details: str) -> dict[str, Any]:
+            return {"id": own, "status": "Failed", "error": "OrganizationUpdateError", "details": details}
+
+        if own is None and not str(item.get("name") or "").strip():
+            return fail("Name: cannot be blank")
+        for field, said in (("name", "Name"), ("external_id", "External id")):
+            value = str(item.get(field) or "").lower()
+            if value and any(
+                str(o.get(field) or "").lower() == value and o["id"] != own
+                for o in self.organizations.values()
+            ):
+                return fail(f"{said}: has already been taken")
+        values = [*item.values(), *(item.get("organization_fields") or {}).values()]
+        if any(
+            str(v).lower() in self.reject_values for v in values if v is not None and not isinstance(v, dict)
+        ):
+            return fail("Organization fields: a value is not valid")
+        return None
+
+    def _apply_organization(self, held: dict[str, Any], item: dict[str, Any]) -> None:
+        for name, value in item.items():
+            if name == "organization_fields":
+                held["organization_fields"].update(value or {})
+            else:
+                held[name] = value
+
     def _find(self, user: dict[str, Any]) -> int | None:
         for field in ("external_id", "email"):
             value = user.get(field)
@@ -324,4 +417,29 @@ class ZendeskFake(LoopbackServer, Knobs):
         return "/api/v2/users/" in (request.url or "")
 
 
+class ZendeskOrganizationsFake(ZendeskFake):
+    """The same account, as the contract suites see a sync of organizations."""
+
+    variant = "organizations"
+
+    def destination(self) -> dict[str, Any]:
+        return {**super().destination(), "object": "organizations"}
+
+    def mapping(self, generic: dict[str, Any], key_column: str) -> dict[str, Any]:
+        # found by external_id (the model's key), named after it (names are unique too)
+        return {
+            "external_id": key_column,
+            "name": {"column": key_column, "transform": "string"},
+            **{f"organization_fields.{name}": source for name, source in generic.items()},
+        }
+
+    def records(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"id": str(o["id"]), **o["organization_fields"]} for o in self.organizations.values()]
+
+    def writes(self, request: requests.PreparedRequest) -> bool:
+        return "/api/v2/organizations/" in (request.url or "") and request.method != "GET"
+
+
 FAKE = ZendeskFake
+FAKES = [ZendeskFake, ZendeskOrganizationsFake]

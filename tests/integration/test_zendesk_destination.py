@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from syncback.cli import main
-from syncback.destinations.base import Change
+from syncback.destinations.base import Change, JobFailed
 from syncback.destinations.zendesk.client import ZendeskDestination
 from syncback.errors import ConfigError
 from syncback.spec import load_project
@@ -197,6 +197,14 @@ def test_a_wrong_address_is_a_systemic_error_naming_the_subdomain(
             "destination.api_token: missing; give email and api_token",
         ),
         ({"destination_extra": {"subdomian": "acme"}}, "(allowed: api_token, base_url, concurrency, email"),
+        (
+            {"destination_extra": {"object": "organizations", "identify_by": "email"}},
+            "organizations are found by external_id only",
+        ),
+        (
+            {"destination_extra": {"object": "organizations"}},
+            "mapping.email: a Zendesk organization has no field 'email'",
+        ),
     ],
 )
 def test_validate_names_the_field_and_the_fix(
@@ -212,12 +220,14 @@ def test_validate_names_the_field_and_the_fix(
 def test_results_are_matched_by_position_or_by_index() -> None:
     changes = [Change(str(i), "upsert", "h", {"external_id": i, "name": "n"}) for i in range(3)]
     client = ZendeskDestination.__new__(ZendeskDestination)
+    client._kind = "user"
     ordered = [
         {"id": 10, "status": "Created"},
         {"id": 11, "status": "Updated"},
         {"status": "Failed", "error": "E"},
     ]
-    outcomes = client._job_outcomes("j", changes, {"status": "completed", "results": ordered})
+    whole = [("j", [0, 1, 2])]
+    outcomes = client._job_outcomes(whole, changes, {"j": {"status": "completed", "results": ordered}})
     assert isinstance(outcomes, list)
     assert [(o.status, o.destination_id, o.created) for o in outcomes] == [
         ("delivered", "10", True),
@@ -225,17 +235,22 @@ def test_results_are_matched_by_position_or_by_index() -> None:
         ("rejected", None, None),
     ]
     indexed = [{"index": 2, "id": 12, "status": "Created"}, {"index": 0, "id": 10, "status": "Updated"}]
-    outcomes = client._job_outcomes("j", changes, {"status": "completed", "results": indexed})
+    outcomes = client._job_outcomes(whole, changes, {"j": {"status": "completed", "results": indexed}})
     assert isinstance(outcomes, list)
     assert [o.destination_id for o in outcomes] == ["10", None, "12"]
     assert outcomes[1].reason == "Zendesk's job did not report this user"
 
 
+@pytest.mark.parametrize("kind", ["users", "organizations"])
 def test_a_zendesk_sync_runs_through_the_state_machine(
-    tmp_path: Path, zendesk: ZendeskFake, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, zendesk: ZendeskFake, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
+    if kind == "organizations":  # one that exists: its batch is two jobs, an update and a create
+        zendesk.organizations[1] = {"id": 1, "name": "Acme", "external_id": "3", "organization_fields": {}}
+    spec = destination(zendesk, object=kind)
+    mapping = MAPPING if kind == "users" else ORGANIZATION_MAPPING
     for _ in mocked_aws(monkeypatch):
-        root = project(tmp_path, zendesk, rows=300, batch_size=100)
+        root = project(tmp_path, zendesk, rows=300, batch_size=100, destination=spec, mapping=mapping)
         stack = build_stack(load_project(root), None, monkeypatch)  # the real Zendesk client
         execution = stack.run()
         assert execution["status"] == "SUCCEEDED", execution
@@ -243,4 +258,80 @@ def test_a_zendesk_sync_runs_through_the_state_machine(
         assert (run["status"], run["delivered"]) == ("succeeded", 300)
         # each batch: one pass submits its job, later passes poll it; the waits were the state machine's
         assert stack.invocations.count("deliver") >= 6
-        assert len(active(zendesk)) == 300 and len(snapshot(stack.rt.project)) == 300
+        held = active(zendesk) if kind == "users" else organizations(zendesk)
+        assert len(held) == 300 and len(snapshot(stack.rt.project)) == 300
+
+
+# ---- organizations -----------------------------------------------------------------------------
+
+ORGANIZATION_MAPPING = {
+    "external_id": "customer_id",
+    "name": "first_name",
+    "organization_fields.lead_score": "lead_score",
+}
+
+
+def organizations(fake: ZendeskFake) -> dict[str, dict[str, Any]]:
+    return {str(o["external_id"]): o for o in fake.organizations.values()}
+
+
+def test_organizations_are_found_by_external_id_updated_by_id_or_created_and_deleted_in_jobs(
+    tmp_path: Path, zendesk: ZendeskFake, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given an organization a person made, with the external_id of row 3
+    zendesk.organizations[1] = {"id": 1, "name": "Acme", "external_id": "3", "organization_fields": {}}
+    spec = destination(zendesk, object="organizations")
+    root = project(tmp_path, zendesk, rows=150, destination=spec, mapping=ORGANIZATION_MAPPING)
+    # When the sync runs: Then each 100 are looked up in one request; row 3's is updated by its id
+    # and the rest created: 3 jobs (the first 100: one update, one create; the last 50: one create)
+    code, summary = run_json(root, capsys)
+    assert code == 0 and (summary["delivered"], summary["rejected"]) == (150, 0), summary
+    orgs = organizations(zendesk)
+    assert len(orgs) == 150 and zendesk.counts["created"] == 149 and zendesk.counts["jobs"] == 3
+    assert (orgs["3"]["id"], orgs["3"]["name"]) == (1, "First3")
+    assert orgs["7"]["organization_fields"] == {"lead_score": 7}
+    # When ten rows leave the model (row 3 among them) and one changes: Then the nine this sync
+    # created are deleted, the person's is kept, and the changed one is updated by its id
+    rows = [r for r in contacts_rows(160) if r[0] not in range(1, 11)]
+    rows[0] = (11, "x@example.com", "Renamed", 99, None)
+    write_contacts(root / "wh.duckdb", rows)
+    code, summary = run_json(root, capsys)
+    assert code == 0 and summary["planned"]["removed"] == 10, summary
+    orgs = organizations(zendesk)
+    assert set(orgs) == {str(i) for i in range(11, 161)} | {"3"}
+    assert orgs["11"]["name"] == "Renamed" and zendesk.counts["created"] == 159
+
+
+def test_an_organization_whose_name_another_holds_is_refused_with_zendesks_reason(
+    tmp_path: Path, zendesk: ZendeskFake, capsys: pytest.CaptureFixture[str]
+) -> None:
+    zendesk.organizations[1] = {"id": 1, "name": "first5", "external_id": None, "organization_fields": {}}
+    spec = destination(zendesk, object="organizations")
+    root = project(tmp_path, zendesk, rows=8, destination=spec, mapping=ORGANIZATION_MAPPING)
+    code, summary = run_json(root, capsys)
+    assert code == 1 and (summary["delivered"], summary["rejected"]) == (7, 1), summary
+    assert summary["rejected_sample"] == [
+        {"key": "5", "reason": "OrganizationUpdateError: Name: has already been taken"}
+    ]
+
+
+def test_a_submission_of_two_jobs_waits_for_both_and_is_submitted_again_if_one_fails() -> None:
+    changes = [Change(str(i), "upsert", "h", {"external_id": i, "name": "n"}) for i in range(3)]
+    client = ZendeskDestination.__new__(ZendeskDestination)
+    client._kind = "organization"
+    parts = [("u", [1]), ("c", [0, 2])]
+    done = {"status": "completed", "results": [{"id": 5, "status": "Updated"}]}
+    created = {
+        "status": "completed",
+        "results": [{"id": 6, "status": "Created"}, {"id": 7, "status": "Created"}],
+    }
+    assert client._job_outcomes(parts, changes, {"u": done, "c": {"status": "working"}}) is None
+    failed = client._job_outcomes(parts, changes, {"u": done, "c": {"status": "failed", "message": "x"}})
+    assert isinstance(failed, JobFailed)
+    outcomes = client._job_outcomes(parts, changes, {"u": done, "c": created})
+    assert isinstance(outcomes, list)
+    assert [(o.key, o.destination_id, o.created) for o in outcomes] == [
+        ("0", "6", True),
+        ("1", "5", False),
+        ("2", "7", True),
+    ]

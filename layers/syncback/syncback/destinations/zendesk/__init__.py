@@ -1,4 +1,4 @@
-"""Zendesk Support users, written in background jobs: the spec's ``type: zendesk``."""
+"""Zendesk Support users or organizations, written in background jobs: the spec's ``type: zendesk``."""
 
 from __future__ import annotations
 
@@ -32,16 +32,29 @@ USER_FIELDS = (
     "organization_id",
     "tags",
 )
+#: the organization fields a sync may write besides custom ones (``organization_fields.<key>``)
+ORGANIZATION_FIELDS = (
+    "name",
+    "external_id",
+    "details",
+    "notes",
+    "domain_names",
+    "group_id",
+    "shared_tickets",
+    "shared_comments",
+    "tags",
+)
+FIELDS = {"users": USER_FIELDS, "organizations": ORGANIZATION_FIELDS}
 
 
 class ZendeskDestinationConfig(DestinationBase):
-    """Zendesk Support users, created or updated in bulk jobs of at most 100."""
+    """Zendesk Support users or organizations, created or updated in bulk jobs of at most 100."""
 
     type: Literal["zendesk"]
     subdomain: str = Field(description="the account: yourcompany in yourcompany.zendesk.com")
-    object: Literal["users"] = "users"
+    object: Literal["users", "organizations"] = Field("users", description="what a record is")
     identify_by: Literal["external_id", "email"] = Field(
-        "external_id", description="the user field that finds a user (map it)"
+        "external_id", description="the field that finds a record (map it); organizations: external_id"
     )
     email: str | None = Field(None, description="the agent the API token belongs to (with api_token)")
     api_token: SecretRef | None = Field(None, description="an API token, as env:NAME or secret:NAME")
@@ -64,6 +77,10 @@ class ZendeskDestinationConfig(DestinationBase):
 
     @model_validator(mode="after")
     def _one_credential(self) -> ZendeskDestinationConfig:
+        if self.object == "organizations" and self.identify_by != "external_id":
+            raise ValueError(
+                "destination.identify_by: organizations are found by external_id only (they have no e-mail)"
+            )
         if self.api_token is not None and self.oauth_token is not None:
             raise ValueError("destination: give either email and api_token or oauth_token, not both")
         if self.api_token is None and self.oauth_token is None:
@@ -108,20 +125,20 @@ def _build(sync: SyncSpec, secrets: SecretResolver, session: requests.Session) -
 def _check_sync(sync: SyncSpec) -> list[tuple[str, str]]:
     assert isinstance(sync.destination, ZendeskDestinationConfig)
     problems = []
+    kind = sync.destination.object.removesuffix("s")  # user, organization
+    fields, custom = FIELDS[sync.destination.object], f"{kind}_fields."
     for name in sorted(sync.mapping):
-        if name not in USER_FIELDS and not (
-            name.startswith("user_fields.") and len(name) > len("user_fields.")
-        ):
+        if name not in fields and not (name.startswith(custom) and len(name) > len(custom)):
             problems.append(
                 (
                     f"mapping.{name}",
-                    f"a Zendesk user has no field {name!r}; map one of {', '.join(USER_FIELDS)}, "
-                    "or a custom field as user_fields.<its key>",
+                    f"a Zendesk {kind} has no field {name!r}; map one of {', '.join(fields)}, "
+                    f"or a custom field as {custom}<its key>",
                 )
             )
     for needed, why in (
-        (sync.destination.identify_by, "destination.identify_by finds users by it"),
-        ("name", "Zendesk creates no user without one"),
+        (sync.destination.identify_by, f"destination.identify_by finds {kind}s by it"),
+        ("name", f"Zendesk creates no {kind} without one"),
     ):
         if needed not in sync.mapping:
             problems.append(("mapping", f"the mapping has no field {needed!r} ({why}); map a column to it"))

@@ -1,11 +1,18 @@
-"""Zendesk Support users in bulk jobs: submit at most 100 users, poll the job, read its results.
+"""Zendesk Support users or organizations in bulk jobs: submit at most 100, poll the job, read its
+results.
 
-- written by identifier: ``POST /api/v2/users/create_or_update_many.json`` (each user found by its
-  ``external_id`` or ``email``, else created);
+- users written by identifier: ``POST /api/v2/users/create_or_update_many.json`` (each user found by
+  its ``external_id`` or ``email``, else created);
+- organizations written by identifier: Zendesk has no bulk create-or-update of organizations, so
+  their ids are first looked up, ``GET /api/v2/organizations/show_many.json?external_ids=`` (at
+  most 100, in one request); those found are updated by id in one job, the others created,
+  ``POST /api/v2/organizations/create_many.json``, in another: the batch's handle names both jobs
+  and which changes each carries;
 - written by the Zendesk id this sync recorded (an identifier that changed, fields to clear):
-  ``PUT /api/v2/users/update_many.json``;
-- removed (mirror): ``DELETE /api/v2/users/destroy_many.json?ids=``, a soft delete: the user's
-  tickets stay, showing the user as deleted;
+  ``PUT /api/v2/{users|organizations}/update_many.json``;
+- removed (mirror): ``DELETE /api/v2/{users|organizations}/destroy_many.json?ids=``: a user is soft
+  deleted (their tickets stay, showing the user as deleted); an organization is deleted (its users
+  and tickets stay, in no organization);
 - each answers a ``job_status``; ``GET /api/v2/job_statuses/show_many.json?ids=`` (every job
   under way, in one request) says of each ``queued``,
   ``working``, ``completed`` (with one result per user, in request order: ``Created``,
@@ -15,6 +22,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,13 +40,15 @@ from syncback.errors import (
 )
 
 MAX_USERS = 100
-#: a job that needs no request: changes that name no Zendesk user to touch
+#: a job that needs no request: changes that name no Zendesk record to touch
 NOTHING = "-"
-_NO_ID = "no Zendesk id was recorded for this user; nothing to do"
+#: a handle of jobs that carry parts of one submission: JSON of [[job id, [change index, ...]], ...]
+_PARTS = "["
 
 
 class ZendeskDestination:
-    """Writes one sync's records to Zendesk users, a job per request."""
+    """Writes one sync's records to Zendesk users or organizations, a job per request (two for
+    organizations some of which exist and some not)."""
 
     max_batch_size = MAX_USERS
 
@@ -50,7 +60,9 @@ class ZendeskDestination:
         session: requests.Session | None = None,
     ) -> None:
         self.config = config
-        self.max_jobs = max_jobs
+        self._object, self._kind = config.object, config.object.removesuffix("s")
+        # a submission of organizations may take two of the account's jobs
+        self.max_jobs = max_jobs if config.object == "users" else max(1, max_jobs // 2)
         self.poll_s = config.poll_s
         self._session = session or requests.Session()
         self._session.headers.update({"Authorization": authorization, "Content-Type": "application/json"})
@@ -63,28 +75,24 @@ class ZendeskDestination:
 
     def submit(self, changes: Sequence[Change], scope: str = "") -> str:
         if not changes or len(changes) > MAX_USERS:
-            raise ValueError(f"Zendesk takes 1 to {MAX_USERS} users a job, got {len(changes)}")
+            raise ValueError(f"Zendesk takes 1 to {MAX_USERS} {self._object} a job, got {len(changes)}")
         first = changes[0]
         if first.destination_id is None and first.action != "upsert":
-            return NOTHING  # archive, clear or release a user we hold no id of
+            return NOTHING  # archive, clear or release a record we hold no id of
         if first.action == "archive":
             ids = ",".join(str(c.destination_id) for c in changes)
-            response = self._request("DELETE", "users/destroy_many.json", params={"ids": ids})
-        elif first.destination_id is not None:
-            users = [{**_user(c), "id": int(str(c.destination_id))} for c in changes]
-            response = self._request("PUT", "users/update_many.json", json={"users": users})
-        else:
-            response = self._request(
-                "POST", "users/create_or_update_many.json", json={"users": [_user(c) for c in changes]}
+            return self._job("DELETE", "destroy_many", changes, params={"ids": ids})
+        if first.destination_id is not None:
+            return self._update(changes, [str(c.destination_id) for c in changes])
+        if self._object == "users":
+            return self._job(
+                "POST", "create_or_update_many", changes, json={"users": list(map(self._fields, changes))}
             )
-        self._raise_for_request(response, changes)
-        job = _json(response).get("job_status") or {}
-        if not job.get("id"):
-            raise DestinationUnavailable("Zendesk queued no job (its answer has no job_status id)")
-        return str(job["id"])
+        return self._create_or_update_organizations(changes)
 
     def results(self, jobs: Sequence[tuple[str, Sequence[Change]]]) -> list[list[Outcome] | JobFailed | None]:
-        asked = [job for job, _ in jobs if job != NOTHING]
+        parts = [_parts(job, len(changes)) for job, changes in jobs]
+        asked = sorted({job for each in parts for job, _ in each if job != NOTHING})
         found: dict[str, dict[str, Any]] = {}
         if asked:  # every job in one request
             response = self._request("GET", "job_statuses/show_many.json", params={"ids": ",".join(asked)})
@@ -92,23 +100,89 @@ class ZendeskDestination:
             found = {
                 str(s.get("id")): s for s in _json(response).get("job_statuses") or [] if isinstance(s, dict)
             }
-        return [self._job_outcomes(job, changes, found.get(job)) for job, changes in jobs]
+        return [
+            self._job_outcomes(each, changes, found) for each, (_, changes) in zip(parts, jobs, strict=True)
+        ]
 
     def _job_outcomes(
-        self, job: str, changes: Sequence[Change], status: dict[str, Any] | None
+        self, parts: list[tuple[str, list[int]]], changes: Sequence[Change], found: dict[str, dict[str, Any]]
     ) -> list[Outcome] | JobFailed | None:
-        if job == NOTHING:
-            return [Outcome(c.key, "skipped", reason=_NO_ID) for c in changes]
-        if status is None:
-            return JobFailed(f"Zendesk no longer knows job {job} (job statuses are kept one day)")
-        state = status.get("status")
-        if state in ("queued", "working"):
-            return None
-        if state != "completed":
-            message = redact(str(status.get("message") or ""), changes)[:200]
-            return JobFailed(f"Zendesk job {job} ended {state}: {message}")
-        results = status.get("results") or []
-        return [self._outcome(change, _result_for(i, results)) for i, change in enumerate(changes)]
+        """Return the outcomes of a submission once every job of it is done (None before): one job
+        that ended without its work fails the whole submission, which is submitted again."""
+        outcomes: dict[int, Outcome] = {}
+        for job, indexes in parts:
+            if job == NOTHING:
+                why = f"no Zendesk id was recorded for this {self._kind}; nothing to do"
+                outcomes.update((i, Outcome(changes[i].key, "skipped", reason=why)) for i in indexes)
+                continue
+            status = found.get(job)
+            if status is None:
+                return JobFailed(f"Zendesk no longer knows job {job} (job statuses are kept one day)")
+            state = status.get("status")
+            if state in ("queued", "working"):
+                return None
+            if state != "completed":
+                message = redact(str(status.get("message") or ""), changes)[:200]
+                return JobFailed(f"Zendesk job {job} ended {state}: {message}")
+            results = status.get("results") or []
+            for n, i in enumerate(indexes):
+                outcomes[i] = self._outcome(changes[i], _result_for(n, results))
+        return [outcomes[i] for i in range(len(changes))]
+
+    def _update(self, changes: Sequence[Change], ids: Sequence[str]) -> str:
+        items = [{**self._fields(c), "id": int(i)} for c, i in zip(changes, ids, strict=True)]
+        return self._job("PUT", "update_many", changes, json={self._object: items})
+
+    def _create_or_update_organizations(self, changes: Sequence[Change]) -> str:
+        """Look the organizations up by external_id; update those found by id, create the others."""
+        wanted = {_lower(c.record.get("external_id")) for c in changes} - {""}
+        # an external_id holding a comma cannot be looked up in a list: it is created, and Zendesk
+        # refuses it, with its reason, if it exists
+        listed = sorted(w for w in wanted if "," not in w)
+        ids: dict[str, str] = {}
+        if listed:
+            response = self._request(
+                "GET", "organizations/show_many.json", params={"external_ids": ",".join(listed)}
+            )
+            self._raise_for_request(response, changes)
+            for item in _json(response).get("organizations") or []:
+                if isinstance(item, dict) and item.get("id") is not None:
+                    ids[_lower(item.get("external_id"))] = str(item["id"])
+        found = [i for i, c in enumerate(changes) if _lower(c.record.get("external_id")) in ids]
+        missing = [i for i in range(len(changes)) if i not in set(found)]
+        parts: list[tuple[str, list[int]]] = []
+        if found:
+            chosen = [changes[i] for i in found]
+            parts.append(
+                (self._update(chosen, [ids[_lower(c.record.get("external_id"))] for c in chosen]), found)
+            )
+        if missing:
+            chosen = [changes[i] for i in missing]
+            items = list(map(self._fields, chosen))
+            parts.append((self._job("POST", "create_many", chosen, json={"organizations": items}), missing))
+        return (
+            parts[0][0] if len(parts) == 1 and parts[0][1] == list(range(len(changes))) else json.dumps(parts)
+        )
+
+    def _job(self, method: str, endpoint: str, changes: Sequence[Change], **kwargs: Any) -> str:
+        """Ask for a job on ``{object}/{endpoint}.json``; return its id."""
+        response = self._request(method, f"{self._object}/{endpoint}.json", **kwargs)
+        self._raise_for_request(response, changes)
+        job = _json(response).get("job_status") or {}
+        if not job.get("id"):
+            raise DestinationUnavailable("Zendesk queued no job (its answer has no job_status id)")
+        return str(job["id"])
+
+    def _fields(self, change: Change) -> dict[str, Any]:
+        """Return the object a change writes: its standard fields, custom ones under ``{kind}_fields``."""
+        custom = f"{self._kind}_fields"
+        item: dict[str, Any] = {}
+        for name, value in change.record.items():
+            if name.startswith(f"{custom}."):
+                item.setdefault(custom, {})[name.removeprefix(f"{custom}.")] = value
+            else:
+                item[name] = value
+        return item
 
     def close(self) -> None:
         self._session.close()
@@ -132,7 +206,7 @@ class ZendeskDestination:
         if status in (401, 403):
             raise DestinationAuthError(
                 f"{said}: {message or response.reason}. Check the API token (or OAuth token), the agent's "
-                "e-mail, that token access is on, and that the agent may manage users"
+                f"e-mail, that token access is on, and that the agent may manage {self._object}"
             )
         if status == 429:
             raise RateLimited(f"{said}: {message or 'rate limit reached'}", retry_after(response) or 60.0)
@@ -140,14 +214,14 @@ class ZendeskDestination:
             raise DestinationUnavailable(f"{said}: {message}", retry_after(response))
         if status in (404, 405) or 300 <= status < 400:
             raise SystemicError(
-                f"{said}; no Zendesk users API at this address: check destination.subdomain",
+                f"{said}; no Zendesk {self._object} API at this address: check destination.subdomain",
                 "destination.subdomain",
             )
         raise RequestRejected(f"{said}: {message}")
 
     def _outcome(self, change: Change, result: dict[str, Any] | None) -> Outcome:
         if result is None:
-            return Outcome(change.key, "rejected", reason="Zendesk's job did not report this user")
+            return Outcome(change.key, "rejected", reason=f"Zendesk's job did not report this {self._kind}")
         state = str(result.get("status", ""))
         if state == "Failed" or result.get("success") is False:
             error = redact(f"{result.get('error', 'Failed')}: {result.get('details', '')}", [change])[:500]
@@ -169,15 +243,16 @@ class ZendeskDestination:
         )
 
 
-def _user(change: Change) -> dict[str, Any]:
-    """Return the user object of a change: its standard fields, and custom ones under user_fields."""
-    user: dict[str, Any] = {}
-    for name, value in change.record.items():
-        if name.startswith("user_fields."):
-            user.setdefault("user_fields", {})[name.removeprefix("user_fields.")] = value
-        else:
-            user[name] = value
-    return user
+def _parts(job: str, size: int) -> list[tuple[str, list[int]]]:
+    """Return the jobs of a submission's handle, each with the indexes of the changes it carries."""
+    if job.startswith(_PARTS):
+        return [(str(part), [int(i) for i in indexes]) for part, indexes in json.loads(job)]
+    return [(job, list(range(size)))]
+
+
+def _lower(value: Any) -> str:
+    """Return an external_id as Zendesk compares them: case-insensitively."""
+    return "" if value is None else str(value).lower()
 
 
 def _result_for(index: int, results: list[Any]) -> dict[str, Any] | None:
