@@ -34,6 +34,8 @@ class Fake:
     env: ClassVar[dict[str, str]] = {}
     #: whether a person can create records beside the sync's (mirror must never remove those)
     by_hand: ClassVar[bool] = False
+    #: whether a person can delete a record the sync wrote (``delete_by_hand``)
+    deletes_by_hand: ClassVar[bool] = True
 
     def __enter__(self) -> Fake:
         return self
@@ -80,6 +82,11 @@ class Fake:
     def create_by_hand(self, email: str) -> str:
         """Create a record as a person would, holding ``email``; return its id."""
         raise NotImplementedError(f"{self.name} has no records made by hand")
+
+    def delete_by_hand(self, record_id: str) -> None:
+        """Delete a record as a person would, in the destination's own way (None: it has no records
+        a person can delete; the suites then leave this fault out)."""
+        raise NotImplementedError(f"{self.name} has no records to delete by hand")
 
     def writes(self, request: requests.PreparedRequest) -> bool:
         """Whether ``request`` writes records (where a lost answer leaves work syncback never learns of)."""

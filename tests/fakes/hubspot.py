@@ -85,6 +85,15 @@ class HubSpotFake(Fake):
         assert response.status_code == 201, response.text
         return str(response.json()["results"][0]["id"])
 
+    def delete_by_hand(self, record_id: str) -> None:
+        response = requests.post(
+            f"{self.sandbox.url}/crm/v3/objects/contacts/batch/archive",
+            json={"inputs": [{"id": record_id}]},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=5,
+        )
+        assert response.status_code == 204, response.text
+
     def writes(self, request: requests.PreparedRequest) -> bool:
         return "/batch/" in (request.url or "")
 

@@ -403,6 +403,10 @@ class SalesforceFake(LoopbackServer, Knobs):
                 (rid, dict(r)) for rid, r in self.store.items() if r["type"] == OBJECT and not r["deleted"]
             ]
 
+    def delete_by_hand(self, record_id: str) -> None:
+        with self._lock:
+            self._delete(record_id)  # to the recycle bin, where upserts by external ID do not look
+
     def writes(self, request: requests.PreparedRequest) -> bool:
         return "/composite/sobjects" in (request.url or "")
 

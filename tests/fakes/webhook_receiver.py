@@ -240,6 +240,7 @@ class WebhookFake(Fake):
 
     name = "webhook"
     env = {"CONTRACT_WEBHOOK_SECRET": SECRET}
+    deletes_by_hand = False  # a receiver keeps what it is sent; syncback holds no id of it
 
     def __init__(self) -> None:
         self.receiver = WebhookReceiver(secret=SECRET)

@@ -413,6 +413,10 @@ class ZendeskFake(LoopbackServer, Knobs):
         with self._lock:
             return [{"id": str(u["id"]), **u["user_fields"]} for u in self.users.values() if u["active"]]
 
+    def delete_by_hand(self, record_id: str) -> None:
+        with self._lock:
+            self._destroy({"id": record_id})
+
     def writes(self, request: requests.PreparedRequest) -> bool:
         return "/api/v2/users/" in (request.url or "")
 
@@ -436,6 +440,10 @@ class ZendeskOrganizationsFake(ZendeskFake):
     def records(self) -> list[dict[str, Any]]:
         with self._lock:
             return [{"id": str(o["id"]), **o["organization_fields"]} for o in self.organizations.values()]
+
+    def delete_by_hand(self, record_id: str) -> None:
+        with self._lock:
+            self._destroy_organization({"id": record_id})
 
     def writes(self, request: requests.PreparedRequest) -> bool:
         return "/api/v2/organizations/" in (request.url or "") and request.method != "GET"

@@ -10,12 +10,14 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from syncback.batches import LocalBatchStore
 from syncback.delivery import RetryPolicy
 from syncback.runner import Runtime, commit_run, deliver_batch, new_run_id, plan_run, run_sync
 from syncback.spec import load_project
 from syncback.state import LocalStateStore, RunRecord
-from tests.conftest import contacts_rows, write_project
+from tests.conftest import contacts_rows, write_contacts, write_project
 from tests.fakes.contract import Fake
 
 ROWS = 1_200
@@ -122,3 +124,27 @@ def test_a_failed_run_keeps_what_was_delivered(tmp_path: Path, fake: Fake) -> No
     record = commit_run(rt, "contacts", run_id, error="DestinationAuthError: token revoked")
     assert (record.status, record.delivered, record.undelivered) == ("failed", 300, 450)
     assert run_sync(rt, "contacts").planned["unchanged"] == 300
+
+
+def test_a_record_deleted_in_the_destination_is_written_again_when_its_row_changes(
+    tmp_path: Path, fake: Fake
+) -> None:
+    if not fake.deletes_by_hand:
+        pytest.skip(f"{fake.name} keeps no record a person could delete")
+    rows = contacts_rows(30)
+    rt = runtime(tmp_path, fake, rows)
+    assert run_sync(rt, "contacts").delivered == 30
+    # Given two records someone deleted in the destination
+    for record in fake.records():
+        if str(record["customer_id"]) in ("3", "4"):
+            fake.delete_by_hand(record["id"])
+    # When their rows change: Then each is written again, by its identifier, not refused for a
+    # record that is gone (the snapshot's id), and the next run has nothing to do
+    rows[2] = (3, "user3@example.com", "Three", 33, None)
+    rows[3] = (4, "user4@example.com", "Four", 44, None)
+    write_contacts(tmp_path / "wh.duckdb", rows)
+    record = run_sync(rt, "contacts")
+    assert (record.status, record.delivered, record.rejected) == ("succeeded", 2, 0), record.error
+    held = {str(r["customer_id"]): r for r in fake.records()}
+    assert len(held) == 30 and held["3"]["firstname"] == fake.stored("firstname", "Three")
+    assert run_sync(rt, "contacts").planned["unchanged"] == 30

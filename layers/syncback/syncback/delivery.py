@@ -10,6 +10,7 @@ plans it again next time). Authentication failures stop the run.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import random
 import threading
 import time
@@ -351,9 +352,11 @@ class Delivery:
             elif done is None:
                 batch.jobs.append(job)
             else:
-                batch.report(_one_per_change(chunk, done))
-                self._on_progress(len(chunk))
-                batch.answer(job["keys"])
+                outcomes, again = _gone(chunk, _one_per_change(chunk, done))
+                batch.by_key.update((c.key, c) for c in again)  # submitted again, by identifier
+                batch.report(outcomes)
+                self._on_progress(len(outcomes))
+                batch.answer([o.key for o in outcomes])
         for batch in batches:
             skipped = batch.skip_not_sent()
             self._on_progress(len(skipped))
@@ -415,11 +418,13 @@ class Delivery:
 
     def _send(self, chunk: Sequence[Change], scope: str) -> list[Outcome]:
         try:
-            return _one_per_change(chunk, self._with_retries(self._write, chunk, scope))
+            outcomes = _one_per_change(chunk, self._with_retries(self._write, chunk, scope))
         except _Interrupted:
             return self._undelivered(chunk)
         except RequestRejected as exc:
             return self._split(chunk, scope, exc)
+        outcomes, again = _gone(chunk, outcomes)
+        return outcomes + (self._send(again, scope) if again else [])
 
     def _split(self, chunk: Sequence[Change], scope: str, refused: RequestRejected) -> list[Outcome]:
         """Find the records a refused request holds at fault, level by level of halves; raise
@@ -499,6 +504,27 @@ def _requests(changes: Sequence[Change]) -> list[list[Change]]:
         kind = "archive" if change.action == "archive" else "write"
         groups.setdefault((kind, change.destination_id is not None), []).append(change)
     return list(groups.values())
+
+
+def _gone(chunk: Sequence[Change], outcomes: list[Outcome]) -> tuple[list[Outcome], list[Change]]:
+    """Split off the outcomes ``gone`` (a write by id found no record): return the other outcomes,
+    and the upserts to write again by identifier, without the dead id. A change with nothing left to
+    write (clear, release, archive) is skipped: its record is not there."""
+    gone = {o.key for o in outcomes if o.status == "gone"}
+    again = [
+        dataclasses.replace(c, destination_id=None)
+        for c in chunk
+        if c.key in gone and c.action == "upsert" and c.destination_id is not None
+    ]
+    resent = {c.key for c in again}
+    kept = [
+        Outcome(o.key, "skipped", reason=o.reason or "no longer in the destination; nothing to do")
+        if o.status == "gone"
+        else o
+        for o in outcomes
+        if o.key not in resent
+    ]
+    return kept, again
 
 
 def _one_per_change(chunk: Sequence[Change], outcomes: list[Outcome]) -> list[Outcome]:

@@ -37,8 +37,10 @@ from typing_extensions import TypeIs
 Action = Literal["upsert", "archive", "clear", "release", "forget", "keep"]
 #: the actions that write fields of an existing or new record
 WRITES = ("upsert", "clear", "release")
-#: undelivered: the delivery stopped before sending it (the next run plans it again)
-Status = Literal["delivered", "rejected", "skipped", "undelivered"]
+#: undelivered: the delivery stopped before sending it (the next run plans it again); gone: a write
+#: by the destination's id found no record (someone deleted it there): the delivery writes it again
+#: by its identifier, so no receipt ever holds this status
+Status = Literal["delivered", "rejected", "skipped", "undelivered", "gone"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,6 @@ from syncback.errors import (
 MAX_INPUTS = 100
 _EXISTING_ID = re.compile(r"Existing ID: ?(\d+)")
 _WRITE_ENDPOINT = {"upsert": "upsert", "mirror": "upsert", "update": "update", "insert": "create"}
-_GONE = "the HubSpot record this sync wrote is gone"
 
 
 class HubSpotDestination:
@@ -84,28 +83,14 @@ class HubSpotDestination:
     def _write_by_id(self, changes: Sequence[Change]) -> list[Outcome]:
         """Update records by the HubSpot id the snapshot holds: an identifier that changed moves
         with its record instead of making a second one. A record deleted in HubSpot since is
-        written again by its identifier (mode update: only where one exists)."""
+        answered ``gone``: the delivery writes it again by its identifier."""
         inputs = [
             {"id": c.destination_id, "properties": _properties(c), "objectWriteTraceId": c.key}
             for c in changes
         ]
         response = self._post("update", {"inputs": inputs})
         self._raise_for_request(response, changes)
-        outcomes = self._outcomes(changes, response, created=None)
-        gone = [o.key for o in outcomes if o.reason == _GONE]
-        if not gone:
-            return outcomes
-        again = {c.key: Change(c.key, c.action, c.row_hash, c.record, None, c.identity) for c in changes}
-        written = {
-            o.key: o
-            for o in self._write_by_identifier([again[k] for k in gone if again[k].action == "upsert"])
-        }
-        return [
-            written.get(o.key) or Outcome(o.key, "skipped", reason="no longer in HubSpot; nothing to clear")
-            if o.reason == _GONE
-            else o
-            for o in outcomes
-        ]
+        return self._outcomes(changes, response, created=None)
 
     def _input(self, change: Change, endpoint: str) -> dict[str, Any]:
         item: dict[str, Any] = {"properties": _properties(change), "objectWriteTraceId": change.key}
@@ -258,7 +243,7 @@ class HubSpotDestination:
         # HubSpot quotes the values it refused; reasons are kept and shown, values must not be
         message = redact(str(error.get("message", "")), sent)[:500]
         if category == "OBJECT_NOT_FOUND" and sent and sent[0].destination_id is not None:
-            return Outcome(key, "skipped", reason=_GONE)
+            return Outcome(key, "gone", reason="no longer in HubSpot")
         if category == "OBJECT_NOT_FOUND" and self.mode == "update":
             return Outcome(key, "skipped", reason="not in HubSpot; mode update changes existing records only")
         return Outcome(key, "rejected", reason=f"{category}: {message}")

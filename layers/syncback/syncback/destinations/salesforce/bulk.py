@@ -118,6 +118,9 @@ class SalesforceBulk(OrgClient):
             return Outcome(change.key, "undelivered", reason="UNABLE_TO_LOCK_ROW: the next run sends it")
         if error.startswith("ENTITY_IS_DELETED") and change.action == "archive":
             return Outcome(change.key, "delivered", change.destination_id, created=False)
+        if error.startswith("ENTITY_IS_DELETED") and change.destination_id is not None:
+            # deleted in Salesforce since: the delivery writes it again by its external ID
+            return Outcome(change.key, "gone", reason="ENTITY_IS_DELETED: deleted in Salesforce")
         from syncback.destinations.http import redact
 
         return Outcome(change.key, "rejected", reason=redact(error, [change])[:500])

@@ -273,6 +273,9 @@ class SalesforceDestination(OrgClient):
             return None
         if "ENTITY_IS_DELETED" in codes and change.action == "archive":
             return Outcome(change.key, "delivered", change.destination_id, created=False)
+        if "ENTITY_IS_DELETED" in codes and change.destination_id is not None:
+            # deleted in Salesforce since: the delivery writes it again by its external ID
+            return Outcome(change.key, "gone", reason="ENTITY_IS_DELETED: deleted in Salesforce")
         reason = "; ".join(
             f"{e.get('statusCode', 'ERROR')}: {e.get('message', '')}"
             + (f" ({', '.join(map(str, e['fields']))})" if e.get("fields") else "")

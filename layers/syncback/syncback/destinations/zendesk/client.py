@@ -11,8 +11,7 @@ results.
 - written by the Zendesk id this sync recorded (an identifier that changed, fields to clear):
   ``PUT /api/v2/{users|organizations}/update_many.json``;
 - removed (mirror): ``DELETE /api/v2/{users|organizations}/destroy_many.json?ids=``: a user is soft
-  deleted (their tickets stay, showing the user as deleted); an organization is deleted (its users
-  and tickets stay, in no organization);
+  deleted (their tickets stay, showing the user as deleted); an organization is deleted for good;
 - each answers a ``job_status``; ``GET /api/v2/job_statuses/show_many.json?ids=`` (every job
   under way, in one request) says of each ``queued``,
   ``working``, ``completed`` (with one result per user, in request order: ``Created``,
@@ -226,13 +225,13 @@ class ZendeskDestination:
         if state == "Failed" or result.get("success") is False:
             error = redact(f"{result.get('error', 'Failed')}: {result.get('details', '')}", [change])[:500]
             if "RecordNotFound" in error and change.destination_id is not None:
-                # deleted in Zendesk since: mirror has nothing left to remove; a write is refused
-                # with Zendesk's reason (README: a user deleted by hand)
+                # deleted in Zendesk since: mirror has nothing left to remove; a write goes again by
+                # its identifier (the delivery sees to it)
                 if change.action == "archive":
                     return Outcome(
                         change.key, "delivered", change.destination_id, reason=error, created=False
                     )
-                return Outcome(change.key, "rejected", change.destination_id, reason=error)
+                return Outcome(change.key, "gone", reason=error)
             return Outcome(change.key, "rejected", reason=error)
         user_id = result.get("id")
         return Outcome(
