@@ -105,7 +105,8 @@ class World:
     rows: dict[int, Row] = field(default_factory=dict)
     order: int = 0
     extra: bool = False
-    # records written by requests whose answer was lost: ids the destination made, or webhook keys
+    # records written by requests whose answer was lost that syncback cannot know of: ids the
+    # destination made, records made by hand the write found by its identifier, or webhook keys
     lost: set[str] = field(default_factory=set)
     by_hand: set[str] = field(default_factory=set)  # ids of records a person created
     fake: Fake = field(init=False)
@@ -276,10 +277,13 @@ class World:
                 session: requests.Session, request: requests.PreparedRequest, **kwargs: Any
             ) -> requests.Response:
                 writes = self.fake.writes(request)
-                before = {o["id"] for o in self.records()} if writes else set()
+                before = {o["id"]: o for o in self.records()} if writes else {}
                 response = real_send(session, request, **kwargs)
                 if writes and due():
-                    self.lost |= self.fake.lost(request, response, before)
+                    self.lost |= self.fake.lost(request, response, set(before))
+                    # a record made by hand that the request wrote: syncback never knew its id
+                    after = {o["id"]: o for o in self.records()}
+                    self.lost |= {i for i in self.by_hand & set(after) if after[i] != before.get(i)}
                     raise Killed(point)
                 return response
 
