@@ -46,7 +46,7 @@ def schedules_template(project: Project) -> dict[str, Any]:
                 "Target": {
                     "Arn": {"Ref": "StateMachineArn"},
                     "RoleArn": {"Ref": "SchedulerRoleArn"},
-                    "Input": json.dumps({"sync": name, "full_resync": False}),
+                    "Input": json.dumps({"sync": name, "full_resync": False, "trigger": "schedule"}),
                     "RetryPolicy": {"MaximumRetryAttempts": 3, "MaximumEventAgeInSeconds": 3600},
                 },
             },

@@ -42,6 +42,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         request.request.full_resync,
         SETTINGS.max_concurrency,
         run_deadline(request.started_at, SETTINGS.run_timeout_s),
+        request.request.trigger,
     )
     metrics.add_dimension("sync", request.sync)
     metrics.add_metric("planned", MetricUnit.Count, started.changes)

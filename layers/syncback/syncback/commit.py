@@ -14,15 +14,16 @@ import datetime as dt
 import json
 import logging
 import secrets as random_tokens
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from syncback.batch_delivery import answers
 from syncback.batches import BatchRef, LocalBatchStore, change_from_json, plan_key, receipt_key
 from syncback.delivery import Delivery
 from syncback.destinations.base import Change, Outcome
-from syncback.destinations.registry import destination_target
+from syncback.destinations.registry import destination_target, identifier_fields
 from syncback.errors import RunInProgress
+from syncback.history import log_outcomes, log_run
 from syncback.planner import PlanResult
 from syncback.runtime import Runtime, utcnow
 from syncback.snapshot import apply_outcomes, outcome_stage, read_snapshot, stage_rows
@@ -96,31 +97,42 @@ def commit_run(
     """
     sync = rt.project.sync(sync_name)
     plan = PlanResult.from_json(rt.store.get_json(plan_key(sync_name, run_id)))
-    record = RunRecord(sync_name, run_id, "succeeded", plan.started_at, planned=planned(plan), error=error)
+    record = RunRecord(
+        sync_name,
+        run_id,
+        "succeeded",
+        plan.started_at,
+        planned=planned(plan),
+        error=error,
+        trigger=plan.trigger,
+    )
     record.invalid_sample = [{"key": r.key, "reason": r.reason} for r in plan.invalid_sample]
-    stopped_by: list[str] = []
+    tables = rt.tables(sync)
     with rt.warehouse(sync) as warehouse:
-        stage = outcome_stage(warehouse, rt.tables(sync))
+        stage = outcome_stage(warehouse, tables)
         try:
-            stopped_by += _stage_batches(rt, warehouse, stage, plan, sent)
+            stopped_by = _stage_batches(rt, warehouse, stage, plan, sent)
             _count(warehouse, stage, plan, record)
             _keep_dead_letters(rt, warehouse, stage, plan, record)
-            apply_outcomes(warehouse, rt.tables(sync), stage, run_id, plan.target, utcnow())
+            now = utcnow()
+            log_outcomes(warehouse, tables, stage, run_id, plan.target, *_fields_sent(sync), now)
+            apply_outcomes(warehouse, tables, stage, run_id, plan.target, now)
         finally:
             warehouse.execute(f"drop table if exists {stage}")
-    if stopped_by and (error is None or error.startswith("States.")):
-        # the state machine knows only that a batch failed; its receipt says why
-        error = stopped_by[0] + (f" (and {len(stopped_by) - 1} more batches)" if len(stopped_by) > 1 else "")
-        record.error = error
-    record.settled = True
-    record.error = record.error or _invalid_rows(plan, sync.guards.max_invalid_pct)
-    if cancelled:
-        record.status = "cancelled"
-    elif error is not None or _all_invalid(plan):
-        record.status = "failed"
-    elif record.rejected or record.undelivered or record.error:
-        record.status = "partial"
-    finish(record)
+        if stopped_by and (error is None or error.startswith("States.")):
+            # the state machine knows only that a batch failed; its receipt says why
+            more = f" (and {len(stopped_by) - 1} more batches)" if len(stopped_by) > 1 else ""
+            error = record.error = stopped_by[0] + more
+        record.settled = True
+        record.error = record.error or _invalid_rows(plan, sync.guards.max_invalid_pct)
+        if cancelled:
+            record.status = "cancelled"
+        elif error is not None or _all_invalid(plan):
+            record.status = "failed"
+        elif record.rejected or record.undelivered or record.error:
+            record.status = "partial"
+        finish(record)
+        log_run(warehouse, tables, record, rt.project.config.state.retention_days)
     rt.state.record_run(record)
     log.info(
         "committed",
@@ -152,8 +164,25 @@ def _stage_batches(
             stopped_by += _receipt_error(path.read_bytes())
         elif sent is None or ref.key in sent:
             stopped_by += _stage_batch(rt, warehouse, stage, plan, index, ref)
+        else:  # never sent: logged as undelivered, and nothing more
+            changes = map(change_from_json, rt.store.get_json(ref.key)["changes"])
+            not_sent = Outcome("", "undelivered", reason="not sent: the run stopped before this batch")
+            stage_rows(
+                warehouse,
+                stage,
+                (
+                    outcome_row(replace(not_sent, key=c.key), c, ref.phase, plan.version, index)
+                    for c in changes
+                ),
+            )
     warehouse.stage_outcome_files(stage, files)
     return stopped_by
+
+
+def _fields_sent(sync: SyncSpec) -> tuple[list[str], list[str]]:
+    """Return the fields a write sends, and those a removal that clears fields empties."""
+    identifiers = set(identifier_fields(sync))
+    return sorted(sync.mapping), sorted(name for name in sync.mapping if name not in identifiers)
 
 
 def _receipt_error(text: bytes) -> list[str]:
@@ -373,6 +402,7 @@ def _replay(
     rt: Runtime, sync: SyncSpec, letters: list[DeadLetter], replay_id: str, target: str, result: ReplayResult
 ) -> ReplayResult:
     sync_name = sync.name
+    started = utcnow()
     with rt.warehouse(sync) as warehouse:
         newest: dict[str, DeadLetter] = {}
         for letter in letters:
@@ -402,12 +432,27 @@ def _replay(
                 again.append(dead_letter(sync_name, letter.run_id, letter.version, target, change, outcome))
             result.delivered += outcome.status == "delivered"
             rows.append(outcome_row(outcome, change, seq=0, version=letter.version, batch=0))
-        stage = outcome_stage(warehouse, rt.tables(sync))
+        tables = rt.tables(sync)
+        stage = outcome_stage(warehouse, tables)
         try:
             stage_rows(warehouse, stage, rows)
-            apply_outcomes(warehouse, rt.tables(sync), stage, replay_id, target, utcnow())
+            now = utcnow()
+            log_outcomes(warehouse, tables, stage, replay_id, target, *_fields_sent(sync), now)
+            apply_outcomes(warehouse, tables, stage, replay_id, target, now)
         finally:
             warehouse.execute(f"drop table if exists {stage}")
+        record = RunRecord(
+            sync_name,
+            replay_id,
+            "partial" if result.rejected else "succeeded",
+            started.isoformat(),
+            delivered=result.delivered,
+            rejected=result.rejected,
+            skipped=len(outcomes) - result.delivered - result.rejected,
+            trigger="replay",
+        )
+        finish(record)
+        log_run(warehouse, tables, record, rt.project.config.state.retention_days)
     rejected_keys = {d.key for d in again}
     rt.state.resolve_dead_letters(sync_name, [d.key for d in letters if d.key not in rejected_keys])
     rt.state.put_dead_letters(sync_name, again)

@@ -33,6 +33,7 @@ from syncback.batches import BatchRef, BatchStore, batch_key, change_from_json, 
 from syncback.destinations.base import Change
 from syncback.destinations.registry import destination_target, identifier_fields, kind_of
 from syncback.errors import GuardError, ModelError
+from syncback.history import log_invalid
 from syncback.mapping import MappingQuery, describe, model_problems
 from syncback.snapshot import SNAPSHOT_COLUMNS, SnapshotTables, ensure_snapshot, same_target
 from syncback.spec import SyncSpec
@@ -75,6 +76,7 @@ class PlanResult:
     version: int = 0
     target: str = ""
     deferred: int = 0  # changes left for the next run (max_changes_per_run)
+    trigger: str = ""  # what started the run (RunRecord.trigger)
     started_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
     batches: list[BatchRef] = field(default_factory=list)
     invalid_sample: list[InvalidRow] = field(default_factory=list)
@@ -94,6 +96,7 @@ class PlanResult:
             version=data.get("version", 0),
             target=data.get("target", ""),
             deferred=data.get("deferred", 0),
+            trigger=data.get("trigger", ""),
             started_at=data["started_at"],
             batches=[BatchRef(**b) for b in data["batches"]],
             invalid_sample=[InvalidRow(**r) for r in data["invalid_sample"]],
@@ -127,8 +130,10 @@ class Planner:
         full_resync: bool = False,
         sample_changes: int = 0,
         started_at: str | None = None,
+        trigger: str = "",
     ) -> PlanResult:
-        """Diff the model against the snapshot; write batches to ``store`` (None: a dry run)."""
+        """Diff the model against the snapshot; write batches to ``store`` (None: a dry run, which
+        also logs nothing)."""
         query = self._mapping_query()
         ensure_snapshot(self.warehouse, self.tables)
         table, writes = self.tables.scratch("plan"), self.tables.scratch("writes")
@@ -136,6 +141,9 @@ class Planner:
             self.warehouse.create_scratch_as(table, self._plan_sql(query, full_resync))
             result = self._count(table, run_id, full_resync)
             result.started_at = started_at or result.started_at
+            result.trigger = trigger
+            if store is not None:
+                log_invalid(self.warehouse, self.tables, table, run_id, dt.datetime.now(dt.UTC))
             self._check_guards(result)
             source = self._writes_source(table, writes, query, result)
             self._write_batches(table, source, result, store, sample_changes)

@@ -29,13 +29,20 @@ log = logging.getLogger("syncback")
 
 
 def plan_run(
-    rt: Runtime, sync_name: str, run_id: str, full_resync: bool = False, started: str | None = None
+    rt: Runtime,
+    sync_name: str,
+    run_id: str,
+    full_resync: bool = False,
+    started: str | None = None,
+    trigger: str = "",
 ) -> PlanResult:
     """Plan a run and write its batches; the snapshot is untouched."""
     sync = rt.project.sync(sync_name)
     with rt.warehouse(sync) as warehouse:
         planner = Planner(sync, warehouse, rt.project.config.state.schema_)
-        plan = planner.plan(run_id, rt.store, full_resync, started_at=started or utcnow().isoformat())
+        plan = planner.plan(
+            run_id, rt.store, full_resync, started_at=started or utcnow().isoformat(), trigger=trigger
+        )
     log.info(
         "planned",
         extra={"sync": sync_name, "run_id": run_id, "counts": planned(plan), "batches": len(plan.batches)},
@@ -66,6 +73,7 @@ def run_sync(
     full_resync: bool = False,
     progress: Progress | None = None,
     interrupt: Interrupt | None = None,
+    trigger: str = "cli",
 ) -> RunRecord:
     """Run one sync here and now: plan, deliver every batch (phase by phase, in parallel), commit.
 
@@ -86,12 +94,14 @@ def run_sync(
         return end_unsettled(rt, sync_name, run_id, started.isoformat(), "skipped", str(exc))
     committed = False
     try:
-        rt.state.record_run(RunRecord(sync_name, run_id, "running", started.isoformat(), settled=False))
+        rt.state.record_run(
+            RunRecord(sync_name, run_id, "running", started.isoformat(), settled=False, trigger=trigger)
+        )
         with rt.holding(sync):
             recover(rt, sync_name, run_id)
             destination = rt.destination(sync)  # first: a missing secret stops the run before a query
             try:
-                plan = plan_run(rt, sync_name, run_id, full_resync, started.isoformat())
+                plan = plan_run(rt, sync_name, run_id, full_resync, started.isoformat(), trigger)
                 progress.start(plan.counts.changes)
                 error, sent = None, set[str]()
                 for phase in PHASES:

@@ -79,6 +79,16 @@ class SnapshotTables:
     def snapshot(self) -> str:
         return f"{self.schema}.snapshot__{self.sync}"
 
+    @property
+    def runs(self) -> str:
+        """The project's run log (``history``)."""
+        return f"{self.schema}.sync_runs"
+
+    @property
+    def changelog(self) -> str:
+        """The project's change log (``history``)."""
+        return f"{self.schema}.sync_changelog"
+
     def scratch(self, purpose: str) -> str:
         """Return a fresh table name for one plan, commit or replay (never shared between two)."""
         return f"{self.schema}.{purpose}__{self.sync}__{secrets.token_hex(4)}"

@@ -82,6 +82,9 @@ class StateConfig(Strict):
     warehouse: str = Field(description="which warehouse holds the snapshot tables")
     schema_: str = Field("syncback", alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     path: str = Field(".syncback", description="local run history and dead letters, relative to the project")
+    retention_days: int = Field(
+        400, ge=1, description="days the warehouse's sync_runs and sync_changelog keep a run's rows"
+    )
 
 
 class ProjectConfig(Strict):

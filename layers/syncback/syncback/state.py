@@ -41,6 +41,8 @@ class RunRecord:
     #: what it delivered is in the snapshot (or it delivered nothing); an unsettled run that ended
     #: (killed, its commit failed) is committed by the next run of the sync before it plans
     settled: bool = True
+    #: what started it: cli, schedule, queue, dbt, request (a direct call), replay
+    trigger: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -69,6 +69,7 @@ def start_run(
     full_resync: bool,
     max_concurrency: int,
     deadline: str = "",
+    trigger: str = "",
 ) -> StartedRun:
     """Take the sync's lock, record the run as running, commit what earlier runs left, plan, write
     the manifests. A skipped or permanently failed start is recorded, then raised for the state
@@ -82,9 +83,9 @@ def start_run(
         state.record_run(RunRecord(sync, run_id, "skipped", started, finished_at=started, error=str(exc)))
         raise
     try:
-        state.record_run(RunRecord(sync, run_id, "running", started, settled=False))
+        state.record_run(RunRecord(sync, run_id, "running", started, settled=False, trigger=trigger))
         recover(rt, sync, run_id)
-        plan = plan_run(rt, sync, run_id, full_resync)
+        plan = plan_run(rt, sync, run_id, full_resync, trigger=trigger)
         for phase in PHASES:
             rt.store.put_json(manifest_key(sync, run_id, phase), manifest(plan, phase))
     except PermanentError as exc:
@@ -144,6 +145,9 @@ class SyncRequest(BaseModel):
 
     sync: str
     full_resync: bool = False
+    #: what asks: schedule (the template's schedules), queue (an SQS sync request), dbt (a dbt run's
+    #: results), request (a direct call)
+    trigger: str = "request"
 
 
 def requested_runs(event: Mapping[str, Any], rt: Runtime) -> list[SyncRequest]:
@@ -156,9 +160,14 @@ def requested_runs(event: Mapping[str, Any], rt: Runtime) -> list[SyncRequest]:
         requests = [SyncRequest.model_validate(event)]
     elif event.get("source") == "aws.s3":
         run_results = rt.store.get_json(event["detail"]["object"]["key"])
-        requests = [SyncRequest(sync=name) for name in syncs_named_by_dbt(rt.project, run_results)]
+        requests = [
+            SyncRequest(sync=name, trigger="dbt") for name in syncs_named_by_dbt(rt.project, run_results)
+        ]
     else:
-        requests = [SyncRequest.model_validate_json(r["body"]) for r in event.get("Records", [])]
+        requests = [
+            SyncRequest.model_validate({"trigger": "queue", **json.loads(r["body"])})
+            for r in event.get("Records", [])
+        ]
     for request in requests:
         rt.project.sync(request.sync)
     return requests

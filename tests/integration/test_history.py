@@ -1,0 +1,196 @@
+"""The record in the warehouse: sync_runs and sync_changelog, written by every commit and replay,
+on DuckDB (through the CLI and the HubSpot sandbox) and on Snowflake SQL (fakesnow); the README's
+example queries run against what a run wrote."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import fakesnow
+import pytest
+
+from syncback.batches import LocalBatchStore
+from syncback.cli import main
+from syncback.commit import commit_run
+from syncback.destinations.base import Change
+from syncback.history import log_invalid, log_outcomes, log_run
+from syncback.runner import Runtime, deliver_batch, new_run_id, plan_run
+from syncback.sandbox.hubspot import Faults, HubSpotSandbox
+from syncback.secrets import SecretResolver
+from syncback.snapshot import SnapshotTables, outcome_stage, stage_rows
+from syncback.spec import load_project
+from syncback.state import LocalStateStore, RunRecord
+from syncback.warehouses.snowflake import SnowflakeWarehouse
+from tests.conftest import BASE_SYNC, contacts_rows, write_contacts, write_project
+from tests.integration.test_snowflake_warehouse import PASSWORD_ENV, snowflake_config
+
+ROOT = Path(__file__).resolve().parents[2]
+# fakesnow's own warning about how it copies DuckDB results; nothing of ours
+pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
+FIELDS = "email,firstname,lead_score,ltv,source"
+
+
+@pytest.fixture
+def sandbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[HubSpotSandbox]:
+    monkeypatch.setenv("HUBSPOT_TOKEN", "t")
+    with HubSpotSandbox(token="t", requests_per_window=None) as server:
+        yield server
+
+
+def project(root: Path, sandbox: HubSpotSandbox, rows: list[tuple[Any, ...]]) -> Path:
+    destination = {**BASE_SYNC["destination"], "base_url": sandbox.url}
+    return write_project(root, {**BASE_SYNC, "destination": destination}, rows)
+
+
+def query(root: Path, sql: str) -> list[tuple[Any, ...]]:
+    con = duckdb.connect(str(root / "wh.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def changelog(root: Path, run: int) -> dict[str, tuple[Any, ...]]:
+    """Return the change log of the ``run``-th run (1 = the first), by key."""
+    run_id = query(root, "select run_id from syncback.sync_runs order by started_at")[run - 1][0]
+    rows = query(
+        root,
+        "select key, change, status, reason, destination_id, fields from syncback.sync_changelog "
+        f"where run_id = '{run_id}'",
+    )
+    return {str(key): tuple(rest) for key, *rest in rows}
+
+
+def test_every_run_and_every_planned_record_is_in_the_warehouse_without_values(
+    tmp_path: Path, sandbox: HubSpotSandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given six contacts and one without an email (invalid), and HubSpot refusing user3
+    rows = [*contacts_rows(6), (7, None, "No email", 1, None)]
+    root = project(tmp_path, sandbox, rows)
+    sandbox.set_faults(Faults(reject_values={"user3@example.com"}))
+    # When the sync runs
+    main(["--project", str(root), "run", "contacts"])
+    # Then its run is a row, with what started it and its counts
+    assert query(
+        root,
+        'select status, "trigger", added, invalid, delivered, rejected, error is null from syncback.sync_runs',
+    ) == [("partial", "cli", 6, 1, 5, 1, False)]
+    # and each planned record is a row: the delivered with their HubSpot id, the refused and the
+    # invalid with their reasons, the fields sent by name
+    first = changelog(root, 1)
+    assert set(first) == {"1", "2", "3", "4", "5", "6", "7"}
+    assert first["1"][:2] == ("added", "delivered") and first["1"][3] and first["1"][4] == FIELDS
+    assert first["3"][:2] == ("added", "rejected") and "VALIDATION_ERROR" in first["3"][2]
+    assert first["7"][:2] == ("added", "invalid") and "email" in first["7"][2]
+    # and never a value
+    text = json.dumps(query(root, "select * from syncback.sync_changelog"), default=str)
+    assert "@example.com" not in text and "First1" not in text
+
+    # When the refusal is fixed and the dead letter replayed: Then the replay is a run of its own
+    sandbox.set_faults(Faults())
+    capsys.readouterr()
+    assert main(["--project", str(root), "dlq", "replay", "contacts"]) == 0
+    assert query(
+        root, """select status, "trigger", delivered from syncback.sync_runs where "trigger" = 'replay'"""
+    ) == [("succeeded", "replay", 1)]
+    replayed = changelog(root, 2)
+    assert replayed == {"3": ("added", "delivered", None, replayed["3"][3], FIELDS)}
+
+    # Given a row older than the retention (400 days), When the next run changes one row and
+    # loses another (upsert mode: forgotten, not archived)
+    con = duckdb.connect(str(root / "wh.duckdb"))
+    con.execute(
+        "insert into syncback.sync_changelog values ('contacts', 'old', '1', 'added', 'delivered', "
+        "null, null, '2020-01-01 00:00:00', '')"
+    )
+    con.close()
+    write_contacts(
+        root / "wh.duckdb", [(1, "user1@example.com", "Renamed", 1, 1.5), *contacts_rows(4, 3), rows[-1]]
+    )
+    main(["--project", str(root), "run", "contacts"])
+    # Then the changed and the removed rows say so, and the old row is pruned
+    third = changelog(root, 3)
+    assert third["1"][:2] == ("changed", "delivered") and third["2"][:2] == ("removed", "skipped")
+    assert third["2"][4] == "" and set(third) == {"1", "2", "7"}
+    assert query(root, "select count(*) from syncback.sync_changelog where run_id = 'old'") == [(0,)]
+
+
+def readme_queries() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("**The record in the warehouse.**") : text.index("**Every run** ends")]
+    return re.findall(r"```sql\n(.*?)```", section, re.S)
+
+
+def test_the_readme_queries_answer_from_what_a_run_wrote(tmp_path: Path, sandbox: HubSpotSandbox) -> None:
+    root = project(tmp_path, sandbox, contacts_rows(5))
+    sandbox.set_faults(Faults(reject_values={"user2@example.com"}))
+    main(["--project", str(root), "run", "contacts"])
+    main(["--project", str(root), "run", "contacts"])
+    queries = readme_queries()
+    assert len(queries) == 4
+    answers = [query(root, q.replace("contacts_to_hubspot", "contacts")) for q in queries]
+    sent, rejected_twice, subject, last = answers
+    assert len(sent) == 4 and {row[1] for row in sent} == {"1", "3", "4", "5"}
+    assert [(row[0], row[1]) for row in rejected_twice] == [("contacts", "2")]
+    assert subject[0][0] == "contacts" and subject[0][3] == FIELDS
+    assert [(row[0], row[2], row[3]) for row in last] == [("contacts", "partial", "cli")]
+
+
+def test_a_commit_done_twice_logs_its_run_once(tmp_path: Path, sandbox: HubSpotSandbox) -> None:
+    root = project(tmp_path, sandbox, contacts_rows(120))
+    loaded = load_project(root)
+    rt = Runtime(loaded, LocalBatchStore(loaded.state_path), LocalStateStore(loaded.state_path))
+    run_id = new_run_id()
+    plan = plan_run(rt, "contacts", run_id, trigger="schedule")
+    deliver_batch(rt, "contacts", plan.batches[0].key)
+    for _ in range(2):  # a commit retried (a Lambda retry, a recovery after a crash)
+        commit_run(rt, "contacts", run_id, sent={plan.batches[0].key})
+    assert query(root, 'select "trigger", delivered, undelivered from syncback.sync_runs') == [
+        ("schedule", 50, 70)
+    ]
+    counts = query(
+        root, "select status, count(*) from syncback.sync_changelog group by status order by status"
+    )
+    # the batches never sent are logged undelivered, once
+    assert counts == [("delivered", 50), ("undelivered", 70)]
+
+
+def test_the_logs_are_written_in_snowflake_sql() -> None:
+    with fakesnow.patch():
+        warehouse = SnowflakeWarehouse(
+            snowflake_config(), SecretResolver(environ=PASSWORD_ENV), name="snowflake"
+        )
+        try:
+            tables = SnapshotTables("syncback", "people")
+            stage = outcome_stage(warehouse, tables)
+            change = Change("k1", "upsert", "h", {"email": "a@x.io"}, None, "a@x.io")
+            row = (change.key, "delivered", "d1", True, change.action, "h", change.identity, None, 1, 1, 0)
+            stage_rows(warehouse, stage, [row])
+            now = dt.datetime(2026, 11, 30, 12, tzinfo=dt.UTC)
+            log_outcomes(warehouse, tables, stage, "run-1", "", ["email"], [], now)
+            warehouse.execute(
+                "create table syncback.plan_x (sb_key varchar, sb_live boolean, sb_reason varchar, s_dest varchar)"
+            )
+            warehouse.execute("insert into syncback.plan_x values ('k2', false, 'email is empty', null)")
+            log_invalid(warehouse, tables, "syncback.plan_x", "run-1", now)
+            record = RunRecord("people", "run-1", "succeeded", now.isoformat(), finished_at=now.isoformat())
+            record.planned, record.delivered, record.trigger = {"added": 1, "invalid": 1}, 1, "schedule"
+            log_run(warehouse, tables, record, 400)
+            log_run(warehouse, tables, record, 400)
+            assert warehouse.fetch_all(
+                'select sync, status, "trigger", added, invalid, delivered from syncback.sync_runs'
+            ) == [("people", "succeeded", "schedule", 1, 1, 1)]
+            assert warehouse.fetch_all(
+                "select key, change, status, reason, destination_id, fields from syncback.sync_changelog order by key"
+            ) == [
+                ("k1", "added", "delivered", None, "d1", "email"),
+                ("k2", "added", "invalid", "email is empty", None, ""),
+            ]
+        finally:
+            warehouse.close()
