@@ -83,6 +83,7 @@ def summary(record: RunRecord) -> dict[str, Any]:
         "error": record.error,
         "invalid_sample": record.invalid_sample,
         "rejected_sample": record.rejected_sample,
+        "warnings": record.warnings,
     }
 
 
@@ -102,6 +103,8 @@ def _print_summary(record: RunRecord) -> None:
         print(f"  invalid    {item['key']}: {item['reason']}")
     for item in record.rejected_sample[:5]:
         print(f"  rejected   {item['key']}: {item['reason']}")
+    for warning in record.warnings:
+        print(f"  warning    {warning}")
     if record.rejected:
         print(
             f"  the rejected records are planned again next run; see them with: syncback dlq list {record.sync}"
@@ -162,21 +165,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
         plan = Planner(sync, warehouse, project.config.state.schema_).plan(
             new_run_id(), None, args.full_resync, sample_changes=args.sample
         )
+    # a data check of severity error that fails would stop a run: the plan says so, and exits 3
+    stops = any(not c["passed"] and c["severity"] == "error" for c in plan.checks)
     if args.json:
         print(json.dumps(plan.to_json(), default=str))
-        return OK
+        return FAILED if stops else OK
     c = plan.counts
     print(f"plan for {sync.name} (dry run: nothing is sent)")
     print(
         f"  added {c.added:,}  changed {c.changed:,}  removed {c.removed:,}  unchanged {c.unchanged:,}  "
         f"invalid {c.invalid:,}  (snapshot holds {plan.snapshot_size:,})"
     )
+    for check in plan.checks:
+        verdict = "pass" if check["passed"] else "FAIL" if check["severity"] == "error" else "warn"
+        print(f"  check    {verdict:<4}  {check['check']}: {check['detail']}")
     for row in plan.invalid_sample:
         print(f"  invalid  {row.key}: {row.reason}")
     for change in plan.change_sample:
         print(
             f"  {change['kind']:<8} {change['key']}: {change['action']} {json.dumps(change['record'])[:200]}"
         )
+    if stops:
+        print("  a run would stop here: a data check of severity error fails")
+        return FAILED
     return OK
 
 

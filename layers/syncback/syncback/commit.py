@@ -107,6 +107,7 @@ def commit_run(
         trigger=plan.trigger,
     )
     record.invalid_sample = [{"key": r.key, "reason": r.reason} for r in plan.invalid_sample]
+    record.warnings = [f"{c['check']}: {c['detail']}" for c in plan.checks if not c["passed"]]
     tables = rt.tables(sync)
     with rt.warehouse(sync) as warehouse:
         stage = outcome_stage(warehouse, tables)

@@ -30,10 +30,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from syncback.batches import BatchRef, BatchStore, batch_key, change_from_json, change_line, dumps, plan_key
+from syncback.checks import CheckResult, evaluate
 from syncback.destinations.base import Change
 from syncback.destinations.registry import destination_target, identifier_fields, kind_of
 from syncback.errors import GuardError, ModelError
-from syncback.history import log_invalid
+from syncback.history import ensure_history, log_invalid
 from syncback.mapping import MappingQuery, describe, model_problems
 from syncback.snapshot import SNAPSHOT_COLUMNS, SnapshotTables, ensure_snapshot, same_target
 from syncback.spec import SyncSpec
@@ -77,6 +78,7 @@ class PlanResult:
     target: str = ""
     deferred: int = 0  # changes left for the next run (max_changes_per_run)
     trigger: str = ""  # what started the run (RunRecord.trigger)
+    checks: list[dict[str, Any]] = field(default_factory=list)  # the data checks' results (CheckResult)
     started_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
     batches: list[BatchRef] = field(default_factory=list)
     invalid_sample: list[InvalidRow] = field(default_factory=list)
@@ -97,6 +99,7 @@ class PlanResult:
             target=data.get("target", ""),
             deferred=data.get("deferred", 0),
             trigger=data.get("trigger", ""),
+            checks=data.get("checks", []),
             started_at=data["started_at"],
             batches=[BatchRef(**b) for b in data["batches"]],
             invalid_sample=[InvalidRow(**r) for r in data["invalid_sample"]],
@@ -122,6 +125,7 @@ class Planner:
         self.identifiers = identifier_fields(sync)
         self.target = destination_target(sync)
         self._emptied = {name: None for name in self.identifiers}  # a release's record
+        self._columns: list[tuple[str, str]] = []  # the model's, as the warehouse describes them
 
     def plan(
         self,
@@ -135,6 +139,7 @@ class Planner:
         """Diff the model against the snapshot; write batches to ``store`` (None: a dry run, which
         also logs nothing)."""
         query = self._mapping_query()
+        checked = self._check_data(store is not None)
         ensure_snapshot(self.warehouse, self.tables)
         table, writes = self.tables.scratch("plan"), self.tables.scratch("writes")
         try:
@@ -142,6 +147,7 @@ class Planner:
             result = self._count(table, run_id, full_resync)
             result.started_at = started_at or result.started_at
             result.trigger = trigger
+            result.checks = [c.to_json() for c in checked]
             if store is not None:
                 log_invalid(self.warehouse, self.tables, table, run_id, dt.datetime.now(dt.UTC))
             self._check_guards(result)
@@ -160,11 +166,42 @@ class Planner:
 
     def _mapping_query(self) -> MappingQuery:
         """Return the mapping as SQL over the model; raise ModelError naming what the model lacks."""
-        described = describe(self.warehouse.columns(self.sync.model_sql), self.warehouse.dialect)
+        self._columns = self.warehouse.columns(self.sync.model_sql)
+        described = describe(self._columns, self.warehouse.dialect)
         problems = model_problems(self.sync, described)
         if problems:
             raise ModelError("; ".join(str(p) for p in problems))
         return MappingQuery(self.sync, described, self.warehouse.dialect, self.identifiers)
+
+    def _check_data(self, stop: bool) -> list[CheckResult]:
+        """Evaluate the sync's data checks over the model; when ``stop`` (a run, not a dry run), a
+        failing check of severity error stops the plan before anything is sent (GuardError)."""
+        if not self.sync.checks:
+            return []
+        ensure_history(self.warehouse, self.tables)
+        last = self.warehouse.fetch_all(
+            f"select added + changed + unchanged + invalid from {self.tables.runs} "
+            "where sync = ? and status in ('succeeded', 'partial') and \"trigger\" <> 'replay' "
+            "order by started_at desc limit 1",
+            [self.sync.name],
+        )
+        results = evaluate(
+            self.warehouse,
+            self.sync.model_sql,
+            [name for name, _ in self._columns],
+            self.sync.checks,
+            int(last[0][0]) if last else None,
+            dt.datetime.now(dt.UTC),
+            f"syncs/{self.sync.name}.yaml",
+        )
+        failed = [r for r in results if not r.passed and r.severity == "error"]
+        if stop and failed:
+            raise GuardError(
+                "data checks failed, nothing was sent: "
+                + "; ".join(f"{r.check} ({r.detail})" for r in failed)
+                + ". Fix the model, or the check in the spec"
+            )
+        return results
 
     def _plan_sql(self, query: MappingQuery, full_resync: bool = False) -> str:
         """Return the query of the plan table: every model row, mapped, checked, beside its snapshot

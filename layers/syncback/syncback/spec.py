@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from syncback.destinations.catalog import REGISTRY
 from syncback.destinations.registry import Mode, sync_problems
 from syncback.errors import ConfigError, Problem
-from syncback.spec_parts import URL_PATTERN, DestinationBase, SecretRef, Strict, secret_ref
+from syncback.spec_parts import URL_PATTERN, Check, DestinationBase, SecretRef, Strict, secret_ref
 
 SYNC_NAME = r"^[a-z][a-z0-9_]{0,62}$"
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*){0,2}$"
@@ -187,6 +187,11 @@ class SyncSpec(Strict):
         ge=1,
         description="send at most this many changes a run; the rest wait for the next run (a first "
         "sync of millions spread over several scheduled runs)",
+    )
+    checks: list[Check] = Field(
+        default_factory=list,
+        description="data checks evaluated in the warehouse before anything is sent; a failing one "
+        "stops the run (severity error) or warns (severity warn)",
     )
 
     @field_validator("mapping", mode="before")

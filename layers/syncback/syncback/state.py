@@ -43,6 +43,8 @@ class RunRecord:
     settled: bool = True
     #: what started it: cli, schedule, queue, dbt, request (a direct call), replay
     trigger: str = ""
+    #: data checks of severity warn that failed (``checks``), each with what it found
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
