@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -17,8 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+import yaml
+
 from syncback.batches import LocalBatchStore
 from syncback.commit import replay
+from syncback.dbt import exposures
 from syncback.delivery import Interrupt
 from syncback.destinations.registry import check_secret, secret_fields
 from syncback.errors import ConfigError, Problem, SecretError, SyncbackError
@@ -28,6 +32,7 @@ from syncback.runner import Progress, run_sync
 from syncback.runtime import Runtime, new_run_id
 from syncback.spec import Project, json_schemas, load_project
 from syncback.state import LocalStateStore, RunRecord
+from syncback.status import statuses
 
 OK, REJECTED, CONFIG, FAILED, CANCELLED = 0, 1, 2, 3, 130
 SCHEMA_DIR = Path(__file__).resolve().parents[3] / "schema"
@@ -260,6 +265,51 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    project = load_project(args.project)
+    found = statuses(project, LocalStateStore(project.state_path), dt.datetime.now(dt.UTC))
+    if args.json:
+        print(json.dumps([s.to_json() for s in found]))
+        return REJECTED if any(s.alerts for s in found) else OK
+    print(
+        f"{'sync':<24} {'owner':<18} {'schedule':<16} {'last run':<10} {'age':>7} {'delivered':>9} {'rejected':>8} {'invalid':>7}"
+    )
+    for s in found:
+        run = s.last_run
+        if run is None:
+            line = f"{'never run':<10} {'':>7} {'':>9} {'':>8} {'':>7}"
+        else:
+            line = (
+                f"{run['status']:<10} {_age(run['age_hours']):>7} {run['delivered']:>9,} {run['rejected']:>8,} "
+                f"{run['planned'].get('invalid', 0):>7,}"
+            )
+        print(
+            f"{_clip(s.sync, 24):<24} {_clip(s.owner or '-', 18):<18} {_clip(s.schedule or '-', 16):<16} {line}"
+        )
+        for alert in s.alerts:
+            print(f"  ALERT  {alert}")
+    open_alerts = sum(len(s.alerts) for s in found)
+    print(f"{len(found)} sync(s), {open_alerts} open alert(s)")
+    return REJECTED if open_alerts else OK
+
+
+def _age(hours: float) -> str:
+    return f"{hours * 60:.0f}m" if hours < 1 else f"{hours:.1f}h" if hours < 48 else f"{hours / 24:.0f}d"
+
+
+def cmd_dbt_exposures(args: argparse.Namespace) -> int:
+    project = load_project(args.project)
+    text = "# written by syncback dbt exposures: do not edit, write it again\n" + yaml.safe_dump(
+        exposures(project), sort_keys=False, allow_unicode=True
+    )
+    if args.out == "-":
+        print(text, end="")
+    else:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}: {len(project.syncs)} exposure(s)")
+    return OK
+
+
 def cmd_dlq_list(args: argparse.Namespace) -> int:
     project = load_project(args.project)
     project.sync(args.sync)
@@ -367,6 +417,31 @@ def parser() -> argparse.ArgumentParser:
     runs = _command(sub, "runs", "run history, newest first, with each failed run's error", cmd_runs)
     runs.add_argument("sync", nargs="?", help="only this sync's runs")
     runs.add_argument("--limit", type=int, default=20, metavar="N", help="show at most N runs (default 20)")
+    status = _command(
+        sub,
+        "status",
+        "every sync: its owner, schedule, last run (status, counts, age) and open alerts",
+        cmd_status,
+        "exit codes:\n  0    no alert is open\n  1    an alert is open (the spec's alerts: a failed run, "
+        "rejected or invalid\n       rows above a share, no successful run for too long)",
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object per sync, in a list")
+    dbt = sub.add_parser(
+        "dbt", help="dbt integration: exposures for dbt docs", description="dbt integration"
+    ).add_subparsers(dest="dbt_command", required=True, metavar="exposures")
+    exposures_ = _command(
+        dbt,
+        "exposures",
+        "write a dbt exposures YAML: one exposure (type application) per sync, with its owner and the "
+        "model table it reads",
+        cmd_dbt_exposures,
+    )
+    exposures_.add_argument(
+        "--out",
+        default="-",
+        metavar="FILE",
+        help="where to write it, e.g. models/syncback_exposures.yml (default: stdout)",
+    )
     dlq = sub.add_parser(
         "dlq",
         help="dead letters: records the destination rejected",

@@ -156,6 +156,23 @@ class Guards(Strict):
     )
 
 
+class Alerts(Strict):
+    """When a sync needs its owner: ``syncback status`` shows the alerts that hold now."""
+
+    on_failure: bool = Field(default=True, description="the last run failed")
+    max_rejected_pct: float | None = Field(
+        default=None, ge=0, le=100, description="more than this % of the last run's records rejected"
+    )
+    max_invalid_pct: float | None = Field(
+        default=None, ge=0, le=100, description="more than this % of the model invalid"
+    )
+    max_hours_without_success: float | None = Field(
+        default=None,
+        gt=0,
+        description="no succeeded or partial run for this many hours (a schedule that stopped)",
+    )
+
+
 class SyncSpec(Strict):
     """One sync: a model, its primary key, a destination, a mode and a mapping."""
 
@@ -188,6 +205,7 @@ class SyncSpec(Strict):
         description="send at most this many changes a run; the rest wait for the next run (a first "
         "sync of millions spread over several scheduled runs)",
     )
+    alerts: Alerts = Field(default_factory=Alerts)
     checks: list[Check] = Field(
         default_factory=list,
         description="data checks evaluated in the warehouse before anything is sent; a failing one "
