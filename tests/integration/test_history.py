@@ -123,7 +123,7 @@ def test_every_run_and_every_planned_record_is_in_the_warehouse_without_values(
 
 def readme_queries() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("**The record in the warehouse.**") : text.index("**Every run** ends")]
+    section = text[text.index("**The record in the warehouse.**") : text.index("**Where every sync stands**")]
     return re.findall(r"```sql\n(.*?)```", section, re.S)
 
 

@@ -77,6 +77,7 @@ def test_happy_path_delivers_every_batch_and_commits(
         "rejected": 0,
         "skipped": 0,
         "undelivered": 0,
+        "planned": {"added": 120, "changed": 0, "removed": 0, "unchanged": 0, "invalid": 0},
     }
     assert sorted(stack.invocations) == ["commit", "deliver", "deliver", "deliver", "plan"]
     assert len(destination.records) == 120 and len(snapshot(project)) == 120
@@ -90,19 +91,26 @@ def test_happy_path_delivers_every_batch_and_commits(
     assert json.loads(again["output"])["run"]["status"] == "succeeded"
     # and each finished run was announced on EventBridge with its counts, never its records
     announced = [json.loads(m["Body"]) for m in stack.drain(stack.finished_queue)]
-    assert sorted((e["detail-type"], e["detail"]["delivered"]) for e in announced) == [
-        ("SyncRun Finished", 0),
-        ("SyncRun Finished", 120),
-    ]
-    assert set(announced[0]["detail"]) == {
+    finished = [e["detail"] for e in announced if e["detail-type"] == "SyncRun Finished"]
+    started = [e["detail"] for e in announced if e["detail-type"] == "SyncRun Started"]
+    assert sorted(e["delivered"] for e in finished) == [0, 120]
+    assert sorted(e["changes"] for e in started) == [0, 120]
+    assert set(finished[0]) == {
+        "schema_version",
         "sync",
         "run_id",
+        "owner",
+        "trigger",
         "status",
+        "planned",
         "delivered",
         "rejected",
         "skipped",
         "undelivered",
     }
+    assert set(started[0]) == {"schema_version", "sync", "run_id", "owner", "trigger", "changes"}
+    assert {e["schema_version"] for e in finished + started} == {"1"}
+    assert {(e["sync"], e["trigger"]) for e in finished + started} == {("contacts", "request")}
 
 
 def test_transient_failure_is_retried_by_the_state_machine_then_succeeds(
@@ -374,7 +382,9 @@ def test_a_failed_deliver_map_still_commits_announces_and_fails_the_execution(
     (record,) = stack.rt.state.runs("contacts")
     assert (record.status, record.delivered, record.undelivered) == ("failed", 0, 60)
     assert record.error and record.error.startswith("States.")
-    (announced,) = [json.loads(m["Body"]) for m in stack.drain(stack.finished_queue)]
+    events = [json.loads(m["Body"]) for m in stack.drain(stack.finished_queue)]
+    assert sorted(e["detail-type"] for e in events) == ["SyncRun Finished", "SyncRun Started"]
+    (announced,) = [e for e in events if e["detail-type"] == "SyncRun Finished"]
     assert announced["detail"]["status"] == "failed"
     # and the lock is free: the next run (manifest restored) delivers everything
     monkeypatch.setattr(stack.rt.store, "put_json", real_put)
@@ -398,7 +408,8 @@ def test_a_destination_that_works_in_jobs_waits_in_the_state_machine_not_in_a_la
     # between them, and the run committed every record's outcome as a synchronous one would
     assert execution["status"] == "SUCCEEDED", execution
     assert sorted(stack.invocations) == ["commit"] + ["deliver"] * 9 + ["plan"]
-    assert json.loads(execution["output"])["run"] == {
+    assert json.loads(execution["output"])["run"] | {"planned": None} == {
+        "planned": None,
         "status": "partial",
         "delivered": 119,
         "rejected": 1,

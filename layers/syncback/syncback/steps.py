@@ -41,6 +41,8 @@ class StartedRun(BaseModel):
     changes: int
     concurrency: int
     deadline: str  # deliveries stop starting requests then, so that Commit runs before the timeout
+    owner: str | None = None  # the sync's, for the run's events
+    trigger: str = ""  # what started the run
 
 
 #: of an execution's timeout, the part kept for Commit (and a last slow request) at the end
@@ -104,6 +106,8 @@ def start_run(
         changes=plan.counts.changes,
         concurrency=concurrency,
         deadline=deadline,
+        owner=rt.project.sync(sync).owner,
+        trigger=trigger,
     )
 
 
