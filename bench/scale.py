@@ -113,12 +113,13 @@ def child(root: str, what: str) -> None:
                 progress = Progress()
             destination = rt.destination(sync)
             started = time.perf_counter()
+            sent: set[str] = set()
             for phase in PHASES:
-                _deliver_all(rt, sync, destination, plan.batches_of(phase), progress, interrupt)
+                _deliver_all(rt, sync, destination, plan.batches_of(phase), progress, interrupt, sent)
             destination.close()
             figures["deliver_s"] = time.perf_counter() - started
             started = time.perf_counter()
-            record = commit_run(rt, "contacts", run_id, cancelled=interrupt.is_set)
+            record = commit_run(rt, "contacts", run_id, cancelled=interrupt.is_set, sent=sent)
             figures["commit_s"] = time.perf_counter() - started
             figures["delivered"] = record.delivered
             figures["undelivered"] = record.undelivered

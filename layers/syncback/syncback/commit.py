@@ -14,7 +14,7 @@ import datetime as dt
 import json
 import logging
 import secrets as random_tokens
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from syncback.batch_delivery import answers
@@ -166,16 +166,13 @@ def _stage_batches(
         elif sent is None or ref.key in sent:
             stopped_by += _stage_batch(rt, warehouse, stage, plan, index, ref)
         else:  # never sent: logged as undelivered, and nothing more
+            why = "not sent: the run stopped before this batch"
             changes = map(change_from_json, rt.store.get_json(ref.key)["changes"])
-            not_sent = Outcome("", "undelivered", reason="not sent: the run stopped before this batch")
-            stage_rows(
-                warehouse,
-                stage,
-                (
-                    outcome_row(replace(not_sent, key=c.key), c, ref.phase, plan.version, index)
-                    for c in changes
-                ),
+            rows = (
+                outcome_row(Outcome(c.key, "undelivered", reason=why), c, ref.phase, plan.version, index)
+                for c in changes
             )
+            stage_rows(warehouse, stage, rows)
     warehouse.stage_outcome_files(stage, files)
     return stopped_by
 
