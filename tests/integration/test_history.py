@@ -161,6 +161,35 @@ def test_a_commit_done_twice_logs_its_run_once(tmp_path: Path, sandbox: HubSpotS
     assert counts == [("delivered", 50), ("undelivered", 70)]
 
 
+def test_batches_never_sent_are_staged_undelivered_in_snowflake_sql(tmp_path: Path) -> None:
+    batch = tmp_path / "00000.json"
+    batch.write_text(
+        json.dumps(
+            {
+                "changes": [
+                    ["k1", "upsert", "h1", None, {"email": "a@x.io"}, "a@x.io"],
+                    ["k2", "archive", None, "d2", {}],
+                ]
+            }
+        )
+    )
+    with fakesnow.patch():
+        warehouse = SnowflakeWarehouse(
+            snowflake_config(), SecretResolver(environ=PASSWORD_ENV), name="snowflake"
+        )
+        try:
+            stage = outcome_stage(warehouse, SnapshotTables("syncback", "people"))
+            warehouse.stage_unsent_files(stage, [(batch, 2, 7, 0)], "not sent")
+            assert warehouse.fetch_all(
+                f"select key, status, destination_id, action, row_hash, identity, reason, seq, version, batch from {stage} order by key"
+            ) == [
+                ("k1", "undelivered", None, "upsert", "h1", "a@x.io", "not sent", 2, 7, 0),
+                ("k2", "undelivered", "d2", "archive", None, None, "not sent", 2, 7, 0),
+            ]
+        finally:
+            warehouse.close()
+
+
 def test_the_logs_are_written_in_snowflake_sql() -> None:
     with fakesnow.patch():
         warehouse = SnowflakeWarehouse(

@@ -158,6 +158,7 @@ def _stage_batches(
     Receipts kept as local files (a local run's) are read by the warehouse all at once."""
     stopped_by: list[str] = []
     files: list[tuple[Path, int, int, int]] = []
+    unsent: list[tuple[Path, int, int, int]] = []
     for index, ref in enumerate(plan.batches):
         if isinstance(rt.store, LocalBatchStore) and rt.store.exists(receipt_key(ref.key)):
             path = rt.store.path(receipt_key(ref.key))
@@ -165,15 +166,10 @@ def _stage_batches(
             stopped_by += _receipt_error(path.read_bytes())
         elif sent is None or ref.key in sent:
             stopped_by += _stage_batch(rt, warehouse, stage, plan, index, ref)
-        else:  # never sent: logged as undelivered, and nothing more
-            why = "not sent: the run stopped before this batch"
-            changes = map(change_from_json, rt.store.get_json(ref.key)["changes"])
-            rows = (
-                outcome_row(Outcome(c.key, "undelivered", reason=why), c, ref.phase, plan.version, index)
-                for c in changes
-            )
-            stage_rows(warehouse, stage, rows)
+        elif isinstance(rt.store, LocalBatchStore):  # never sent: logged as undelivered, nothing more
+            unsent.append((rt.store.path(ref.key), ref.phase, plan.version, index))
     warehouse.stage_outcome_files(stage, files)
+    warehouse.stage_unsent_files(stage, unsent, "not sent: the run stopped before this batch")
     return stopped_by
 
 

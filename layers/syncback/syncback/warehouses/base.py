@@ -55,6 +55,13 @@ class Warehouse(Protocol):
         (a local run's): all at once where the warehouse reads files itself."""
         ...
 
+    def stage_unsent_files(
+        self, table: str, batches: Sequence[tuple[Path, int, int, int]], reason: str
+    ) -> None:
+        """Stage every change of batch files kept locally (each with its seq, version and batch) as
+        ``undelivered`` with ``reason``: the batches a run never sent."""
+        ...
+
     def load_rows(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
         """Insert many rows into an existing table quickly."""
         ...

@@ -92,22 +92,54 @@ class DuckDBWarehouse:
         if not receipts:
             return
         # one statement reads every file, on every thread: twice as fast as a receipt at a time
-        paths = [str(path) for path, *_ in receipts]
-        largest = max(path.stat().st_size for path, *_ in receipts)
+        self._read_files(
+            table,
+            receipts,
+            "o->>0, o->>1, o->>2, cast(o->>4 as boolean), o->>5, o->>6, o->>7, o->>3",
+            "outcomes",
+        )
+
+    def _read_files(
+        self,
+        table: str,
+        files: Sequence[tuple[Path, int, int, int]],
+        row: str,
+        array: str,
+        params: Sequence[Any] = (),
+    ) -> None:
+        """Insert into ``table`` one row (``row``, over ``o``/``c``: an item) per item of each JSON
+        file's ``array``, then the file's seq, version and batch; every file in one statement."""
+        paths = [str(path) for path, *_ in files]
+        largest = max(path.stat().st_size for path, *_ in files)
+        item = array[0]  # o (outcomes), c (changes)
         self._run(
-            f"insert into {table} select o->>0, o->>1, o->>2, cast(o->>4 as boolean), o->>5, o->>6, "
-            "o->>7, o->>3, f.seq, f.version, f.batch from (select filename, unnest(outcomes) as o "
-            "from read_json(?, columns={'outcomes': 'JSON[]'}, filename=true, maximum_object_size=?)) r "
-            "join (select unnest(?) as path, unnest(?) as seq, unnest(?) as version, unnest(?) as batch) f "
-            "on f.path = r.filename",
+            f"insert into {table} select {row}, f.seq, f.version, f.batch from (select filename, "
+            f"unnest({array}) as {item} from read_json(?, columns={{'{array}': 'JSON[]'}}, filename=true, "
+            "maximum_object_size=?)) r join (select unnest(?) as path, unnest(?) as seq, unnest(?) as version, "
+            "unnest(?) as batch) f on f.path = r.filename",
             [
+                *params,
                 paths,
                 largest + 1,
                 paths,
-                [seq for _, seq, _, _ in receipts],
-                [version for _, _, version, _ in receipts],
-                [batch for _, _, _, batch in receipts],
+                [seq for _, seq, _, _ in files],
+                [version for _, _, version, _ in files],
+                [batch for _, _, _, batch in files],
             ],
+        )
+
+    def stage_unsent_files(
+        self, table: str, batches: Sequence[tuple[Path, int, int, int]], reason: str
+    ) -> None:
+        if not batches:
+            return
+        # a change is the array batches.change_to_json writes: key, action, hash, id, record, identity
+        self._read_files(
+            table,
+            batches,
+            "c->>0, 'undelivered', c->>3, cast(null as boolean), c->>1, c->>2, c->>5, ?",
+            "changes",
+            [reason],
         )
 
     def load_rows(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:

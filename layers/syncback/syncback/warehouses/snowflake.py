@@ -32,6 +32,7 @@ would otherwise re-send every record.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -185,6 +186,31 @@ class SnowflakeWarehouse:
     def stage_outcome_files(self, table: str, receipts: Sequence[tuple[Path, int, int, int]]) -> None:
         for path, seq, version, batch in receipts:
             self.stage_outcomes(table, path.read_bytes(), seq, version, batch)
+
+    def stage_unsent_files(
+        self, table: str, batches: Sequence[tuple[Path, int, int, int]], reason: str
+    ) -> None:
+        from syncback.snapshot import OUTCOME_NAMES
+
+        for path, seq, version, batch in batches:
+            changes = json.loads(path.read_bytes())["changes"]
+            rows = [
+                (
+                    c[0],
+                    "undelivered",
+                    c[3],
+                    None,
+                    c[1],
+                    c[2],
+                    c[5] if len(c) > 5 else None,
+                    reason,
+                    seq,
+                    version,
+                    batch,
+                )
+                for c in changes
+            ]
+            self.load_rows(table, OUTCOME_NAMES, rows)
 
     def load_rows(self, table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:
