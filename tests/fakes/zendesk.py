@@ -304,12 +304,16 @@ class ZendeskFake(LoopbackServer, Knobs):
                 for o in self.organizations.values()
             ):
                 return fail(f"{said}: has already been taken")
-        values = [*item.values(), *(item.get("organization_fields") or {}).values()]
-        if any(
-            str(v).lower() in self.reject_values for v in values if v is not None and not isinstance(v, dict)
-        ):
+        if self._rejected(item, "organization_fields"):
             return fail("Organization fields: a value is not valid")
         return None
+
+    def _rejected(self, item: dict[str, Any], custom: str) -> bool:
+        """Whether a standard or custom field of ``item`` holds one of ``reject_values``."""
+        values = [*item.values(), *(item.get(custom) or {}).values()]
+        return any(
+            str(v).lower() in self.reject_values for v in values if v is not None and not isinstance(v, dict)
+        )
 
     def _apply_organization(self, held: dict[str, Any], item: dict[str, Any]) -> None:
         for name, value in item.items():
@@ -334,10 +338,7 @@ class ZendeskFake(LoopbackServer, Knobs):
         email = user.get("email")
         if email not in (None, "") and ("@" not in str(email) or " " in str(email).strip()):
             return fail(f"Email: {email} is not properly formatted")
-        values = [*user.values(), *(user.get("user_fields") or {}).values()]
-        if any(
-            str(v).lower() in self.reject_values for v in values if v is not None and not isinstance(v, dict)
-        ):
+        if self._rejected(user, "user_fields"):
             return fail("User fields: a value is not valid")
         return None
 
