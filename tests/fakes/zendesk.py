@@ -401,13 +401,16 @@ class ZendeskFake(LoopbackServer, Knobs):
             "poll_s": 0.02,
         }
 
+    #: where the generic fields go: the object's custom fields
+    custom = "user_fields"
+
     def mapping(self, generic: dict[str, Any], key_column: str) -> dict[str, Any]:
-        # users are found by external_id (the model's key); a user needs a name; the generic
-        # fields are custom user fields
+        # found by external_id (the model's key) and named after it (a user or an organization
+        # needs a name; an organization's is unique); the generic fields are custom fields
         return {
             "external_id": key_column,
             "name": {"column": key_column, "transform": "string"},
-            **{f"user_fields.{name}": source for name, source in generic.items()},
+            **{f"{self.custom}.{name}": source for name, source in generic.items()},
         }
 
     def records(self) -> list[dict[str, Any]]:
@@ -426,17 +429,10 @@ class ZendeskOrganizationsFake(ZendeskFake):
     """The same account, as the contract suites see a sync of organizations."""
 
     variant = "organizations"
+    custom = "organization_fields"
 
     def destination(self) -> dict[str, Any]:
         return {**super().destination(), "object": "organizations"}
-
-    def mapping(self, generic: dict[str, Any], key_column: str) -> dict[str, Any]:
-        # found by external_id (the model's key), named after it (names are unique too)
-        return {
-            "external_id": key_column,
-            "name": {"column": key_column, "transform": "string"},
-            **{f"organization_fields.{name}": source for name, source in generic.items()},
-        }
 
     def records(self) -> list[dict[str, Any]]:
         with self._lock:
