@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from syncback.aws import handler_runtime as runtime
 from syncback.aws import lambda_tracer
+from syncback.aws import run_runtime as runtime
 from syncback.batch_delivery import deliver_pass
 from syncback.delivery import Interrupt
 from syncback.telemetry import LambdaLogger, Metrics, MetricUnit
@@ -41,7 +41,7 @@ class DeliverEvent(BaseModel):
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
     request = DeliverEvent.model_validate(event)
     logger.append_keys(sync=request.sync, run_id=request.run_id, batch=request.batch)
-    rt = runtime()
+    rt = runtime(request.sync, request.run_id)  # the spec the run was planned with
     # stop starting requests while there is time left to finish one and store the receipt
     reserve = rt.project.sync(request.sync).destination.timeout_s + RECEIPT_S
     left = context.get_remaining_time_in_millis() / 1000 - reserve

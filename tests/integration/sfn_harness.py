@@ -43,7 +43,7 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.dist
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 
-from syncback.aws import LambdaSettings, lambda_runtime
+from syncback.aws import LambdaSettings, lambda_runtime, run_project
 from syncback.delivery import RetryPolicy
 from syncback.destinations.base import Destination
 from syncback.runner import Runtime
@@ -278,6 +278,14 @@ def build_stack(
     handlers = {name: load_handler(name) for name in FUNCTIONS}
     for module in handlers.values():
         monkeypatch.setattr(module, "runtime", lambda: rt)
+    # Deliver works to the spec Plan stored with the run, as in the Lambda
+    monkeypatch.setattr(
+        handlers["deliver"],
+        "runtime",
+        lambda sync, run_id: dataclasses.replace(
+            rt, project=run_project(rt.store, project.root, sync, run_id) or rt.project
+        ),
+    )
     stack = Stack(rt, sfn, sqs, s3, machine, dlq, replay_queue, finished, handlers, [])
     monkeypatch.setattr(
         lambda_eval_utils, "_invoke_lambda_function", in_process_lambda(stack, lambda_concurrency)

@@ -6,6 +6,9 @@ How the stack is built and the handlers are invoked is in ``sfn_harness``.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,13 +17,21 @@ from typing import Any
 import boto3
 import pytest
 
-from syncback.aws import DynamoStateStore, LambdaSettings, S3BatchStore, lambda_runtime
+from syncback.aws import (
+    DynamoStateStore,
+    LambdaSettings,
+    S3BatchStore,
+    lambda_runtime,
+    run_project,
+    run_runtime,
+)
 from syncback.destinations.base import Change, Destination, Outcome
 from syncback.errors import ConfigError, DestinationAuthError, DestinationUnavailable
 from syncback.runner import Runtime
 from syncback.shared_budget import DynamoRateBudget
 from syncback.spec import SyncSpec
-from tests.conftest import ProjectFactory, contacts_rows, write_contacts
+from syncback.steps import start_run
+from tests.conftest import BASE_SYNC, ProjectFactory, contacts_rows, write_contacts, write_project
 from tests.fakes.recording import RecordingDestination
 from tests.integration.sfn_harness import (
     BUCKET,
@@ -309,6 +320,49 @@ def test_the_lambda_runtime_is_built_from_the_environment(aws: None, make_projec
     assert isinstance(rt.state, DynamoStateStore) and rt.state.lease_s == 120 * 60
     assert isinstance(rt.budget(rt.project.sync("contacts")), DynamoRateBudget)
     assert LambdaSettings.from_env({**environ, "SYNCBACK_PROJECT": "/opt"}).project == Path("/opt")
+
+
+def test_a_run_is_delivered_with_the_spec_it_was_planned_with(
+    aws: None, make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a run planned by the Plan handler, whose spec Plan stored beside its batches
+    project = make_project(rows=contacts_rows(3))
+    stack = build_stack(project, lambda sync: RecordingDestination(), monkeypatch)
+    run_id = "20261130T000000Z-abcdef"
+    start_run(stack.rt, BUCKET, "contacts", run_id, full_resync=False, max_concurrency=4)
+    settings = LambdaSettings.from_env()
+    # When the packaged spec changes before the deliveries (a deploy in the middle of the run)
+    changed = {**BASE_SYNC, "destination": {**BASE_SYNC["destination"], "base_url": "http://127.0.0.1:8"}}
+    write_project(project.root, changed)
+    run_runtime.cache_clear()  # a container that had not delivered this run yet
+    # Then the run's deliveries work to the spec it was planned with, validated from JSON, no YAML read
+    pinned = run_runtime("contacts", run_id).project
+    assert pinned.sync("contacts") == project.sync("contacts") and list(pinned.syncs) == ["contacts"]
+    assert pinned.config == project.config and pinned.root == settings.project
+    # And a run planned before Plan stored its spec is delivered with the packaged project
+    packaged = run_runtime("contacts", "20261129T000000Z-000000").project
+    assert packaged.sync("contacts").destination.base_url == "http://127.0.0.1:8"
+    assert run_project(stack.rt.store, project.root, "contacts", "20261129T000000Z-000000") is None
+    run_runtime.cache_clear()
+
+
+def test_the_deliver_handler_imports_neither_yaml_nor_the_warehouse_side() -> None:
+    # a deliver Lambda's cold start: it reads the run's pinned spec, never YAML, never a warehouse
+    script = (
+        "import sys, app; "
+        "print(sorted(m for m in ('yaml', 'duckdb', 'syncback.planner', 'syncback.commit', "
+        "'syncback.warehouses', 'syncback.snapshot', 'botocore') if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "layers" / "syncback"), "POWERTOOLS_TRACE_DISABLED": "true"}
+    found = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT / "functions" / "deliver",
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "[]"
 
 
 def test_dead_letters_can_be_listed_without_consuming_them(

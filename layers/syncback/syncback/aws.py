@@ -25,12 +25,12 @@ from typing import Any, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from syncback.batches import dumps
+from syncback.batches import BatchStore, dumps, spec_key
 from syncback.delivery import Budget
 from syncback.errors import RunInProgress
 from syncback.runtime import Runtime
 from syncback.shared_budget import DynamoRateBudget
-from syncback.spec import load_project
+from syncback.spec import Project, load_project
 from syncback.state import DeadLetter, RunRecord, StateStore
 
 LOCK_SORT_KEY = "#lock"
@@ -269,8 +269,35 @@ def handler_runtime() -> Runtime:
     return lambda_runtime(LambdaSettings.from_env())
 
 
-def lambda_runtime(settings: LambdaSettings) -> Runtime:
-    """Return the Runtime a handler runs against: the packaged project, S3, DynamoDB and SQS."""
+@functools.lru_cache(maxsize=4)
+def run_runtime(sync: str, run_id: str) -> Runtime:
+    """Return the Runtime of one run's deliveries, kept while warm: the spec the run was planned with
+    (see ``run_project``) and this container's stores; the packaged project only for a run planned
+    before Plan stored its spec."""
+    settings = LambdaSettings.from_env()
+    store, state, budget_factory = _services(settings)
+    project = run_project(store, settings.project, sync, run_id) or load_project(settings.project)
+    return Runtime(project=project, store=store, state=state, budget_factory=budget_factory)
+
+
+def run_project(store: BatchStore, root: Path, sync: str, run_id: str) -> Project | None:
+    """Return the one-sync project Plan stored with a run (``Project.pinned``), or None when the run
+    has none. Reading it needs no YAML and validates one sync, not every file of the project."""
+    key = spec_key(sync, run_id)
+    return Project.from_pinned(root, store.get_json(key)) if store.exists(key) else None
+
+
+#: a container's batch store, state store and rate budget factory
+Services = tuple[S3BatchStore, DynamoStateStore, Callable[[str, int, float], Budget] | None]
+
+
+@functools.cache
+def _services(settings: LambdaSettings) -> Services:
+    """Return this container's batch store, state store and rate budgets, made once."""
+    return _connect(settings)
+
+
+def _connect(settings: LambdaSettings) -> Services:
     import boto3  # in the Lambda runtime already; imported here so the engine does not need it
 
     dynamodb = boto3.client("dynamodb")
@@ -282,15 +309,20 @@ def lambda_runtime(settings: LambdaSettings) -> Runtime:
             # one budget per destination account, shared by every concurrent deliver Lambda
             return DynamoRateBudget(table, account, requests, per_seconds, dynamodb)
 
+    store = S3BatchStore(settings.bucket, boto3.client("s3"))
+    state = DynamoStateStore(
+        settings.runs_table,
+        dynamodb,
+        settings.dead_letter_queue_url,
+        boto3.client("sqs"),
+        lease_minutes=settings.lock_lease_minutes,
+    )
+    return store, state, budget_factory
+
+
+def lambda_runtime(settings: LambdaSettings) -> Runtime:
+    """Return the Runtime a handler runs against: the packaged project, S3, DynamoDB and SQS."""
+    store, state, budget_factory = _connect(settings)
     return Runtime(
-        project=load_project(settings.project),
-        store=S3BatchStore(settings.bucket, boto3.client("s3")),
-        state=DynamoStateStore(
-            settings.runs_table,
-            dynamodb,
-            settings.dead_letter_queue_url,
-            boto3.client("sqs"),
-            lease_minutes=settings.lock_lease_minutes,
-        ),
-        budget_factory=budget_factory,
+        project=load_project(settings.project), store=store, state=state, budget_factory=budget_factory
     )

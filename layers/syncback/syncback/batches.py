@@ -84,6 +84,11 @@ def plan_key(sync: str, run_id: str) -> str:
     return f"{run_prefix(sync, run_id)}/plan.json"
 
 
+def spec_key(sync: str, run_id: str) -> str:
+    """Return the key of the spec a run was planned with (``Project.pinned``)."""
+    return f"{run_prefix(sync, run_id)}/spec.json"
+
+
 def manifest_key(sync: str, run_id: str, phase: int = 1) -> str:
     """Return the key of a run's manifest of one phase: the JSON array a Deliver map reads (ItemReader)."""
     return f"{run_prefix(sync, run_id)}/manifest-{phase}.json"

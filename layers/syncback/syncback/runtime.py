@@ -11,17 +11,19 @@ import datetime as dt
 import secrets as random_tokens
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from syncback.batches import BatchStore
 from syncback.delivery import Budget, RateBudget, RetryPolicy
 from syncback.destinations.base import Destination, JobDestination
 from syncback.destinations.registry import build_destination, request_budget
 from syncback.secrets import SecretResolver
-from syncback.snapshot import SnapshotTables
 from syncback.spec import Project, SyncSpec
 from syncback.state import StateStore
-from syncback.warehouses import connect
-from syncback.warehouses.base import Warehouse
+
+if TYPE_CHECKING:  # the warehouse side is imported where it is used: a deliver Lambda never is
+    from syncback.snapshot import SnapshotTables
+    from syncback.warehouses.base import Warehouse
 
 
 def utcnow() -> dt.datetime:
@@ -53,6 +55,8 @@ class Runtime:
         if sync.warehouse in self.held:
             yield self.held[sync.warehouse]
             return
+        from syncback.warehouses import connect
+
         config = self.project.config.warehouses[sync.warehouse]
         warehouse = connect(sync.warehouse, config, self.project.root, self.secrets)
         try:
@@ -73,6 +77,8 @@ class Runtime:
                 del self.held[sync.warehouse]
 
     def tables(self, sync: SyncSpec) -> SnapshotTables:
+        from syncback.snapshot import SnapshotTables
+
         return SnapshotTables(self.project.config.state.schema_, sync.name)
 
     def destination(self, sync: SyncSpec) -> Destination | JobDestination:

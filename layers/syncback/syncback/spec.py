@@ -6,12 +6,12 @@ Loading never stops at the first mistake: every file is read and every problem i
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from syncback.destinations.catalog import REGISTRY
@@ -304,6 +304,23 @@ class Project:
             )
         return self.syncs[name]
 
+    def pinned(self, name: str) -> dict[str, Any]:
+        """Return the sync called ``name`` and the project config as JSON, as they were validated:
+        Plan stores this with a run, so its deliveries work to the spec the run was planned with
+        (a deploy in the middle of a run changes nothing of it) and never read YAML."""
+        return {
+            "config": self.config.model_dump(mode="json", by_alias=True, exclude_unset=True),
+            "sync": self.sync(name).model_dump(mode="json", by_alias=True, exclude_unset=True),
+        }
+
+    @classmethod
+    def from_pinned(cls, root: Path, document: dict[str, Any]) -> Project:
+        """Return the one-sync project ``pinned`` stored (``root`` is where its files would be)."""
+        sync = SyncSpec.model_validate(document["sync"])
+        return cls(
+            root=root, config=ProjectConfig.model_validate(document["config"]), syncs={sync.name: sync}
+        )
+
 
 _ACROSS = re.compile(r"^(model|mapping(?:\.[^:\s]+)?|mode|guards|destination(?:\.\w+)*): (.*)$", re.S)
 _BRANCHES = {*REGISTRY, "duckdb", "snowflake"}
@@ -368,24 +385,32 @@ def _names(model: Any) -> list[str]:
     return sorted(info.alias or name for name, info in fields.items())
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A YAML loader that refuses a key written twice in one mapping (plain YAML keeps the last)."""
+@functools.cache
+def _yaml_loader() -> Any:
+    """Return a YAML loader that refuses a key written twice in one mapping (plain YAML keeps the
+    last); PyYAML is imported here, so what only reads a pinned spec never loads it."""
+    import yaml
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"{key!r} is written twice in one mapping; keep one", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"{key!r} is written twice in one mapping; keep one", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def _read_yaml(path: Path, rel: str) -> tuple[Any, list[Problem]]:
+    import yaml
+
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader underneath
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())  # a SafeLoader underneath
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "(file)"

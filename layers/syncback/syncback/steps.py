@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from syncback.batches import change_from_json, manifest, manifest_key, plan_key
+from syncback.batches import change_from_json, manifest, manifest_key, plan_key, spec_key
 from syncback.commit import RECOVER_WINDOW, ReplayResult, commit_run, counted, end_unsettled, recover, replay
 from syncback.errors import PermanentError, RunInProgress, SyncbackError
 from syncback.planner import PHASES
@@ -88,6 +88,7 @@ def start_run(
         state.record_run(RunRecord(sync, run_id, "running", started, settled=False, trigger=trigger))
         recover(rt, sync, run_id)
         plan = plan_run(rt, sync, run_id, full_resync, trigger=trigger)
+        rt.store.put_json(spec_key(sync, run_id), rt.project.pinned(sync))
         for phase in PHASES:
             rt.store.put_json(manifest_key(sync, run_id, phase), manifest(plan, phase))
     except PermanentError as exc:

@@ -1,0 +1,94 @@
+"""A run's pinned spec: what Plan stores with a run validates back to the very spec it was planned
+with, for every destination the README documents and every form a sync's fields take."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from syncback.destinations.catalog import REGISTRY
+from syncback.spec import Project, ProjectConfig, SyncSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def readme_blocks() -> list[dict[str, Any]]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+    return [b for b in blocks if isinstance(b, dict)]
+
+
+BLOCKS = readme_blocks()
+PROJECT = next(b for b in BLOCKS if "warehouses" in b)
+FULL_SYNC = next(b for b in BLOCKS if "name" in b and "destination" in b)
+#: every destination block the README shows, with the mapping beside it (a fragment of a sync)
+DESTINATIONS = [
+    (b["destination"], b.get("mapping", FULL_SYNC["mapping"])) for b in BLOCKS if "destination" in b
+]
+
+CHECKS = [
+    {"column": "email", "max_null_pct": 0},
+    {"row_count": {"min": 1000, "max_change_pct": 20}},
+    {"column": "lead_score", "between": [0, 100]},
+    {"column": "plan", "accepted_values": ["free", "pro", "enterprise"]},
+    {"column": "customer_id", "unique": True},
+    {"column": "last_seen", "max_age": "2 days", "severity": "warn"},
+]
+
+
+def column_forms(column: str) -> st.SearchStrategy[Any]:
+    """The forms one mapped field takes: a bare column, or a block with transforms and on_null."""
+    return st.one_of(
+        st.just(column),
+        st.fixed_dictionaries(
+            {"column": st.just(column)},
+            optional={
+                "transform": st.sampled_from(["lower", ["trim", "lower", "sha256"], "string", "iso_date"]),
+                "on_null": st.sampled_from(["send", "skip"]),
+            },
+        ),
+    )
+
+
+@st.composite
+def syncs(draw: st.DrawFn) -> dict[str, Any]:
+    destination, mapping = draw(st.sampled_from(DESTINATIONS))
+    kind = REGISTRY[destination["type"]]
+    spec = {k: v for k, v in FULL_SYNC.items() if k not in ("destination", "mapping")}
+    spec["destination"] = destination
+    spec["mode"] = draw(
+        st.sampled_from([m for m in kind.modes if kind.removal != "unsupported" or m != "mirror"])
+    )
+    spec["mapping"] = {
+        field: draw(column_forms(column)) if isinstance(column, str) else column
+        for field, column in mapping.items()
+    }
+    spec["checks"] = draw(st.lists(st.sampled_from(CHECKS), unique_by=lambda c: str(c), max_size=4))
+    for optional in ("alerts", "max_changes_per_run", "description", "owner", "schedule", "batch_size"):
+        if optional in spec and draw(st.booleans()):
+            del spec[optional]
+    return spec
+
+
+@given(syncs())
+@settings(max_examples=150, deadline=None)
+def test_a_pinned_spec_validates_back_to_the_spec_it_pins(document: dict[str, Any]) -> None:
+    # Given any valid sync the README's destinations allow, in a project
+    sync = SyncSpec.model_validate(document)
+    project = Project(root=ROOT, config=ProjectConfig.model_validate(PROJECT), syncs={sync.name: sync})
+    # When Plan pins it with a run and Deliver reads it back
+    pinned = Project.from_pinned(Path("/opt"), project.pinned(sync.name))
+    # Then Deliver works to the same spec, and the same project settings
+    assert pinned.sync(sync.name) == sync
+    assert pinned.config == project.config
+    assert pinned.root == Path("/opt")
+
+
+def test_every_destination_the_readme_documents_is_pinned() -> None:
+    # the property above draws from the README's destination blocks: each registered type has one
+    assert {d["type"] for d, _ in DESTINATIONS} == set(REGISTRY)
