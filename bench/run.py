@@ -114,12 +114,11 @@ def serverless_rows(s: dict[str, Any]) -> list[Row]:
     for name, handler in s["handlers"].items():
         target = "< 300 ms" if name == "deliver" else "—"
         ok = met(handler["ms"] < 300) if name == "deliver" else "—"
-        rows.append((f"Cold import of functions/{name}/app.py ³", f"{handler['ms']:.0f} ms", target, ok))
-    size = (
-        "not built (no .aws-sam/build; sam not on PATH)"
-        if s["layer_mb"] is None
-        else f"{s['layer_mb']:.1f} MB"
-    )
+        where = "as deployed" if s["deployed"] else "source tree, no SAM CLI"
+        rows.append(
+            (f"Cold import of functions/{name}/app.py, {where} ³", f"{handler['ms']:.0f} ms", target, ok)
+        )
+    size = "not built (sam not on PATH)" if s["layer_mb"] is None else f"{s['layer_mb']:.1f} MB"
     rows.append(
         (
             "Built layer, unzipped",
@@ -200,8 +199,9 @@ def footnotes(o: dict[str, Any], lim: dict[str, Any], s: dict[str, Any], v: dict
    seconds counts N windows of requests in N-1 windows). Whole run, plan and commit included:
    {run_share}. RateBudget's widened window caps the steady rate at {lim["budget_bound"]:.3f} of
    the limit; each 429 holds every deliverer for the limit's interval ({lim["window_s"]:g} s here).
-3. `python -X importtime -c "import app"` from the handler's folder, median of 3 after a warm-up
-   run. deliver's heaviest imports: {heaviest}.
+3. `python -X importtime -c "import app"` from the function's folder as `sam build` leaves it, the
+   built layer on the path (no site-packages, no .pyc written: Lambda's /opt is read-only), median
+   of 3 after a warm-up run. deliver's heaviest imports: {heaviest}.
 4. The sandbox without a limit measures each tool's own speed; drt (drt-core 1.2.1, its own venv)
    writes one record per request (POST, then PATCH on 409) and, with a DuckDB source, resends
    every row each run (`mode: full`: its diff strategy takes only Postgres, Snowflake, Databricks

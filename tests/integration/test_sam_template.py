@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import yaml
 from tests.unit.test_asl import template
 
 ROOT = Path(__file__).resolve().parents[2]
+#: the functions' Python: the template's Globals Runtime
+RUNTIME = re.findall(r"^    Runtime: (python3\.\d+)", (ROOT / "template.yaml").read_text(), re.M)[0]
 
 
 def sam_binary() -> str:
@@ -44,6 +47,22 @@ def test_sam_validate_lint_passes(template: str) -> None:
     assert "is a valid SAM Template" in result.stdout + result.stderr
 
 
+def test_the_layer_is_built_for_the_runtime_the_template_names() -> None:
+    # the layer's Makefile installs wheels for, and compiles with, the functions' Python and
+    # architecture: the template's Globals are the one place they are chosen, the Makefile follows
+    template = (ROOT / "template.yaml").read_text()
+    makefile = (ROOT / "layers" / "syncback" / "Makefile").read_text()
+    architecture = re.search(r"Architectures: \[(\w+)\]", template)
+    assert architecture is not None
+    assert f"PYTHON := {RUNTIME}" in makefile, (
+        "layers/syncback/Makefile: set PYTHON to the template's Runtime"
+    )
+    assert f"ARCH := {architecture.group(1)}" in makefile, (
+        "layers/syncback/Makefile: set ARCH to Architectures"
+    )
+    assert template.count(f"CompatibleRuntimes: [{RUNTIME}]") == 2
+
+
 @pytest.mark.slow
 def test_sam_build_without_docker_builds_the_layer_and_every_function(tmp_path: Path) -> None:
     build = tmp_path / "build"
@@ -57,6 +76,15 @@ def test_sam_build_without_docker_builds_the_layer_and_every_function(tmp_path: 
     for name in REGISTRY:
         assert (layer / "syncback" / "destinations" / name / "client.py").exists(), name
     assert not (layer / "duckdb").exists(), "duckdb is not a runtime dependency of the layer"
+    # every module ships compiled, used as it is (Lambda's /opt is read-only: no .pyc is written there)
+    for module in ("syncback/aws", "syncback/destinations/catalog", "pydantic/main"):
+        folder, name = (layer / module).parent, (layer / module).name
+        compiled = (
+            folder / "__pycache__" / f"{name}.cpython-{RUNTIME.removeprefix('python').replace('.', '')}.pyc"
+        )
+        flags = int.from_bytes(compiled.read_bytes()[4:8], "little")
+        assert flags == 0b01, f"{compiled}: not an unchecked-hash .pyc (PEP 552 flags {flags:#04b})"
+    assert not list((layer / "syncback").rglob("*.egg-info")), "no build leftovers in the layer"
     for name in ("Plan", "Deliver", "Commit", "Trigger", "Replay"):
         assert (build / f"{name}Function" / "app.py").exists()
     assert (build / "SyncSchedules" / "template.yaml").exists()
