@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from syncback.aws import handler_runtime as runtime
 from syncback.aws import lambda_tracer
-from syncback.steps import abandon_run, finish_run, run_id_for
+from syncback.steps import abandon_run, finish_run, run_id_for, run_metrics
 from syncback.telemetry import LambdaLogger, Metrics, MetricUnit
 
 if TYPE_CHECKING:
@@ -39,10 +39,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     else:
         record = finish_run(runtime(), request.sync, run_id, request.error)
     metrics.add_dimension("sync", request.sync)
-    for name in ("delivered", "rejected", "skipped", "undelivered"):
-        metrics.add_metric(name, MetricUnit.Count, getattr(record, name))
-    metrics.add_metric("invalid", MetricUnit.Count, record.planned.get("invalid", 0))
-    metrics.add_metric("run_duration", MetricUnit.Seconds, record.duration_s)
+    for name, value in run_metrics(record).items():
+        metrics.add_metric(name, MetricUnit.Seconds if name == "run_duration" else MetricUnit.Count, value)
     summary = {k: v for k, v in record.to_json().items() if not k.endswith("_sample")}
     logger.info("committed", extra=summary)
     return summary

@@ -145,4 +145,8 @@ def test_a_sync_without_schedule_gets_none_and_an_empty_project_still_deploys(tm
         yaml.safe_dump({**spec, "name": "manual_only", "schedule": None})
     )
     assert render_schedules.main(["--project", str(project), "--out", str(out)]) == 0
-    assert list(yaml.safe_load(out.read_text())["Resources"]) == ["ScheduleContactsToHubspot"]
+    resources = yaml.safe_load(out.read_text())["Resources"]
+    schedules = [k for k, r in resources.items() if r["Type"] == "AWS::Scheduler::Schedule"]
+    assert schedules == ["ScheduleContactsToHubspot"]
+    # both have their failed-run alarm (alerts.on_failure is on by default)
+    assert {"AlarmContactsToHubspotFailed", "AlarmManualOnlyFailed"} <= set(resources)

@@ -46,6 +46,21 @@ class RunRecord:
     #: data checks of severity warn that failed (``checks``), each with what it found
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def model_rows(self) -> int:
+        """The rows the run read from the model (removed rows are not in it)."""
+        return sum(self.planned.get(k, 0) for k in ("added", "changed", "unchanged", "invalid"))
+
+    @property
+    def records(self) -> int:
+        """The records the run had to send, whatever became of each."""
+        return self.delivered + self.rejected + self.skipped + self.undelivered
+
+    @property
+    def good(self) -> bool:
+        """It ended well enough to count as a success for alerts: succeeded or partial."""
+        return self.status in ("succeeded", "partial")
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 

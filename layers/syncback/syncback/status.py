@@ -54,22 +54,19 @@ def open_alerts(sync: SyncSpec, runs: list[RunRecord], now: dt.datetime) -> list
     if last is not None and rules.on_failure and last.status == "failed":
         alerts.append(f"the last run failed: {last.error or 'no error recorded'}")
     if last is not None and rules.max_rejected_pct is not None:
-        sent = last.delivered + last.rejected + last.skipped + last.undelivered
-        share = 100.0 * last.rejected / sent if sent else 0.0
+        share = 100.0 * last.rejected / last.records if last.records else 0.0
         if share > rules.max_rejected_pct:
             alerts.append(
                 f"{share:.1f}% of the last run's records rejected (alert above {rules.max_rejected_pct:g}%)"
             )
     if last is not None and rules.max_invalid_pct is not None:
-        p = last.planned
-        rows = sum(p.get(k, 0) for k in ("added", "changed", "unchanged", "invalid"))
-        share = 100.0 * p.get("invalid", 0) / rows if rows else 0.0
+        share = 100.0 * last.planned.get("invalid", 0) / last.model_rows if last.model_rows else 0.0
         if share > rules.max_invalid_pct:
             alerts.append(
                 f"{share:.1f}% of the model's rows invalid (alert above {rules.max_invalid_pct:g}%)"
             )
     if rules.max_hours_without_success is not None:
-        good = next((r for r in runs if r.status in ("succeeded", "partial")), None)
+        good = next((r for r in runs if r.good), None)
         age = _hours(good.finished_at or good.started_at, now) if good else None
         if age is None or age > rules.max_hours_without_success:
             since = (

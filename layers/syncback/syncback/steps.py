@@ -121,6 +121,22 @@ def finish_run(rt: Runtime, sync: str, run_id: str, error: str | None = None) ->
         state.release(sync, run_id)
 
 
+def run_metrics(record: RunRecord) -> dict[str, float]:
+    """Return the figures Commit publishes for a run (CloudWatch, per sync); the sync's alarms
+    (``infra/render_schedules.py``) watch them, one value of each per run."""
+    return {
+        "delivered": record.delivered,
+        "rejected": record.rejected,
+        "skipped": record.skipped,
+        "undelivered": record.undelivered,
+        "invalid": record.planned.get("invalid", 0),
+        "model_rows": record.model_rows,
+        "run_failed": int(record.status == "failed"),
+        "run_succeeded": int(record.good),
+        "run_duration": record.duration_s,
+    }
+
+
 def abandon_run(rt: Runtime, sync: str, run_id: str, error: str) -> RunRecord:
     """Record a run that cannot finish (its Plan or Commit failed for good, or was killed) as failed
     and give its lock back, touching no warehouse; the next run commits what it delivered."""
