@@ -134,7 +134,7 @@ def commit_run(
             record.status = "partial"
         finish(record)
         log_run(warehouse, tables, record, rt.project.config.state.retention_days)
-    rt.state.record_run(record)
+    rt.record_run(record)
     log.info(
         "committed",
         extra={
@@ -346,7 +346,7 @@ def recover(rt: Runtime, sync_name: str, current: str) -> list[RunRecord]:
         else:
             run.status, run.error, run.settled = "failed", error.replace("its commit", "its plan"), True
             finish(run)
-            rt.state.record_run(run)
+            rt.record_run(run)
     return recovered
 
 
@@ -358,7 +358,7 @@ def end_unsettled(
     record = RunRecord(sync_name, run_id, status, started_at, error=error)
     record.settled = not rt.store.exists(plan_key(sync_name, run_id))
     finish(record)
-    rt.state.record_run(record)
+    rt.record_run(record)
     log.info(status, extra={"sync": sync_name, "run_id": run_id})
     return record
 

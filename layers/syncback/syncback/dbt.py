@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from syncback.destinations.registry import kind_of
@@ -40,16 +39,9 @@ def _exposure(sync: SyncSpec) -> dict[str, Any]:
             }
         },
     }
-    table = sync.table or _only_table(sync.model or "")
+    read = sync.tables_read()
+    # one table, read by FROM with no join: a dbt model by its last part
+    table = read[0][1] if len(read) == 1 and read[0][0] == "from" else None
     if table:
         exposure["depends_on"] = [f"ref('{table.rsplit('.', 1)[-1].strip(chr(34))}')"]
     return exposure
-
-
-_FROM = re.compile(r"\b(from|join)\s+([A-Za-z_\"][\w.\"]*)", re.I)
-
-
-def _only_table(sql: str) -> str | None:
-    """Return the one table a SELECT reads, if it reads exactly one (no join, no second FROM)."""
-    found = _FROM.findall(sql)
-    return str(found[0][1]) if len(found) == 1 and found[0][0].lower() == "from" else None

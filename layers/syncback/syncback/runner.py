@@ -94,7 +94,7 @@ def run_sync(
         return end_unsettled(rt, sync_name, run_id, started.isoformat(), "skipped", str(exc))
     committed = False
     try:
-        rt.state.record_run(
+        rt.record_run(
             RunRecord(sync_name, run_id, "running", started.isoformat(), settled=False, trigger=trigger)
         )
         with rt.holding(sync):

@@ -19,7 +19,7 @@ from syncback.destinations.base import Destination, JobDestination
 from syncback.destinations.registry import build_destination, request_budget
 from syncback.secrets import SecretResolver
 from syncback.spec import Project, SyncSpec
-from syncback.state import StateStore
+from syncback.state import RunRecord, StateStore
 
 if TYPE_CHECKING:  # the warehouse side is imported where it is used: a deliver Lambda never is
     from syncback.snapshot import SnapshotTables
@@ -75,6 +75,13 @@ class Runtime:
                 yield
             finally:
                 del self.held[sync.warehouse]
+
+    def record_run(self, record: RunRecord) -> None:
+        """Record a run as it starts or ends, and send its lineage event (if the project asks)."""
+        from syncback.lineage import emit
+
+        self.state.record_run(record)
+        emit(self.project, record, self.secrets)
 
     def tables(self, sync: SyncSpec) -> SnapshotTables:
         from syncback.snapshot import SnapshotTables

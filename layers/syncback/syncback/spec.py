@@ -24,6 +24,8 @@ IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*){0,2}$"
 TRANSFORMS = ("lower", "upper", "trim", "string", "integer", "float", "boolean", "iso_date", "sha256")
 Transform = Literal["lower", "upper", "trim", "string", "integer", "float", "boolean", "iso_date", "sha256"]
 
+_FROM = re.compile(r"\b(from|join)\s+([A-Za-z_\"][\w.\"$]*)", re.I)
+_CTE = re.compile(r"(?:\bwith|,)\s*([A-Za-z_][\w$]*)\s+as\s*\(", re.I)
 _RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
 _CRON = re.compile(r"^cron\(([^()]+)\)$")
 
@@ -87,11 +89,35 @@ class StateConfig(Strict):
     )
 
 
+class LineageConfig(Strict):
+    """Where OpenLineage run events go: an HTTP endpoint or a file (one JSON event a line)."""
+
+    url: str | None = Field(
+        None,
+        pattern=URL_PATTERN,
+        description="an OpenLineage endpoint; events are POSTed to url/api/v1/lineage",
+    )
+    file: str | None = Field(None, description="or a file, relative to the project, one event a line")
+    api_key: SecretRef | None = Field(None, description="a bearer token for url, as env:NAME or secret:NAME")
+    namespace: str = Field("syncback", min_length=1, description="the namespace of the syncs' jobs")
+
+    _check_key = field_validator("api_key")(lambda v: None if v is None else secret_ref(v))
+
+    @model_validator(mode="after")
+    def _one_place(self) -> LineageConfig:
+        if (self.url is None) == (self.file is None):
+            raise ValueError("give url (an OpenLineage endpoint) or file, one of them")
+        if self.api_key is not None and self.url is None:
+            raise ValueError("api_key goes with url")
+        return self
+
+
 class ProjectConfig(Strict):
     """``syncback.yaml``: the warehouses syncs may read, and where state lives."""
 
     warehouses: dict[str, WarehouseConfig] = Field(min_length=1)
     state: StateConfig
+    lineage: LineageConfig | None = Field(None, description="optional: OpenLineage run events of every run")
 
     @model_validator(mode="after")
     def _state_warehouse_exists(self) -> ProjectConfig:
@@ -250,6 +276,16 @@ class SyncSpec(Strict):
     def columns(self) -> list[str]:
         """The model columns the mapping reads: the only ones that leave the warehouse."""
         return list(dict.fromkeys(m.column for m in self.mapping.values() if m.column is not None))
+
+    def tables_read(self) -> list[tuple[str, str]]:
+        """The tables the model names, each with the word before it (``from`` or ``join``), in order;
+        names a WITH clause defines are left out. Read from the SQL's text, so a table named only
+        inside a function or a string is missed."""
+        if self.table:
+            return [("from", self.table)]
+        sql = self.model or ""
+        defined = {name.lower() for name in _CTE.findall(sql)}
+        return [(word.lower(), name) for word, name in _FROM.findall(sql) if name.lower() not in defined]
 
 
 def check_schedule(value: str) -> None:

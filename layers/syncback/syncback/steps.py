@@ -82,10 +82,10 @@ def start_run(
     try:
         state.acquire(sync, run_id)
     except RunInProgress as exc:
-        state.record_run(RunRecord(sync, run_id, "skipped", started, finished_at=started, error=str(exc)))
+        rt.record_run(RunRecord(sync, run_id, "skipped", started, finished_at=started, error=str(exc)))
         raise
     try:
-        state.record_run(RunRecord(sync, run_id, "running", started, settled=False, trigger=trigger))
+        rt.record_run(RunRecord(sync, run_id, "running", started, settled=False, trigger=trigger))
         recover(rt, sync, run_id)
         plan = plan_run(rt, sync, run_id, full_resync, trigger=trigger)
         rt.store.put_json(spec_key(sync, run_id), rt.project.pinned(sync))
