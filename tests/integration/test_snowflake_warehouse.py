@@ -523,3 +523,149 @@ def test_planner_and_snapshot_run_on_snowflake_sql(warehouse: SnowflakeWarehouse
     # And a third plan finds nothing left to do
     c = Planner(sync, warehouse, "syncback").plan("run-3", store).counts
     assert (c.added, c.changed, c.removed, c.unchanged, c.invalid) == (0, 0, 0, 46, 3)
+
+
+# ---- least privilege: the state schema's own credentials -----------------------------------
+
+
+class Logged:
+    """A warehouse connection that notes every SQL text it is given, for one login."""
+
+    def __init__(self, inner: SnowflakeWarehouse, log: list[tuple[str, str]]) -> None:
+        self._inner, self._log = inner, log
+        self.dialect = inner.dialect
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._inner, name)
+
+        def noted(*args: Any, **kwargs: Any) -> Any:
+            texts = [a for a in args if isinstance(a, str)]
+            self._log.extend((self._inner.config.user, t) for t in texts)
+            return method(*args, **kwargs)
+
+        return noted
+
+
+STATE_ACCESS = {
+    "user": "SYNCBACK_STATE",
+    "role": "SYNCBACK_STATE",
+    "password": "env:SF_STATE_PASSWORD",
+    "stage_schema": "syncback_stage",
+}
+
+
+def test_with_state_credentials_the_model_never_runs_as_the_state_role_and_plans_the_same(
+    tmp_path: Path,
+) -> None:
+    # Given a model, and a warehouse whose state schema has a login of its own
+    secrets = SecretResolver(environ={**PASSWORD_ENV, "SF_STATE_PASSWORD": "state-pw"})
+    config = snowflake_config(user="SYNCBACK_MODELS", role="SYNCBACK_MODELS", state_access=STATE_ACCESS)
+    sync = contacts_sync().model_copy(update={"model": "select * from analytics.contacts where score >= 0"})
+    log: list[tuple[str, str]] = []
+    with fakesnow.patch():
+        state = SnowflakeWarehouse(config.for_state(), secrets, "prod.state_access")
+        models = SnowflakeWarehouse(config, secrets, "prod")
+        models.execute("create table analytics.contacts (email varchar, first_name varchar, score integer)")
+        models.load_rows(
+            "analytics.contacts",
+            ("email", "first_name", "score"),
+            [(f"p{i}@x.io", f"N{i}", i) for i in range(30)],
+        )
+        models.execute("create schema if not exists analytics_db.syncback_stage")
+        # When a run is planned with the two logins, and another with one
+        handed = Planner(sync, Logged(state, log), "syncback", Logged(models, log), "syncback_stage")  # type: ignore[arg-type]
+        split = handed.plan("run-1", LocalBatchStore(tmp_path / "split"))
+        single = Planner(sync, models, "syncback_single").plan("run-1", LocalBatchStore(tmp_path / "single"))
+        left = models.fetch_all(
+            "select count(*) from information_schema.tables where table_schema = 'SYNCBACK_STAGE'"
+        )
+        state.close()
+        models.close()
+    # Then the model's SQL ran only as the models' user, which never named the state schema
+    assert all(user == "SYNCBACK_MODELS" for user, sql in log if "where score >= 0" in sql)
+    assert any("where score >= 0" in sql for _, sql in log)
+    assert not [sql for user, sql in log if user == "SYNCBACK_MODELS" and "syncback." in sql.lower()]
+    # and the state's user read the model's rows only from the hand-over table, its columns only those planned
+    handover = [
+        sql for user, sql in log if user == "SYNCBACK_MODELS" and "create or replace transient" in sql
+    ]
+    assert len(handover) == 1 and '"EMAIL", "FIRST_NAME", "SCORE"' in handover[0].upper()
+    # And the plan is the one a single login makes; the hand-over table is gone after it
+    assert split.counts == single.counts and split.counts.added == 30
+    assert [b.count for b in split.batches] == [b.count for b in single.batches]
+    assert left == [(0,)]
+
+
+def test_state_credentials_log_in_as_the_state_user_and_role(captured_connect: dict[str, Any]) -> None:
+    secrets = SecretResolver(environ={**PASSWORD_ENV, "SF_STATE_PASSWORD": "state-pw"})
+    config = snowflake_config(user="SYNCBACK_MODELS", role="SYNCBACK_MODELS", state_access=STATE_ACCESS)
+    SnowflakeWarehouse(config.for_state(), secrets, "prod.state_access")
+    assert (captured_connect["user"], captured_connect["role"], captured_connect["password"]) == (
+        "SYNCBACK_STATE",
+        "SYNCBACK_STATE",
+        "state-pw",
+    )
+    assert captured_connect["database"] == "analytics_db"  # the same account and database
+    SnowflakeWarehouse(config, secrets, "prod")
+    assert (captured_connect["user"], captured_connect["role"]) == ("SYNCBACK_MODELS", "SYNCBACK_MODELS")
+
+
+@pytest.mark.parametrize(
+    ("access", "words"),
+    [
+        ({**STATE_ACCESS, "password": None}, "give exactly one of private_key"),
+        ({**STATE_ACCESS, "stage_schema": "bad schema"}, "stage_schema"),
+        ({k: v for k, v in STATE_ACCESS.items() if k != "role"}, "role"),
+        ({**STATE_ACCESS, "password": "in-the-file"}, "secrets are never written in the file"),
+    ],
+)
+def test_a_wrong_state_access_block_is_refused_naming_the_field(access: dict[str, Any], words: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        snowflake_config(state_access={k: v for k, v in access.items() if v is not None})
+    assert "state_access" in str(caught.value) and words in str(caught.value)
+
+
+def test_a_run_with_state_credentials_goes_end_to_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a project on Snowflake whose state schema has its own login, and a HubSpot sandbox
+    from syncback.cli import main
+    from syncback.sandbox.hubspot import HubSpotSandbox
+    from tests.conftest import write_project
+
+    for name, value in {**PASSWORD_ENV, "SF_STATE_PASSWORD": "state-pw", "HUBSPOT_TOKEN": "t"}.items():
+        monkeypatch.setenv(name, value)
+    with fakesnow.patch(), HubSpotSandbox(token="t", requests_per_window=None) as sandbox:
+        spec = contacts_sync().model_dump(by_alias=True, exclude_unset=True, mode="json")
+        spec["destination"]["base_url"] = sandbox.url
+        root = write_project(tmp_path, spec)
+        warehouse = snowflake_config(state_access=STATE_ACCESS).model_dump(
+            by_alias=True, exclude_none=True, mode="json"
+        )
+        (root / "syncback.yaml").write_text(
+            json.dumps(
+                {
+                    "warehouses": {"snowflake": warehouse},
+                    "state": {"warehouse": "snowflake", "schema": "syncback"},
+                }
+            )
+        )
+        seed = SnowflakeWarehouse(snowflake_config(), SecretResolver(environ=PASSWORD_ENV), "seed")
+        seed.execute("create table analytics.contacts (email varchar, first_name varchar, score integer)")
+        seed.load_rows(
+            "analytics.contacts",
+            ("email", "first_name", "score"),
+            [(f"p{i}@x.io", f"N{i}", i) for i in range(12)],
+        )
+        seed.execute("create schema if not exists analytics_db.syncback_stage")
+        # When it runs twice, the second time with one row changed
+        assert main(["--project", str(root), "run", "contacts"]) == 0
+        seed.execute("update analytics.contacts set first_name = 'Changed' where email = 'p3@x.io'")
+        assert main(["--project", str(root), "run", "contacts"]) == 0
+        snapshot = seed.fetch_all("select count(*) from syncback.snapshot__contacts")
+        runs = seed.fetch_all("select status, added, changed from syncback.sync_runs order by started_at")
+        seed.close()
+    # Then the records are in HubSpot, and the state schema holds the snapshot and the history
+    assert len(sandbox.objects("contacts")) == 12
+    assert snapshot == [(12,)]
+    assert runs == [("succeeded", 12, 0), ("succeeded", 0, 1)]

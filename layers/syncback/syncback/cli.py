@@ -27,8 +27,7 @@ from syncback.delivery import Interrupt
 from syncback.destinations.registry import check_secret, secret_fields
 from syncback.errors import ConfigError, Problem, SecretError, SyncbackError
 from syncback.mapping import describe, model_problems
-from syncback.planner import Planner
-from syncback.runner import Progress, run_sync
+from syncback.runner import Progress, planner_for, run_sync
 from syncback.runtime import Runtime, new_run_id
 from syncback.spec import Project, json_schemas, load_project
 from syncback.state import LocalStateStore, RunRecord
@@ -149,10 +148,9 @@ def _model_problems(project: Project) -> list[Problem]:
             except SecretError as exc:
                 problems.append(Problem(file, field, str(exc)))
         try:
-            with rt.warehouse(sync) as warehouse:
-                problems += model_problems(
-                    sync, describe(warehouse.columns(sync.model_sql), warehouse.dialect)
-                )
+            with rt.models(sync) as models, rt.warehouse(sync) as state:
+                reader = models or state  # the model is read with the models' credentials
+                problems += model_problems(sync, describe(reader.columns(sync.model_sql), reader.dialect))
         except SecretError as exc:
             # the warehouse's credentials are in syncback.yaml, not in the sync
             problems.append(Problem("syncback.yaml", f"warehouses.{sync.warehouse}", str(exc)))
@@ -166,10 +164,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     project = load_project(args.project)
     rt = _runtime(project)
     sync = project.sync(args.sync)
-    with rt.warehouse(sync) as warehouse:
-        plan = Planner(sync, warehouse, project.config.state.schema_).plan(
-            new_run_id(), None, args.full_resync, sample_changes=args.sample
-        )
+    with planner_for(rt, sync) as planner:
+        plan = planner.plan(new_run_id(), None, args.full_resync, sample_changes=args.sample)
     # a data check of severity error that fails would stop a run: the plan says so, and exits 3
     stops = any(not c["passed"] and c["severity"] == "error" for c in plan.checks)
     if args.json:

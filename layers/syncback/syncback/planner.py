@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -118,9 +119,23 @@ def new_version(clock: float | None = None) -> int:
 class Planner:
     """Plans one run of one sync against one warehouse."""
 
-    def __init__(self, sync: SyncSpec, warehouse: Warehouse, state_schema: str) -> None:
+    def __init__(
+        self,
+        sync: SyncSpec,
+        warehouse: Warehouse,
+        state_schema: str,
+        models: Warehouse | None = None,
+        stage_schema: str = "",
+    ) -> None:
+        """``warehouse`` reaches the state schema; ``models``, where given, is the connection with
+        the credentials that read models (the state schema's are apart): the model's rows a plan
+        reads are handed over through a table in ``stage_schema``, and no SQL of the model ever runs
+        with the state schema's credentials."""
         self.sync = sync
         self.warehouse = warehouse
+        self.models = models
+        self.stage_schema = stage_schema
+        self.model_sql = sync.model_sql  # what the plan's SQL reads the model as
         self.tables = SnapshotTables(state_schema, sync.name)
         self.identifiers = identifier_fields(sync)
         self.target = destination_target(sync)
@@ -138,6 +153,44 @@ class Planner:
     ) -> PlanResult:
         """Diff the model against the snapshot; write batches to ``store`` (None: a dry run, which
         also logs nothing)."""
+        if self.models is None:
+            return self._plan(run_id, store, full_resync, sample_changes, started_at, trigger)
+        handed = self._hand_over(run_id)
+        try:
+            return self._plan(run_id, store, full_resync, sample_changes, started_at, trigger)
+        finally:
+            self.models.execute(f"drop table if exists {handed}")
+
+    def _hand_over(self, run_id: str) -> str:
+        """Copy the model's rows, only the columns the plan reads (key, mapped, checked), into a
+        table of the stage schema, with the models' credentials; the plan reads that table."""
+        assert self.models is not None
+        described = self.models.columns(self.sync.model_sql)
+        wanted = {
+            self.sync.primary_key,
+            *self.sync.columns,
+            *(c.column for c in self.sync.checks if c.column),
+        }
+        wanted = {name.lower() for name in wanted}
+        # a column the model lacks is left out here and named by the mapping's check, as without a hand-over
+        keep = [name for name, _ in described if name.lower() in wanted] or [described[0][0]]
+        table = f"{self.stage_schema}.model__{self.sync.name}__{re.sub(r'[^A-Za-z0-9]', '_', run_id)}"
+        columns = ", ".join(self.models.dialect.quote(name) for name in keep)
+        self.models.execute(
+            f"create or replace transient table {table} as select {columns} from (\n{self.sync.model_sql}\n) as m"
+        )
+        self.model_sql = f"select * from {table}"
+        return table
+
+    def _plan(
+        self,
+        run_id: str,
+        store: BatchStore | None,
+        full_resync: bool,
+        sample_changes: int,
+        started_at: str | None,
+        trigger: str,
+    ) -> PlanResult:
         query = self._mapping_query()
         checked = self._check_data(store is not None)
         ensure_snapshot(self.warehouse, self.tables)
@@ -166,7 +219,7 @@ class Planner:
 
     def _mapping_query(self) -> MappingQuery:
         """Return the mapping as SQL over the model; raise ModelError naming what the model lacks."""
-        self._columns = self.warehouse.columns(self.sync.model_sql)
+        self._columns = self.warehouse.columns(self.model_sql)
         described = describe(self._columns, self.warehouse.dialect)
         problems = model_problems(self.sync, described)
         if problems:
@@ -187,7 +240,7 @@ class Planner:
         )
         results = evaluate(
             self.warehouse,
-            self.sync.model_sql,
+            self.model_sql,
             [name for name, _ in self._columns],
             self.sync.checks,
             int(last[0][0]) if last else None,
@@ -239,7 +292,7 @@ class Planner:
             "when sb_invalid is not null then sb_invalid "
             f"when {eligible('sb_incumbent', '')} and sb_rank > 1 then {loser} || sb_winner || {loser_tail} end"
         )
-        mapped = query.select(self.sync.model_sql)
+        mapped = query.select(self.model_sql)
         # keys that more than one row has (few or none): counted apart, so that the join that marks
         # them holds only those, not a count for every row of the model
         repeated = f"select sb_key, count(*) as sb_n from ({mapped}) as k group by sb_key having count(*) > 1"
@@ -328,7 +381,7 @@ class Planner:
             f"coalesce(sum(case when sb_gone then 1 else 0 end), 0) from {table}"
         )[0]
         # the unchanged rows are not in the table: they are the model's other rows
-        rows = int(self.warehouse.fetch_all(f"select count(*) from (\n{self.sync.model_sql}\n) as m")[0][0])
+        rows = int(self.warehouse.fetch_all(f"select count(*) from (\n{self.model_sql}\n) as m")[0][0])
         unchanged = rows - int(added) - int(changed) - int(invalid)
         size, top = self.warehouse.fetch_all(
             f"select count(*), (select max(version) from {snap}) from {snap} s where {live}"
@@ -457,7 +510,7 @@ class Planner:
         # the text is made after the join, for the rows to write only
         values = (
             f"select *, {query.row_hash(self.target)} as sb_hash from "
-            f"({query.select(self.sync.model_sql, f'select sb_key from {table} where sb_write' if few else None)}) as v"
+            f"({query.select(self.model_sql, f'select sb_key from {table} where sb_write' if few else None)}) as v"
         )
         return (
             f"select p.sb_key, p.sb_live, p.s_dest, {line} as sb_line, {phase} as sb_phase, "
@@ -469,7 +522,9 @@ class Planner:
         """Return ``_writes_sql`` for a plan whose rows to write the snapshot knows nothing of (a
         first sync): every valid model row is written, in phase 1, as it is read. Only the plan's
         invalid rows (few) are held to drop, not every row to write."""
-        values = f"select *, {query.row_hash(self.target)} as sb_hash from ({query.select(self.sync.model_sql)}) as v"
+        values = (
+            f"select *, {query.row_hash(self.target)} as sb_hash from ({query.select(self.model_sql)}) as v"
+        )
         line = self._line_sql(query, "m.sb_key", "'\"upsert\"'", "m.sb_hash", "null", "m.sb_ident")
         return (
             f"select m.sb_key, false as sb_live, cast(null as varchar) as s_dest, {line} as sb_line, "

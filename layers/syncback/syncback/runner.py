@@ -8,10 +8,12 @@ commits any earlier run of the sync that a crash left uncommitted, so what it de
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
 
 from syncback.batch_delivery import deliver_batch, deliver_pool
 from syncback.batches import BatchRef, LocalBatchStore
@@ -28,6 +30,18 @@ from syncback.state import RunRecord
 log = logging.getLogger("syncback")
 
 
+@contextlib.contextmanager
+def planner_for(rt: Runtime, sync: SyncSpec) -> Iterator[Planner]:
+    """Yield the sync's planner on its warehouse; where the warehouse gives the state schema
+    credentials of its own, the model is read through a second connection with the models'."""
+    config = rt.project.config.warehouses[sync.warehouse]
+    access = getattr(config, "state_access", None)
+    with rt.warehouse(sync) as warehouse, rt.models(sync) as models:
+        yield Planner(
+            sync, warehouse, rt.project.config.state.schema_, models, access.stage_schema if access else ""
+        )
+
+
 def plan_run(
     rt: Runtime,
     sync_name: str,
@@ -38,8 +52,7 @@ def plan_run(
 ) -> PlanResult:
     """Plan a run and write its batches; the snapshot is untouched."""
     sync = rt.project.sync(sync_name)
-    with rt.warehouse(sync) as warehouse:
-        planner = Planner(sync, warehouse, rt.project.config.state.schema_)
+    with planner_for(rt, sync) as planner:
         plan = planner.plan(
             run_id, rt.store, full_resync, started_at=started or utcnow().isoformat(), trigger=trigger
         )

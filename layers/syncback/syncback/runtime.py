@@ -51,18 +51,35 @@ class Runtime:
 
     @contextlib.contextmanager
     def warehouse(self, sync: SyncSpec) -> Iterator[Warehouse]:
-        """Yield a connection to the sync's warehouse: the one ``holding`` keeps open, or a new one."""
+        """Yield a connection to the sync's warehouse as the state schema reaches it (snapshots,
+        history): the one ``holding`` keeps open, or a new one."""
         if sync.warehouse in self.held:
             yield self.held[sync.warehouse]
             return
         from syncback.warehouses import connect
 
         config = self.project.config.warehouses[sync.warehouse]
-        warehouse = connect(sync.warehouse, config, self.project.root, self.secrets)
+        warehouse = connect(sync.warehouse, config, self.project.root, self.secrets, state=True)
         try:
             yield warehouse
         finally:
             warehouse.close()
+
+    @contextlib.contextmanager
+    def models(self, sync: SyncSpec) -> Iterator[Warehouse | None]:
+        """Yield a connection with the credentials that read models, where the sync's warehouse
+        gives the state schema its own (``state_access``); None where one connection does both."""
+        config = self.project.config.warehouses[sync.warehouse]
+        if getattr(config, "state_access", None) is None:
+            yield None
+            return
+        from syncback.warehouses import connect
+
+        models = connect(sync.warehouse, config, self.project.root, self.secrets)
+        try:
+            yield models
+        finally:
+            models.close()
 
     @contextlib.contextmanager
     def holding(self, sync: SyncSpec) -> Iterator[None]:

@@ -50,29 +50,58 @@ class DuckDBWarehouseConfig(Strict):
     )
 
 
-class SnowflakeWarehouseConfig(Strict):
-    """Snowflake through snowflake-connector-python, with key-pair (preferred) or password auth."""
+class _SnowflakeLogin(Strict):
+    """A Snowflake user with key-pair (preferred) or password auth."""
 
-    type: Literal["snowflake"]
-    account: str
     user: str
     private_key: SecretRef | None = Field(None, description="PEM private key, as env:NAME or secret:NAME")
     private_key_passphrase: SecretRef | None = None
     password: SecretRef | None = None
-    role: str | None = None
-    warehouse: str | None = None
-    database: str | None = None
-    schema_: str | None = Field(None, alias="schema")
 
     _check_refs = field_validator("private_key", "private_key_passphrase", "password")(
         lambda v: None if v is None else secret_ref(v)
     )
 
     @model_validator(mode="after")
-    def _one_auth(self) -> SnowflakeWarehouseConfig:
+    def _one_auth(self) -> _SnowflakeLogin:
         if (self.private_key is None) == (self.password is None):
             raise ValueError("give exactly one of private_key (key-pair auth, preferred) or password")
         return self
+
+
+class SnowflakeStateAccess(_SnowflakeLogin):
+    """The state schema's own credentials on the same account (least privilege): the models' SQL
+    runs with the warehouse's credentials, which need no grant on the state schema, and hands the
+    rows a plan reads (key, mapped and checked columns) over in ``stage_schema``."""
+
+    role: str = Field(description="the role that owns the state schema")
+    stage_schema: str = Field(
+        pattern=r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$",
+        description="where a plan's model rows are handed over: the warehouse's role creates tables "
+        "there, this role reads them (database.schema, or a schema of the warehouse's database)",
+    )
+
+
+class SnowflakeWarehouseConfig(_SnowflakeLogin):
+    """Snowflake through snowflake-connector-python, with key-pair (preferred) or password auth."""
+
+    type: Literal["snowflake"]
+    account: str
+    role: str | None = None
+    warehouse: str | None = None
+    database: str | None = None
+    schema_: str | None = Field(None, alias="schema")
+    state_access: SnowflakeStateAccess | None = Field(
+        None, description="optional: the state schema's own user and role, apart from the models'"
+    )
+
+    def for_state(self) -> SnowflakeWarehouseConfig:
+        """Return this warehouse as the state schema reaches it: its own login where it has one."""
+        access = self.state_access
+        if access is None:
+            return self
+        login = {k: getattr(access, k) for k in ("user", "private_key", "private_key_passphrase", "password")}
+        return self.model_copy(update={**login, "role": access.role, "state_access": None})
 
 
 WarehouseConfig = Annotated[DuckDBWarehouseConfig | SnowflakeWarehouseConfig, Field(discriminator="type")]
