@@ -192,6 +192,14 @@ class MailchimpFake(LoopbackServer, Knobs):
                     }
                 )
 
+            held = self.members.get(subscriber_hash(email))
+            if held is not None and not held["archived"] and not update:
+                # left untouched, whatever its fields
+                fail(
+                    f"{email} is already a list member. Use PUT to insert or update list members.",
+                    "ERROR_CONTACT_EXISTS",
+                )
+                continue
             refused = self._refused(email, item)
             if refused is not None:
                 fail(refused)
@@ -200,14 +208,7 @@ class MailchimpFake(LoopbackServer, Knobs):
             if status not in STATUSES:
                 fail("Status: this value is required, one of " + ", ".join(STATUSES))
                 continue
-            held = self.members.get(subscriber_hash(email))
             if held is not None and not held["archived"]:
-                if not update:
-                    fail(
-                        f"{email} is already a list member. Use PUT to insert or update list members.",
-                        "ERROR_CONTACT_EXISTS",
-                    )
-                    continue
                 if not self._may_become(held, status):
                     fail(self._compliance(email))
                     continue

@@ -85,18 +85,23 @@ def _check_secret(field: str, value: str) -> None:
             data_centre_url(value)
         except ValueError:
             raise SecretError(
-                "destination.api_key: this is not a Mailchimp API key: a key ends in its data centre, "
-                "like 0123abcd...-us6 (Account > Extras > API keys); give the whole key"
+                "this is not a Mailchimp API key: a key ends in its data centre, like 0123abcd…-us6 "
+                "(Profile > Extras > API keys); give the whole key"
             ) from None
 
 
 def _build(sync: SyncSpec, secrets: SecretResolver, session: requests.Session) -> Destination:
     from syncback.destinations.mailchimp.client import MailchimpDestination
+    from syncback.errors import SecretError
 
     config = sync.destination
     assert isinstance(config, MailchimpDestinationConfig)
-    key = secrets.resolve(config.api_key, f"syncs/{sync.name}.yaml: destination.api_key")
-    _check_secret("api_key", key)
+    where = f"syncs/{sync.name}.yaml: destination.api_key"
+    key = secrets.resolve(config.api_key, where)
+    try:
+        _check_secret("api_key", key)
+    except SecretError as exc:
+        raise SecretError(f"{where}: {exc}") from None
     url = config.base_url or data_centre_url(key)
     return MailchimpDestination(config, key, url, session)
 
