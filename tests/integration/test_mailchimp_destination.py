@@ -26,7 +26,9 @@ from syncback.errors import (
     SystemicError,
 )
 from syncback.spec import load_project
+from syncback.state import RunRecord
 from tests.conftest import contacts_rows, write_contacts, write_project
+from tests.convergence import Row, World, check_converged, held_emails
 from tests.fakes.mailchimp import KEY, LIST, MailchimpFake
 from tests.integration.sfn_harness import build_stack, mocked_aws, snapshot
 
@@ -512,3 +514,58 @@ def test_validate_names_the_field_and_the_fix(
     with pytest.raises(ConfigError) as caught:
         load_project(tmp_path)
     assert says in str(caught.value) and "syncs/contacts.yaml" in str(caught.value)
+
+
+# ---- addresses handed from member to member within one run ------------------------------------
+
+
+def converge(world: World) -> RunRecord:
+    held = held_emails(world)
+    record = world.run()
+    check_converged(world, record, held)
+    return record
+
+
+def test_a_new_row_taking_an_address_whose_member_moves_away_gets_a_member_of_its_own(tmp_path: Path) -> None:
+    with World(tmp_path, "mailchimp", "upsert").started() as world:
+        world.rows = {i: Row(f"p{i}@x.io") for i in range(1, 7)}
+        world.write_model()
+        world.run()
+        # When every member moves to a new address and new rows take the old ones: Then the members
+        # move first (phase 1) and the new rows are added after (phase 2), never into a member that
+        # is about to move
+        world.rows = {i: Row(f"q{i}@x.io") for i in range(1, 7)} | {
+            10 + i: Row(f"p{i}@x.io", "new") for i in range(1, 7)
+        }
+        world.write_model()
+        converge(world)
+        assert len(world.records()) == 12
+
+
+def test_a_chain_of_moves_within_a_batch_all_arrive(tmp_path: Path) -> None:
+    with World(tmp_path, "mailchimp", "mirror").started() as world:
+        world.rows = {1: Row("a@x.io"), 2: Row("b@x.io"), 3: Row("c@x.io")}
+        world.write_model()
+        world.run()
+        world.rows = {1: Row("b@x.io"), 2: Row("c@x.io"), 3: Row("d@x.io")}
+        world.write_model()
+        assert converge(world).delivered == 3  # c→d, then b→c, then a→b
+
+
+def test_two_members_trading_addresses_are_refused_visibly_and_nothing_is_lost(tmp_path: Path) -> None:
+    with World(tmp_path, "mailchimp", "upsert").started() as world:
+        world.rows = {1: Row("a@x.io", "one"), 2: Row("b@x.io", "two")}
+        world.write_model()
+        world.run()
+        # When rows 1 and 2 swap addresses: Then neither member can move while the other holds its
+        # address: both are refused with Mailchimp's reason, and both members keep what they held
+        world.rows = {1: Row("b@x.io", "one"), 2: Row("a@x.io", "two")}
+        world.write_model()
+        record = world.run()
+        assert (record.delivered, record.rejected) == (0, 2)
+        assert {r["email"]: r["customer_id"] for r in world.records()} == {"a@x.io": "1", "b@x.io": "2"}
+        # once one of them moves elsewhere first, the other arrives
+        world.rows = {1: Row("c@x.io", "one"), 2: Row("a@x.io", "two")}
+        world.write_model()
+        converge(world)
+        assert {r["email"]: r["customer_id"] for r in world.records()} == {"c@x.io": "1", "a@x.io": "2"}

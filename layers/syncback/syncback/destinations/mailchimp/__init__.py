@@ -156,5 +156,7 @@ KIND = register(
         account=_account,
         check_secret=_check_secret,
         check_sync=_check_sync,
+        # a member's address cannot be emptied: the member moves to its new address itself
+        releases=False,
     )
 )

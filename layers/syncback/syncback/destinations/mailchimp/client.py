@@ -80,7 +80,8 @@ class MailchimpDestination:
             return [self._remove(c) for c in changes]
         if changes[0].destination_id is None:
             return self._subscribe(changes)
-        return [self._write_by_hash(c) for c in changes]
+        done = {c.key: self._write_by_hash(c) for c in _moves_in_order(changes)}
+        return [done[c.key] for c in changes]
 
     def close(self) -> None:
         self._session.close()
@@ -249,6 +250,31 @@ class MailchimpDestination:
         body = _json(response)
         text = f"{body.get('title') or ''}: {body.get('detail') or ''}".strip(": ")
         return redact(text, sent, [self._secret])[:500]
+
+
+def _moves_in_order(changes: Sequence[Change]) -> list[Change]:
+    """Return ``changes`` (written by hash) so that a member moving to an address another of them
+    holds now comes after that one has moved away (a chain a→b, b→c: b→c first). Members trading
+    addresses (a cycle) cannot all go first: Mailchimp refuses them while the address is held."""
+    moving_from = {str(c.destination_id): c.key for c in changes}
+    after: dict[str, str] = {}  # key → the key it waits for
+    for change in changes:
+        address = change.record.get(IDENTIFIER)
+        target = subscriber_hash(address) if address else None
+        holder = moving_from.get(target) if target and target != change.destination_id else None
+        if holder is not None:
+            after[change.key] = holder
+    ordered: list[Change] = []
+    placed: set[str] = set()
+    pending = list(changes)
+    while pending:
+        ready = [c for c in pending if after.get(c.key) in placed or c.key not in after]
+        batch = ready or pending[:1]  # a cycle: one of them goes, and is refused
+        for change in batch:
+            ordered.append(change)
+            placed.add(change.key)
+        pending = [c for c in pending if c.key not in placed]
+    return ordered
 
 
 def _tags(change: Change) -> list[dict[str, str]]:
