@@ -449,8 +449,8 @@ class Planner:
             # own move goes: a move the destination refuses must not keep the other row from it
             phase, release = f"case when {wait} or {moves} then 2 else 1 end", moves
             if not kind_of(self.sync).releases:
-                # the identifier cannot be emptied (it is the record: a Mailchimp member is its
-                # address): a record moves itself first, in phase 1 (refused while its new
+                # the identifier cannot be emptied (it is the record: an audience member is its
+                # e-mail address): a record moves itself first, in phase 1 (refused while its new
                 # identifier is still held), and only a row without a record of its own, which is
                 # written by identifier, waits for phase 2, so that it never writes into a record
                 # that is about to move away
