@@ -103,17 +103,17 @@ class MailchimpFake(LoopbackServer, Knobs):
             self.counts["requests"] += 1
             self._under_way += 1
             self.counts["most_connections"] = max(self.counts["most_connections"], self._under_way)
+            crowded = self._under_way > self.max_connections
         try:
+            if crowded:  # refused at once, as one connection too many
+                with self._lock:
+                    self.counts["429"] += 1
+                return _problem(
+                    429, "Too Many Requests", "You have exceeded the limit of 10 simultaneous connections."
+                )
             if self.latency_s:
                 time.sleep(self.latency_s)
             with self._lock:
-                if self._under_way > self.max_connections:
-                    self.counts["429"] += 1
-                    return _problem(
-                        429,
-                        "Too Many Requests",
-                        "You have exceeded the limit of 10 simultaneous connections.",
-                    )
                 if not self._authorised(headers.get("authorization", "")):
                     return _problem(
                         401,

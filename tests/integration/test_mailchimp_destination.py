@@ -20,6 +20,7 @@ from syncback.destinations.mailchimp.client import MailchimpDestination, subscri
 from syncback.errors import (
     ConfigError,
     DestinationAuthError,
+    DestinationUnavailable,
     RateLimited,
     RequestRejected,
     SecretError,
@@ -323,7 +324,7 @@ def test_the_connection_limit_is_kept_at_ten(
 def test_an_eleventh_connection_is_answered_429() -> None:
     import concurrent.futures
 
-    with MailchimpFake(max_connections=10, latency_s=0.3) as fake:
+    with MailchimpFake(max_connections=10, latency_s=1.5) as fake:  # long enough for all 12 to overlap
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
             answers = list(
                 pool.map(
@@ -393,6 +394,7 @@ def test_throttles_and_outages_are_retried_until_they_pass(
         (403, None, RateLimited),  # bare: the throttle under load
         (403, {"title": "Forbidden", "detail": "You don't have permission"}, DestinationAuthError),
         (401, {"title": "API Key Invalid", "detail": "Your API key may be invalid"}, DestinationAuthError),
+        (503, {"title": "Service Unavailable"}, DestinationUnavailable),
         (404, {"title": "Resource Not Found"}, SystemicError),
         (
             400,
@@ -569,3 +571,69 @@ def test_two_members_trading_addresses_are_refused_visibly_and_nothing_is_lost(t
         world.write_model()
         converge(world)
         assert {r["email"]: r["customer_id"] for r in world.records()} == {"c@x.io": "1", "a@x.io": "2"}
+
+
+# ---- the remaining paths of the client -------------------------------------------------------------
+
+
+def test_mirror_clears_the_fields_and_tags_of_a_member_it_did_not_add(
+    tmp_path: Path, mailchimp: MailchimpFake, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mailchimp.add_by_hand("user60@example.com", "subscribed", {"FNAME": "Own", "OTHER": "kept"})
+    root = project(
+        tmp_path, mailchimp, rows=60, remove_not_created="clear_fields", guards={"max_delete_pct": 100}
+    )
+    assert run_json(root, capsys)[0] == 0
+    assert live(mailchimp)["user60@example.com"]["tags"] == {"repeat-buyer"}
+    # When its row leaves: Then the fields and the tag the sync maps are emptied, the rest kept,
+    # and the member stays, with its status
+    write_contacts(root / "wh.duckdb", contacts_rows(59))
+    code, summary = run_json(root, capsys)
+    assert code == 0 and summary["planned"]["removed"] == 1, summary
+    member = live(mailchimp)["user60@example.com"]
+    assert member["merge_fields"] == {"FNAME": "", "SCORE": "", "OTHER": "kept"} and member["tags"] == set()
+    assert member["status"] == "subscribed"
+
+
+def test_removing_a_member_already_gone_or_never_recorded_loses_nothing(mailchimp: MailchimpFake) -> None:
+    archive = [
+        Change("1", "archive", destination_id=subscriber_hash("nobody@example.com")),
+        Change("2", "archive"),
+    ]
+    outcomes = client(mailchimp).write(archive, "s")
+    assert [o.status for o in outcomes] == ["delivered", "skipped"]
+    assert "nothing to remove" in str(outcomes[1].reason)
+
+
+def test_a_member_the_answer_does_not_mention_is_rejected_not_taken_as_delivered(
+    mailchimp: MailchimpFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def answer(*args: Any) -> tuple[int, dict[str, str], bytes]:
+        return (
+            200,
+            {"Content-Type": "application/json"},
+            json.dumps({"new_members": [], "errors": []}).encode(),
+        )
+
+    monkeypatch.setattr(mailchimp, "answer", answer)
+    outcomes = client(mailchimp).write(upserts(2), "s")
+    assert [o.status for o in outcomes] == ["rejected", "rejected"]
+    assert outcomes[0].reason == "Mailchimp's answer did not mention this member"
+
+
+def test_an_existing_member_whose_audience_is_gone_stops_the_run_naming_the_list(
+    mailchimp: MailchimpFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mailchimp.add_by_hand("m0@example.com", "subscribed")
+    real = mailchimp.answer
+
+    def answer(
+        method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict[str, str], bytes]:
+        if method == "PUT":  # the audience was deleted between the batch and the member's update
+            return 404, {"Content-Type": "application/problem+json"}, b'{"title": "Resource Not Found"}'
+        return real(method, target, headers, body)
+
+    monkeypatch.setattr(mailchimp, "answer", answer)
+    with pytest.raises(SystemicError, match="destination.list_id"):
+        client(mailchimp).write(upserts(1), "s")
