@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import logging
 import sys
 import threading
 import time
@@ -172,8 +173,15 @@ def mocked_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(DistributedIterationComponent, "_map_run", _map_run_failing_on_a_failed_item)
-    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
-        yield
+    # the handlers' LambdaLogger takes the "syncback" logger over (its own handler, no propagation):
+    # give it back, or a later test in this process that reads the engine's log lines sees none
+    engine = logging.getLogger("syncback")
+    saved = (list(engine.handlers), engine.level, engine.propagate)
+    try:
+        with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+            yield
+    finally:
+        engine.handlers, engine.level, engine.propagate = saved
 
 
 _moto_map_run = DistributedIterationComponent._map_run

@@ -501,6 +501,13 @@ class Planner:
             # a record whose identifier another row takes gives it up first (phase 1), however its
             # own move goes: a move the destination refuses must not keep the other row from it
             phase, release = f"case when {wait} or {moves} then 2 else 1 end", moves
+            if not kind_of(self.sync).releases:
+                # the identifier cannot be emptied (it is the record: an audience member is its
+                # e-mail address): a record moves itself first, in phase 1 (refused while its new
+                # identifier is still held), and only a row without a record of its own, which is
+                # written by identifier, waits for phase 2, so that it never writes into a record
+                # that is about to move away
+                phase, release = f"case when {wait} and p.s_dest is null then 2 else 1 end", "false"
         else:
             joins, phase, release = "", "1", "false"
         action = "'\"upsert\"'"

@@ -59,6 +59,10 @@ class Kind:
     account: Callable[[Any], str] = lambda config: ""
     #: checks a resolved secret (field, value); raises SecretError with the fix
     check_secret: Callable[[str, str], None] | None = None
+    #: whether a record can give its identifier up (emptied) so that another row takes it in the
+    #: same run; False where the identifier is the record (an audience member is its address): then
+    #: a record moves first and a row taking its identifier waits (see the planner)
+    releases: bool = True
     #: checks the spec across fields (mode, mapping); returns problems as (field, message)
     check_sync: Callable[[SyncSpec], list[tuple[str, str]]] = field(default=lambda sync: [])
 
