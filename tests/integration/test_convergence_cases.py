@@ -432,7 +432,7 @@ def test_found_a_row_whose_lost_write_went_into_a_contact_made_by_hand_then_move
     state.teardown()
 
 
-@pytest.mark.parametrize("kind", ["hubspot", "zendesk", "salesforce", "webhook"])
+@pytest.mark.parametrize("kind", ["hubspot", "zendesk", "salesforce", "webhook", "braze"])
 def test_a_record_written_by_id_whose_answer_was_lost_is_written_again_when_its_row_goes_back(
     tmp_path: Path, kind: str
 ) -> None:

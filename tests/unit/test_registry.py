@@ -65,6 +65,39 @@ def test_a_destination_that_clears_on_removal_gets_its_fields_emptied_not_archiv
     assert all(value is None for name, value in cleared.items() if name != "email") and len(cleared) > 1
 
 
+@pytest.mark.parametrize(("removal", "left"), [("archive", {"9", "10"}), ("delete", set())])
+def test_a_destination_that_deletes_on_removal_deletes_records_it_did_not_create(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, removal: str, left: set[str]
+) -> None:
+    from syncback.batches import LocalBatchStore
+    from syncback.runner import Runtime, run_sync
+    from syncback.spec import load_project
+    from syncback.state import LocalStateStore
+    from tests.conftest import contacts_rows, write_contacts, write_project
+    from tests.fakes.recording import RecordingDestination
+
+    # Given a destination whose config chooses its removal, holding every record before the sync
+    # wrote it (so the sync created none of them)
+    kind = dataclasses.replace(REGISTRY["hubspot"], removal=lambda config: removal)
+    monkeypatch.setitem(REGISTRY, "hubspot", kind)
+    monkeypatch.setenv("HUBSPOT_TOKEN", "t")
+    sync = {**BASE_SYNC, "mode": "mirror", "guards": {"max_delete_pct": 50}}
+    write_project(tmp_path, sync, contacts_rows(10))
+    project = load_project(tmp_path)
+    destination = RecordingDestination()
+    destination.records = {str(i): {} for i in range(1, 11)}
+    rt = Runtime(project, LocalBatchStore(project.state_path), LocalStateStore(project.state_path))
+    rt = dataclasses.replace(rt, destination_factory=lambda spec: destination)
+    assert registry.removal_of(project.sync("contacts")) == removal
+    run_sync(rt, "contacts")
+    # When two rows leave the model
+    write_contacts(tmp_path / "wh.duckdb", contacts_rows(8))
+    record = run_sync(rt, "contacts")
+    # Then archive leaves what the sync did not create; delete removes them all the same
+    assert record.planned["removed"] == 2
+    assert set(destination.records) - {str(i) for i in range(1, 9)} == left
+
+
 def test_registering_a_type_twice_is_refused() -> None:
     with pytest.raises(ValueError, match="registered twice"):
         registry.register(REGISTRY["webhook"])

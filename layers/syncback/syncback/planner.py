@@ -33,7 +33,7 @@ from typing import Any
 from syncback.batches import BatchRef, BatchStore, batch_key, change_from_json, change_line, dumps, plan_key
 from syncback.checks import CheckResult, evaluate
 from syncback.destinations.base import Change
-from syncback.destinations.registry import destination_target, identifier_fields, kind_of
+from syncback.destinations.registry import destination_target, identifier_fields, kind_of, removal_of
 from syncback.errors import GuardError, ModelError
 from syncback.history import ensure_history, log_invalid
 from syncback.mapping import MappingQuery, describe, model_problems
@@ -585,8 +585,8 @@ class Planner:
         """Return what becomes of a record whose row left the model."""
         if self.sync.mode != "mirror":
             return Change(key, "forget", destination_id=destination_id)
-        removal = kind_of(self.sync).removal
-        if created and removal == "archive":
+        removal = removal_of(self.sync)
+        if (created and removal == "archive") or (removal == "delete" and destination_id is not None):
             return Change(key, "archive", destination_id=destination_id)
         if (
             removal == "clear" or self.sync.remove_not_created == "clear_fields"

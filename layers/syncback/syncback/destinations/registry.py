@@ -27,8 +27,11 @@ if TYPE_CHECKING:  # the spec imports this module: types only
 #: what mirror does to a record this sync created whose row left the model. archive: take it out
 #: of where the sync put it (the client says how: delete or archive a record, remove a member from
 #: a list or an audience); clear: the records stay, and the fields the sync maps (all but the
-#: identifier) are emptied; unsupported: nothing can be removed there, and mirror is refused
-Removal = Literal["archive", "clear", "unsupported"]
+#: identifier) are emptied; delete: every record whose row left is deleted, whoever created it (for
+#: a destination that cannot say which records a write created, where the spec asks for it: the one
+#: exception to "mirror archives only what this sync created"); unsupported: nothing can be removed
+#: there, and mirror is refused
+Removal = Literal["archive", "clear", "delete", "unsupported"]
 Mode = Literal["upsert", "update", "insert", "mirror"]
 
 
@@ -42,8 +45,9 @@ class Kind:
     config: type[Any]
     #: the sync modes it supports
     modes: tuple[Mode, ...]
-    #: what mirror does to a record whose row left the model
-    removal: Removal
+    #: what mirror does to a record whose row left the model, or a function of the config that says
+    #: it (where the spec chooses); read it with ``removal_of``
+    removal: Removal | Callable[[Any], Removal]
     #: builds the client, its secrets resolved (imports the client module: not on a cold path)
     build: Callable[[SyncSpec, SecretResolver, requests.Session], Destination | JobDestination]
     #: why it takes only those modes, for the message refusing another
@@ -86,6 +90,12 @@ def kind_of(sync: SyncSpec) -> Kind:
             [Problem(f"syncs/{sync.name}.yaml", "destination.type", "unknown destination type")]
         )
     return kind
+
+
+def removal_of(sync: SyncSpec) -> Removal:
+    """Return what mirror does to a record of ``sync`` whose row left the model."""
+    removal = kind_of(sync).removal
+    return removal(sync.destination) if callable(removal) else removal
 
 
 def build_destination(
@@ -152,7 +162,7 @@ def sync_problems(sync: SyncSpec) -> list[tuple[str, str]]:
     """Return (field, message) for what the destination cannot do as the sync asks."""
     kind = kind_of(sync)
     problems = []
-    if sync.mode == "mirror" and kind.removal == "unsupported":
+    if sync.mode == "mirror" and removal_of(sync) == "unsupported":
         problems.append(
             (
                 "mode",
