@@ -26,10 +26,9 @@ def readme_blocks() -> list[dict[str, Any]]:
 BLOCKS = readme_blocks()
 PROJECT = next(b for b in BLOCKS if "warehouses" in b)
 FULL_SYNC = next(b for b in BLOCKS if "name" in b and "destination" in b)
-#: every destination block the README shows, with the mapping beside it (a fragment of a sync)
-DESTINATIONS = [
-    (b["destination"], b.get("mapping", FULL_SYNC["mapping"])) for b in BLOCKS if "destination" in b
-]
+#: every destination block the README shows, with what its example sets beside it (a whole sync,
+#: or a fragment: the destination and its mapping, the rest taken from the first example)
+EXAMPLES = [b for b in BLOCKS if "destination" in b]
 
 CHECKS = [
     {"column": "email", "max_null_pct": 0},
@@ -57,10 +56,11 @@ def column_forms(column: str) -> st.SearchStrategy[Any]:
 
 @st.composite
 def syncs(draw: st.DrawFn) -> dict[str, Any]:
-    destination, mapping = draw(st.sampled_from(DESTINATIONS))
+    example = draw(st.sampled_from(EXAMPLES))
+    destination, mapping = example["destination"], example.get("mapping", FULL_SYNC["mapping"])
     kind = REGISTRY[destination["type"]]
-    spec = {k: v for k, v in FULL_SYNC.items() if k not in ("destination", "mapping")}
-    spec["destination"] = destination
+    # a destination may need more of its example than the mapping (Braze: the primary key)
+    spec = {k: v for k, v in {**FULL_SYNC, **example}.items() if k != "mapping"}
     spec["mode"] = draw(
         st.sampled_from([m for m in kind.modes if kind.removal != "unsupported" or m != "mirror"])
     )
@@ -91,4 +91,13 @@ def test_a_pinned_spec_validates_back_to_the_spec_it_pins(document: dict[str, An
 
 def test_every_destination_the_readme_documents_is_pinned() -> None:
     # the property above draws from the README's destination blocks: each registered type has one
-    assert {d["type"] for d, _ in DESTINATIONS} == set(REGISTRY)
+    assert {e["destination"]["type"] for e in EXAMPLES} == set(REGISTRY)
+
+
+def test_found_the_braze_example_needs_its_own_primary_key_to_be_pinned() -> None:
+    # found by the property above when Braze came: its example maps external_id from its own
+    # primary key, which the first example (HubSpot's) does not have; each example is pinned whole
+    braze = next(e for e in EXAMPLES if e["destination"]["type"] == "braze")
+    sync = SyncSpec.model_validate({**FULL_SYNC, **braze})
+    project = Project(root=ROOT, config=ProjectConfig.model_validate(PROJECT), syncs={sync.name: sync})
+    assert Project.from_pinned(ROOT, project.pinned(sync.name)).sync(sync.name) == sync
