@@ -212,6 +212,11 @@ class World:
         """Return the live snapshot rows: key → (row hash, destination id)."""
         warehouse = DuckDBWarehouse(self.root / "wh.duckdb")
         try:
+            if not warehouse.fetch_all(
+                "select 1 from information_schema.tables "
+                "where table_schema = 'syncback' and table_name = 'snapshot__people'"
+            ):
+                return {}  # no run has committed yet
             rows = warehouse.fetch_all(
                 "select key, row_hash, destination_id from syncback.snapshot__people where not removed"
             )
@@ -456,9 +461,12 @@ def _rejections_explained(
 def held_emails(world: World) -> dict[str, int]:
     """Return email → key of the records that hold one now (where the destination finds records by email)."""
     out: dict[str, int] = {}
+    known = {dest for _, dest in world.snapshot().values()}
     for item in world.records():
-        if item["id"] in world.lost:
-            continue  # made by a request whose answer was lost: syncback cannot know it holds the email
+        if item["id"] in world.lost and item["id"] not in known:
+            # made by a request whose answer was lost, and not found by a later write: syncback
+            # cannot know it holds the email
+            continue
         if item.get("email") and item.get("customer_id") not in (None, ""):
             out[str(item["email"]).strip().lower()] = int(item["customer_id"])
     return out if world.fake.identifier is not None else {}

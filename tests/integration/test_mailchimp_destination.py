@@ -451,13 +451,30 @@ def test_a_member_deleted_there_since_is_written_again_by_its_address(mailchimp:
     moved = Change("0", "upsert", "h", {**change.record, "merge_fields.FNAME": "again"}, hashed)
     # no member at the recorded hash: gone (the delivery then writes it by its address)
     assert client(mailchimp).write([moved], "s")[0].status == "gone"
-    # clear and release of a member we hold no hash of are skipped; release never empties an address
+    # clear and release of a member we hold no hash of are skipped
     assert (
         client(mailchimp).write([Change("1", "clear", None, {"merge_fields.FNAME": None})], "s")[0].status
         == "skipped"
     )
-    released = client(mailchimp).write([Change("1", "release", None, {"email_address": None}, hashed)], "s")
-    assert released[0].status == "skipped" and "cannot empty" in str(released[0].reason)
+    # a release of a member gone since: gone (nothing left to empty)
+    release = Change("1", "release", None, {"email_address": None, "merge_fields.FNAME": None}, hashed)
+    assert client(mailchimp).write([release], "s")[0].status == "gone"
+
+
+def test_a_released_member_keeps_its_address_and_consent_and_loses_the_mapped_fields(
+    mailchimp: MailchimpFake,
+) -> None:
+    # a member the sync found (made by hand) whose row moved to another address: the address is the
+    # member, so it stays, with its status; what the row had written is emptied, tags taken off
+    hashed = mailchimp.add_by_hand("m0@example.com", "unsubscribed", {"FNAME": "N0"})
+    mailchimp.members[hashed]["tags"] = {"vip"}
+    release = Change(
+        "0", "release", None, {"email_address": None, "merge_fields.FNAME": None, "tags.vip": None}, hashed
+    )
+    (outcome,) = client(mailchimp).write([release], "s")
+    assert (outcome.status, outcome.destination_id) == ("delivered", hashed)
+    member = live(mailchimp)["m0@example.com"]
+    assert (member["status"], member["merge_fields"]["FNAME"], member["tags"]) == ("unsubscribed", "", set())
 
 
 # ---- credentials, the data centre, and validate --------------------------------------------------------

@@ -139,7 +139,10 @@ class Planner:
         self.tables = SnapshotTables(state_schema, sync.name)
         self.identifiers = identifier_fields(sync)
         self.target = destination_target(sync)
-        self._emptied = {name: None for name in self.identifiers}  # a release's record
+        # a release's record: the identifier given up, or, where the identifier is the record
+        # (which keeps it), every mapped field emptied, so the row is held by one record only
+        released = self.identifiers if kind_of(sync).releases else sorted(sync.mapping)
+        self._emptied = {name: None for name in released}
         self._columns: list[tuple[str, str]] = []  # the model's, as the warehouse describes them
 
     def plan(
@@ -450,7 +453,8 @@ class Planner:
         for chunk in self.warehouse.stream(
             f"select sb_key, s_dest from {writes} where sb_release order by sb_key"
         ):
-            # give the identifier up in phase 1, so the row taking it in phase 2 meets no owner
+            # give the identifier (or the record) up in phase 1, so the row taking it in phase 2
+            # meets no owner
             yield (
                 1,
                 False,
@@ -485,6 +489,7 @@ class Planner:
         table) is left undelivered, and the next run plans it afresh.
         """
         snap = self.tables.snapshot
+        dest = "p.s_dest"
         if self.identifiers and self.sync.mode != "insert":
             live = f"not s.removed and s.identity is not null and {same_target('s', self.target)}"
             # wait: another record of this sync holds the identifier, and gives it up in phase 1
@@ -503,17 +508,24 @@ class Planner:
             phase, release = f"case when {wait} or {moves} then 2 else 1 end", moves
             if not kind_of(self.sync).releases:
                 # the identifier cannot be emptied (it is the record: an audience member is its
-                # e-mail address): a record moves itself first, in phase 1 (refused while its new
-                # identifier is still held), and only a row without a record of its own, which is
-                # written by identifier, waits for phase 2, so that it never writes into a record
-                # that is about to move away
-                phase, release = f"case when {wait} and p.s_dest is null then 2 else 1 end", "false"
+                # e-mail address). A record this sync created moves itself, in phase 1 (refused
+                # while its new identifier is still held). One it did not create keeps its address
+                # (its owner's, with its consent): it is released (its mapped fields emptied) in
+                # phase 1, and the row is written by its new identifier in phase 2. A row without a
+                # record of its own, written by identifier, waits for phase 2 if another record of
+                # this sync holds the identifier, so that it never writes into one about to move away
+                release = (
+                    "coalesce(p.s_dest is not null and p.sb_live and p.s_ident <> p.sb_ident "
+                    "and not coalesce(p.s_created, false), false)"
+                )
+                dest = f"case when {release} then null else p.s_dest end"
+                phase = f"case when ({wait} and p.s_dest is null) or {release} then 2 else 1 end"
         else:
             joins, phase, release = "", "1", "false"
         action = "'\"upsert\"'"
         if self.sync.mode == "insert":  # a record that exists: insert mode never writes it again
             action = "case when coalesce(p.sb_live, false) or p.s_dest is not null then '\"keep\"' else '\"upsert\"' end"
-        line = self._line_sql(query, "p.sb_key", action, "p.sb_hash", "p.s_dest", "p.sb_ident")
+        line = self._line_sql(query, "p.sb_key", action, "p.sb_hash", dest, "p.sb_ident")
         # the text is made after the join, for the rows to write only
         values = (
             f"select *, {query.row_hash(self.target)} as sb_hash from "

@@ -133,7 +133,9 @@ def apply_outcomes(
     A key's row changes only if the snapshot holds no newer version of it (a replay of an old dead
     letter never undoes a later run). A destination id belongs to one key: a key whose record
     another key took loses it, and is sent again. Whether this sync created a record follows the
-    record, not the key. All of it is set-wise SQL: memory does not grow with the outcomes.
+    record, not the key: a write that does not say (``created`` None: a write by the record's id)
+    went to the record the key held, even where that record's id changed with it (a Mailchimp
+    member is the hash of its address, and moves with it). All of it is set-wise SQL: memory does not grow with the outcomes.
     """
     return _merge(warehouse, tables, stage, run_id, target, now)
 
@@ -177,7 +179,7 @@ def _merge(
             f"{destination}, "
             f"case when {put} then coalesce(c.identity, s.identity) when c.effect = 'left' then s.identity end, "
             f"case when {put} then coalesce(c.created, false) or coalesce(h.created, 0) = 1 "
-            "or (c.destination_id is null and coalesce(s.created, false)) "
+            "or ((c.destination_id is null or c.created is null) and coalesce(s.created, false)) "
             "when c.effect in ('release', 'left') then coalesce(s.created, false) else false end, "
             "c.effect in ('gone', 'left'), "
             "case when c.effect = 'release' then coalesce(s.version, c.version) else c.version end, "

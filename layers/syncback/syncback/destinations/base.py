@@ -63,7 +63,9 @@ class Outcome:
     status: Status
     destination_id: str | None = None
     reason: str | None = None
-    created: bool | None = None  # the destination created the record (None: it did not say)
+    #: the destination created the record; None: it did not say, as a write by the record's id
+    #: does not (the record is the one the change named, whose ``created`` the snapshot keeps)
+    created: bool | None = None
 
 
 class Destination(Protocol):

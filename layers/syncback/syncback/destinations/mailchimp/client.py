@@ -143,11 +143,7 @@ class MailchimpDestination:
 
     def _write_by_hash(self, change: Change) -> Outcome:
         hashed = str(change.destination_id)
-        if change.action == "release":
-            # another row takes this address in this run; a member's address cannot be emptied, so
-            # the member keeps it until its own row's change moves it
-            return Outcome(change.key, "skipped", reason="Mailchimp cannot empty a member's address")
-        body = self._member(change)
+        body = self._member(change)  # a release empties the merge fields; the address is the member
         if change.action == "upsert" and subscriber_hash(change.record.get(IDENTIFIER)) == hashed:
             body.pop(IDENTIFIER, None)  # the same address: nothing to move
         response = self._request("PATCH", f"/members/{hashed}", [change], json=body)
@@ -284,7 +280,7 @@ def _tags(change: Change) -> list[dict[str, str]]:
     for name, value in change.record.items():
         if name.startswith("tags."):
             on = _truth(value)
-            if change.action == "clear":
+            if change.action in ("clear", "release"):
                 on = False
             if on is not None:
                 tags.append({"name": name.removeprefix("tags."), "status": "active" if on else "inactive"})
