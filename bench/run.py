@@ -215,10 +215,11 @@ def footnotes(o: dict[str, Any], lim: dict[str, Any], s: dict[str, Any], v: dict
 
 def destination_rows() -> tuple[list[Row], str]:
     """Run each destination's own bench, ``bench/destinations/<type>.py``: it prints ``{"rows":
-    [[figure, value, target, met], ...], "note": text}`` as JSON. A new destination adds its file."""
+    [[figure, value, target, met], ...], "note": text}`` as JSON. A new destination adds its file
+    (``_harness.py`` is what they share)."""
     rows: list[Row] = []
     notes = []
-    for script in sorted((BENCH / "destinations").glob("*.py")):
+    for script in sorted((BENCH / "destinations").glob("[!_]*.py")):
         found = measure(f"destinations/{script.stem}")
         rows += [(str(a), str(b), str(c), str(d)) for a, b, c, d in found["rows"]]
         notes.append(f"- {script.stem}: {found['note']}")

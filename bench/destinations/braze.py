@@ -13,90 +13,21 @@ its work does not slow syncback's requests down.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
-import yaml
+from _harness import FirstSync, OwnProcess, first_sync, ratio_rows, serve
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from syncback.batches import LocalBatchStore  # noqa: E402
-from syncback.runner import Progress, run_sync  # noqa: E402
-from syncback.runtime import Runtime  # noqa: E402
-from syncback.spec import load_project  # noqa: E402
-from syncback.state import LocalStateStore  # noqa: E402
-from tests.conftest import contacts_rows, write_contacts  # noqa: E402
-from tests.fakes.braze import KEY, BrazeFake  # noqa: E402
+from tests.fakes.braze import KEY, BrazeFake
 
 REQUESTS, WINDOW_S, USERS, PER_REQUEST = 60, 1.0, 60_000, 75
 CEILING = REQUESTS * PER_REQUEST / WINDOW_S
 
 
-class Clock(Progress):
-    """Notes when delivery started and when the last answer came."""
-
-    def __init__(self) -> None:
-        self.started = self.last = 0.0
-
-    def start(self, total: int) -> None:
-        self.started = time.perf_counter()
-
-    def advance(self, n: int) -> None:
-        if n:
-            self.last = time.perf_counter()
-
-
-class OwnProcess:
-    """The fake in a process of its own (its CPU is not syncback's): its URL, then its counts."""
-
-    def __enter__(self) -> OwnProcess:
-        self.process = subprocess.Popen(
-            [sys.executable, __file__, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert self.process.stdout is not None
-        self.url = self.process.stdout.readline().strip()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.process.kill()
-
-    def counts(self) -> dict[str, int]:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.close()  # the fake prints its counts when its input ends
-        return dict(json.loads(self.process.stdout.readline()))
-
-
-def serve() -> None:
-    with BrazeFake(requests_per_window=REQUESTS, window_s=WINDOW_S) as fake:
-        print(fake.url, flush=True)
-        sys.stdin.read()
-        print(json.dumps({**fake.counts, "users": len(fake.users)}), flush=True)
-
-
 def at_the_limit(concurrency: int) -> dict[str, Any]:
-    root = ROOT / "bench" / "work" / f"braze-{concurrency}"
-    shutil.rmtree(root, ignore_errors=True)
-    (root / "syncs").mkdir(parents=True)
-    with OwnProcess() as fake:
-        (root / "syncback.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "warehouses": {"local": {"type": "duckdb", "path": "wh.duckdb"}},
-                    "state": {"warehouse": "local"},
-                }
-            )
-        )
+    with OwnProcess(__file__) as fake:
         sync = {
             "name": "users",
-            "warehouse": "local",
-            "table": "analytics.contacts",
-            "primary_key": "customer_id",
             "batch_size": 3_000,
             "destination": {
                 "type": "braze",
@@ -113,21 +44,13 @@ def at_the_limit(concurrency: int) -> dict[str, Any]:
                 "churn_risk": "lead_score",
             },
         }
-        (root / "syncs" / "users.yaml").write_text(yaml.safe_dump(sync))
-        write_contacts(root / "wh.duckdb", contacts_rows(USERS))
-        os.environ["BENCH_BRAZE_KEY"] = KEY
-        project = load_project(root)
-        rt = Runtime(project, LocalBatchStore(project.state_path), LocalStateStore(project.state_path))
-        clock = Clock()
-        started = time.perf_counter()
-        record = run_sync(rt, "users", progress=clock)
-        wall = time.perf_counter() - started
+        run: FirstSync = first_sync(f"braze-{concurrency}", sync, USERS, {"BENCH_BRAZE_KEY": KEY})
         counts = fake.counts()
-    assert record.delivered == USERS == counts["users"], (record, counts)
+    assert run.record.delivered == USERS == counts["users"], (run.record, counts)
     return {
         "concurrency": concurrency,
-        "wall_s": wall,
-        "of_ceiling": USERS / (clock.last - clock.started) / CEILING,
+        "wall_s": run.wall_s,
+        "of_ceiling": USERS / run.delivering_s / CEILING,
         "requests": counts["requests"],
         "rate_limited": counts["429"],
     }
@@ -138,15 +61,7 @@ def main() -> None:
     rows = []
     for run in runs:
         what = f"Braze at its limit ({REQUESTS} requests/s scaled, 75 users a request), {run['concurrency']} deliverer(s)"
-        rows += [
-            [
-                f"{what}: users/s ÷ limit (75 users a request)",
-                f"{run['of_ceiling']:.3f}",
-                "≥ 0.9",
-                "yes" if run["of_ceiling"] >= 0.9 else "**no**",
-            ],
-            [f"{what}: 429s", str(run["rate_limited"]), "0", "yes" if run["rate_limited"] == 0 else "**no**"],
-        ]
+        rows += ratio_rows(what, "users/s (75 users a request)", run["of_ceiling"], run["rate_limited"])
     note = (
         f"{USERS:,} users in {USERS // PER_REQUEST:,} requests; requests the fake saw: "
         + ", ".join(f"{r['concurrency']} deliverer(s) {r['requests']:,}" for r in runs)
@@ -160,6 +75,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:
-        serve()
+        serve(
+            BrazeFake(requests_per_window=REQUESTS, window_s=WINDOW_S),
+            lambda fake: {**fake.counts, "users": len(fake.users)},
+        )
     else:
         main()

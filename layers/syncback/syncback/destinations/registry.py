@@ -74,6 +74,14 @@ class Kind:
 REGISTRY: dict[str, Kind] = {}
 
 
+def account_label(url: str, credential: object = "") -> str:
+    """Return what a rate budget is shared under (``Kind.account``): the API's address, safe to log
+    (``url_label``), and which credential, by its reference (env:NAME), never its value."""
+    from syncback.destinations.http import url_label
+
+    return f"{url_label(url)} {credential}".strip()
+
+
 def register(kind: Kind) -> Kind:
     """Add ``kind`` to the registry (a destination package does this on import); return it."""
     if kind.name in REGISTRY:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
-from syncback.destinations.registry import Kind, Removal, register
+from syncback.destinations.registry import Kind, Removal, account_label, register
 from syncback.errors import SecretError
 from syncback.spec_parts import URL_PATTERN, DestinationBase, RateLimit, SecretRef, https, secret_ref
 
@@ -154,13 +154,6 @@ def _removal(config: BrazeDestinationConfig) -> Removal:
     return "delete" if config.removal == "delete" else "clear"
 
 
-def _account(config: BrazeDestinationConfig) -> str:
-    from syncback.destinations.http import url_label
-
-    # Braze's limits are per workspace, which its REST API key names: the reference, never the key
-    return f"{url_label(config.url)} {config.api_key}"
-
-
 KIND = register(
     Kind(
         name="braze",
@@ -173,7 +166,8 @@ KIND = register(
         secrets=("api_key",),
         identifiers=lambda config, sync: ["external_id"] if "external_id" in sync.mapping else [],
         place=lambda config: [config.url],
-        account=_account,
+        # Braze's limits are per workspace, which its REST API key names
+        account=lambda config: account_label(config.url, config.api_key),
         check_secret=check_key,
         check_sync=_check_sync,
     )

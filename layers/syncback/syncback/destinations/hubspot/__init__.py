@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 
-from syncback.destinations.registry import Kind, register
+from syncback.destinations.registry import Kind, account_label, register
 from syncback.spec_parts import URL_PATTERN, DestinationBase, RateLimit, SecretRef, https, secret_ref
 
 if TYPE_CHECKING:
@@ -66,13 +66,6 @@ def _check_sync(sync: SyncSpec) -> list[tuple[str, str]]:
     return []
 
 
-def _account(config: HubSpotDestinationConfig) -> str:
-    from syncback.destinations.http import url_label
-
-    # the app's token at one API: its reference (env:NAME), never its value
-    return f"{url_label(config.base_url)} {config.token}"
-
-
 KIND = register(
     Kind(
         name="hubspot",
@@ -83,7 +76,8 @@ KIND = register(
         secrets=("token",),
         identifiers=_identifiers,
         place=lambda config: [config.object, config.id_property, config.base_url],
-        account=_account,
+        # the app's token at one API
+        account=lambda config: account_label(config.base_url, config.token),
         check_sync=_check_sync,
     )
 )

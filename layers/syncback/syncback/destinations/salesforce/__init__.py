@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from syncback.destinations.registry import Kind, register
+from syncback.destinations.registry import Kind, account_label, register
 from syncback.spec_parts import URL_PATTERN, DestinationBase, SecretRef, https, secret_ref
 
 if TYPE_CHECKING:
@@ -113,13 +113,6 @@ def _check_sync(sync: SyncSpec) -> list[tuple[str, str]]:
     return []
 
 
-def _account(config: SalesforceDestinationConfig) -> str:
-    from syncback.destinations.http import url_label
-
-    # an org's limits are per org: its login address and the app
-    return f"{url_label(config.login_url)} {config.client_id}"
-
-
 KIND = register(
     Kind(
         name="salesforce",
@@ -134,7 +127,8 @@ KIND = register(
             [config.external_id_field] if config.external_id_field in sync.mapping else []
         ),
         place=lambda config: [config.object, config.external_id_field, config.login_url],
-        account=_account,
+        # an org's limits are per org: its login address and the app
+        account=lambda config: account_label(config.login_url, config.client_id),
         check_secret=_check_secret,
         check_sync=_check_sync,
     )

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
 
-from syncback.destinations.registry import Kind, register
+from syncback.destinations.registry import Kind, account_label, register
 from syncback.spec_parts import URL_PATTERN, DestinationBase, SecretRef, https, secret_ref
 
 if TYPE_CHECKING:
@@ -48,13 +48,6 @@ def _check_secret(field: str, value: str) -> None:
         signing_key(value)
 
 
-def _account(config: WebhookDestinationConfig) -> str:
-    from syncback.destinations.http import url_label
-
-    # scheme and host, the rest hashed: a webhook's path or query may hold a token
-    return url_label(config.url)
-
-
 KIND = register(
     Kind(
         name="webhook",
@@ -67,7 +60,8 @@ KIND = register(
         secrets=("secret",),
         # two empty places keep the digest syncs had before destinations were registered
         place=lambda config: ["", "", config.url],
-        account=_account,
+        # scheme and host, the rest hashed: a webhook's path or query may hold a token
+        account=lambda config: account_label(config.url),
         check_secret=_check_secret,
     )
 )

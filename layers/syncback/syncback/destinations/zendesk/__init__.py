@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from syncback.destinations.registry import Kind, register
+from syncback.destinations.registry import Kind, account_label, register
 from syncback.spec_parts import URL_PATTERN, DestinationBase, RateLimit, SecretRef, https, secret_ref
 
 if TYPE_CHECKING:
@@ -145,13 +145,6 @@ def _check_sync(sync: SyncSpec) -> list[tuple[str, str]]:
     return problems
 
 
-def _account(config: ZendeskDestinationConfig) -> str:
-    from syncback.destinations.http import url_label
-
-    # the account's limit is per account: its address and which credential, never the secret
-    return f"{url_label(config.url)} {config.api_token or config.oauth_token}"
-
-
 KIND = register(
     Kind(
         name="zendesk",
@@ -164,7 +157,8 @@ KIND = register(
         secrets=("api_token", "oauth_token"),
         identifiers=lambda config, sync: [config.identify_by] if config.identify_by in sync.mapping else [],
         place=lambda config: [config.object, config.identify_by, config.url],
-        account=_account,
+        # the limit is per account: its address and which credential
+        account=lambda config: account_label(config.url, config.api_token or config.oauth_token),
         check_sync=_check_sync,
     )
 )
