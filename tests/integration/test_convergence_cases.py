@@ -542,3 +542,37 @@ def test_found_a_mailchimp_member_made_by_hand_is_not_moved_away_by_rows_trading
     state.hand_email_over(data=Draws([2, 1], False), fresh="d@x.io", leave=False)
     state.empty_model_once()
     state.teardown()
+
+
+def test_found_two_mailchimp_rows_trading_addresses_trade_members() -> None:
+    # found by `make soak` (Mailchimp, 100 sequences): rows 2 and 4 swap addresses in one run;
+    # neither member could move while the other held its address, and both were refused
+    state = machine("mailchimp")
+    state.start(mirror=False, clear=True, rows={1: "b@x.io", 2: "f@x.io", 3: "b@x.io", 4: "a@x.io"})
+    state.change_email(data=Draws(4), email=" A@x.io")
+    state.replay_during_a_run()  # the first run
+    state.delete_row(data=Draws(3))
+    state.delete_row(data=Draws(1))
+    state.run_with_rejections(emails={"a@x.io", "B@X.IO "})
+    state.hand_email_over(data=Draws([2, 4], False), fresh="a@x.io", leave=False)  # 2 ↔ 4
+    state.replay_during_a_run()
+    state.teardown()
+
+
+def test_found_a_released_mailchimp_member_is_not_moved_by_the_row_that_released_it() -> None:
+    # found by `make soak` (Mailchimp, 100 sequences): rows 1 and 2 had found their members (c@
+    # made by hand, a@ made by a write whose answer was lost) and were released from them when
+    # they took new addresses; that run was killed. The next run wrote them by the members they
+    # had given up, moving c@ onto a@ and a@ onto d@, and Mailchimp refused row 2
+    state = machine("mailchimp")
+    state.start(mirror=False, clear=False, rows={1: "a@x.io", 2: "a@x.io"})
+    state.hand_email_over(data=Draws([1, 2], False), fresh="c@x.io", leave=False)
+    state.run_killed(after=0, point="answer")
+    state.replay_during_a_run()
+    state.hand_email_over(data=Draws([2, 1], False), fresh="d@x.io", leave=False)
+    state.hand_email_over(data=Draws([2, 1], False), fresh="a@x.io", leave=False)
+    state.hand_email_over(data=Draws([1, 2], False), fresh="a@x.io", leave=False)
+    state.empty_model_once()
+    state.run_killed(after=2, point="answer")  # both released; row 2 written to d@, answer lost
+    state.empty_model_once()
+    state.teardown()

@@ -511,15 +511,21 @@ class Planner:
                 # e-mail address). A record this sync created moves itself, in phase 1 (refused
                 # while its new identifier is still held). One it did not create keeps its address
                 # (its owner's, with its consent): it is released (its mapped fields emptied) in
-                # phase 1, and the row is written by its new identifier in phase 2. A row without a
-                # record of its own, written by identifier, waits for phase 2 if another record of
-                # this sync holds the identifier, so that it never writes into one about to move away
-                release = (
-                    "coalesce(p.s_dest is not null and p.sb_live and p.s_ident <> p.sb_ident "
-                    "and not coalesce(p.s_created, false), false)"
+                # phase 1, and the row is written by its new identifier in phase 2. Two rows
+                # trading identifiers cannot move (each address is held while the other moves):
+                # they trade records instead, each written by its new identifier in phase 2 into
+                # the record that holds it. A row without a record of its own (or whose record
+                # was released: it kept no identifier), written by identifier, waits for phase 2
+                # if another record of this sync holds the identifier, so that it never writes
+                # into one about to move away
+                moving = "p.s_dest is not null and p.sb_live and p.s_ident <> p.sb_ident"
+                release = f"coalesce({moving} and not coalesce(p.s_created, false), false)"
+                trade = (
+                    f"coalesce({moving} and h.k1 = h.k2 and w.k1 = w.k2 and h.k1 = w.k1 "
+                    "and h.k1 <> p.sb_key, false)"
                 )
-                dest = f"case when {release} then null else p.s_dest end"
-                phase = f"case when ({wait} and p.s_dest is null) or {release} then 2 else 1 end"
+                dest = f"case when {release} or {trade} or p.s_ident is null then null else p.s_dest end"
+                phase = f"case when ({wait} and ({dest}) is null) or {release} or {trade} then 2 else 1 end"
         else:
             joins, phase, release = "", "1", "false"
         action = "'\"upsert\"'"
