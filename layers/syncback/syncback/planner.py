@@ -518,14 +518,23 @@ class Planner:
                 # was released: it kept no identifier), written by identifier, waits for phase 2
                 # if another record of this sync holds the identifier, so that it never writes
                 # into one about to move away
+                # A record moving to the identifier of a record whose row left (archived in phase
+                # 1) moves in phase 2; if another row takes its own identifier, it is not moved
+                # (that row is written into it) and is written by its new identifier instead.
                 moving = "p.s_dest is not null and p.sb_live and p.s_ident <> p.sb_ident"
                 release = f"coalesce({moving} and not coalesce(p.s_created, false), false)"
                 trade = (
                     f"coalesce({moving} and h.k1 = h.k2 and w.k1 = w.k2 and h.k1 = w.k1 "
                     "and h.k1 <> p.sb_key, false)"
                 )
-                dest = f"case when {release} or {trade} or p.s_ident is null then null else p.s_dest end"
-                phase = f"case when ({wait} and ({dest}) is null) or {release} or {trade} then 2 else 1 end"
+                after_left = f"coalesce({moving} and h.k1 = h.k2 and g.sb_key is not null, false)"
+                handed = f"({after_left} and {wanted})"
+                joins += f"left join (select sb_key from {table} where sb_gone) g on g.sb_key = h.k1 "
+                dest = f"case when {release} or {trade} or {handed} or p.s_ident is null then null else p.s_dest end"
+                phase = (
+                    f"case when ({wait} and ({dest}) is null) or {release} or {trade} or {after_left} "
+                    "then 2 else 1 end"
+                )
         else:
             joins, phase, release = "", "1", "false"
         action = "'\"upsert\"'"
