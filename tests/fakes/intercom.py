@@ -74,6 +74,8 @@ class IntercomFake(LoopbackServer, Knobs):
         }
         self._next: deque[Answer] = deque()
         self._window = (0.0, 0)
+        # the workspace's custom attributes, in order: every contact shows each (null where unset)
+        self._names: dict[str, None] = {}
         self._lock = threading.Lock()
         super().__init__()
 
@@ -254,6 +256,7 @@ class IntercomFake(LoopbackServer, Knobs):
         for name, value in payload.items():
             if name == "custom_attributes":
                 contact["custom_attributes"].update(value)
+                self._names.update(dict.fromkeys(value))
             elif name != "role":
                 contact[name] = value
 
@@ -264,7 +267,7 @@ class IntercomFake(LoopbackServer, Knobs):
             "id": contact_id,
             "role": c["role"],
             **{name: c.get(name) for name in STANDARD},
-            "custom_attributes": dict(c["custom_attributes"]),
+            "custom_attributes": {n: c["custom_attributes"].get(n) for n in self._names},
         }
 
     # ---- around the work -----------------------------------------------------------------------
@@ -344,7 +347,8 @@ class IntercomFake(LoopbackServer, Knobs):
             for contact_id, c in self.contacts.items():
                 if c["archived"]:
                     continue
-                record = {"id": contact_id, "email": c.get("email"), **c["custom_attributes"]}
+                custom = {n: c["custom_attributes"].get(n) for n in self._names}
+                record = {"id": contact_id, "email": c.get("email"), **custom}
                 if self.identify_by == "external_id":
                     record["customer_id"] = c.get("external_id")
                 out.append(record)
@@ -363,6 +367,7 @@ class IntercomFake(LoopbackServer, Knobs):
                 "custom_attributes": {"firstname": "by hand"},
                 "archived": False,
             }
+            self._names.setdefault("firstname")
             self.counts["created"] += 1
             return contact_id
 
