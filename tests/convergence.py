@@ -362,7 +362,8 @@ def winners(
         groups.setdefault(ident, []).append(key)
     valid: dict[int, Row] = {}
     for ident, keys in groups.items():
-        holder = held_before.get(ident)
+        # held_before is keyed by the e-mail as the destination shows it (an audience: its hash)
+        holder = held_before.get(str(fake.stored("email", ident) or "").strip().lower())
         winner = holder if holder in keys else min(keys, key=str)  # keys compare as text in SQL
         valid[winner] = rows[winner]
         invalid.update({k: f"loses {ident} to {winner}" for k in keys if k != winner})
@@ -447,7 +448,8 @@ def _rejections_explained(
     explained = set()
     for key in rejected:
         email = (valid[key].email or "").strip().lower() if key in valid else None
-        holders = [r for r in world.records() if r.get("email") == email and r["id"] not in owners]
+        shown = world.fake.stored("email", email) if email else email
+        holders = [r for r in world.records() if r.get("email") == shown and r["id"] not in owners]
         if holders:
             explained.add(key)
     return explained

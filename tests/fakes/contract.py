@@ -36,6 +36,9 @@ class Fake:
     by_hand: ClassVar[bool] = False
     #: whether a person can delete a record the sync wrote (``delete_by_hand``)
     deletes_by_hand: ClassVar[bool] = True
+    #: the generic fields the destination keeps and shows back (None: every field a suite maps); an
+    #: audience keeps only its members' identifiers: the view maps no other, ``stored`` says None
+    holds: ClassVar[frozenset[str] | None] = None
 
     def __enter__(self) -> Fake:
         return self
