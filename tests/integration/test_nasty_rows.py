@@ -102,11 +102,13 @@ def test_every_destination_passes_the_nasty_rows(
     )
     got = held(fake)
     assert set(got) == VALID
-    assert got["3"]["firstname"] == "Zoë 🚀 ünïcødé 中文 \u200b"
-    assert got["4"]["firstname"] == LONG
-    assert got["8"]["big"] == str(2**80) and got["9"]["big"] == str(-(2**70))
-    assert got["9"]["email"] == "mixed@example.com"
-    assert got["10"]["firstname"] == 'O\'Brien "q"\n\t\\'
+    # as the destination stores them: the text itself, or (an audience) its hash
+    assert got["3"]["firstname"] == fake.stored("firstname", "Zoë 🚀 ünïcødé 中文 \u200b")
+    assert got["4"]["firstname"] == fake.stored("firstname", LONG)
+    assert got["8"]["big"] == fake.stored("big", str(2**80))
+    assert got["9"]["big"] == fake.stored("big", str(-(2**70)))
+    assert got["9"]["email"] == fake.stored("email", "mixed@example.com")
+    assert got["10"]["firstname"] == fake.stored("firstname", 'O\'Brien "q"\n\t\\')
     assert got["2"]["firstname"] in (None, "")  # HubSpot clears with "", a webhook gets null
 
     # When the score column changes type (double → varchar) between runs

@@ -189,15 +189,20 @@ def sync_problems(sync: SyncSpec) -> list[tuple[str, str]]:
 def _hashing_problems(sync: SyncSpec) -> list[tuple[str, str]]:
     """Return problems that would let a hashed identifier leave the warehouse in plain, or hash it twice."""
     problems = []
-    for name in sorted(hashed_fields(sync)):
+    for name, normaliser in sorted(hashed_fields(sync).items()):
         entry = sync.mapping[name]
-        if entry.column is not None and entry.column.lower() == sync.primary_key.lower():
+        # a key is stored in plain by every sync: refused only where it is a person's address
+        if (
+            normaliser in ("email", "phone")
+            and entry.column is not None
+            and entry.column.lower() == sync.primary_key.lower()
+        ):
             problems.append(
                 (
                     "primary_key",
-                    f"{sync.primary_key} is mapped to {name}, which the warehouse hashes before it leaves; "
-                    "the primary key is stored in plain (batches, receipts, dead letters), so key the "
-                    "model by another column (a customer id)",
+                    f"{sync.primary_key} is mapped to {name}, which the warehouse hashes before it "
+                    "leaves, but the primary key is stored in plain (batches, receipts, dead letters): "
+                    "key the model by another column, such as a customer id",
                 )
             )
         if "sha256" in entry.transforms:
