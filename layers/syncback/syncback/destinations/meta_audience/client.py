@@ -53,6 +53,8 @@ FLAGGED_SUBCODE = 1713230
 #: "Object with ID … does not exist, cannot be loaded due to missing permissions, or does not
 #: support this operation" (code 100), and "Some of the aliases you requested do not exist" (803)
 NO_SUCH_AUDIENCE = {33}
+#: "Unknown or deprecated API version" (2635), and a path the Graph API does not know (2500)
+VERSION_CODES = {2635, 2500}
 REASON_CHARS = 500
 
 
@@ -239,7 +241,7 @@ class MetaAudienceDestination:
                 "destination.audience_id, and that the token's system user has the ad account",
                 "destination.audience_id",
             )
-        if status in (404, 405) or 300 <= status < 400:
+        if code in VERSION_CODES or status in (404, 405) or 300 <= status < 400:
             raise SystemicError(
                 f"{said}. No Graph API users edge at this address: check destination.api_version "
                 f"({self.config.api_version}: Meta retires versions after about two years)",
