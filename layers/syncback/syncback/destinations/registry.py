@@ -28,9 +28,9 @@ if TYPE_CHECKING:  # the spec imports this module: types only
 #: of where the sync put it (the client says how: delete or archive a record, remove a member from
 #: a list or an audience); clear: the records stay, and the fields the sync maps (all but the
 #: identifier) are emptied; delete: every record whose row left is deleted, whoever created it (for
-#: a destination that cannot say which records a write created, where the spec asks for it: the one
-#: exception to "mirror archives only what this sync created"); unsupported: nothing can be removed
-#: there, and mirror is refused
+#: a destination that cannot say which records a write created: Braze where the spec asks for it,
+#: an audience whose answers are counts; the one exception to "mirror archives only what this sync
+#: created"); unsupported: nothing can be removed there, and mirror is refused
 Removal = Literal["archive", "clear", "delete", "unsupported"]
 Mode = Literal["upsert", "update", "insert", "mirror"]
 
