@@ -520,3 +520,35 @@ def test_a_token_that_cannot_work_is_a_secret_error_without_the_token(
     with pytest.raises(SecretError, match=says) as caught:
         build_destination(sync, SecretResolver(environ={"META_TOKEN": token}))
     assert "destination.access_token" in str(caught.value)
+
+
+def test_a_sample_named_by_a_value_many_rows_share_rejects_only_the_member_it_names(
+    meta: MetaAudienceFake,
+) -> None:
+    # Given three rows sharing a first name, and Meta naming one invalid entry by its e-mail hash
+    changes = [
+        Change(str(k), "upsert", "h", {"EMAIL": email_hash(f"u{k}@x.io"), "FN": text_hash("ann")})
+        for k in (1, 2, 3)
+    ]
+    meta.fail_next(
+        200,
+        {
+            "audience_id": AUDIENCE,
+            "session_id": "1",
+            "num_received": 3,
+            "num_invalid_entries": 1,
+            "invalid_entry_samples": {email_hash("u2@x.io"): "Invalid entry"},
+        },
+    )
+    outcomes = client(meta).write(changes)
+    assert [o.status for o in outcomes] == ["delivered", "rejected", "delivered"]
+    # and a sample named by the shared value, when no identity matches, rejects every row holding it
+    meta.fail_next(
+        200,
+        {
+            "num_received": 3,
+            "num_invalid_entries": 3,
+            "invalid_entry_samples": {text_hash("ann"): "Invalid FN"},
+        },
+    )
+    assert [o.status for o in client(meta).write(changes)] == ["rejected"] * 3

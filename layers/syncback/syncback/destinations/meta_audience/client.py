@@ -161,7 +161,7 @@ class MetaAudienceDestination:
             data=body.encode(),
         )
         self._raise_for_request(method, response, sent)
-        return self._invalid_entries(method, json_body(response), rows, sent)
+        return self._invalid_entries(method, json_body(response), schema.index(self.identity_key), rows, sent)
 
     def _row(self, change: Change) -> list[Any]:
         return [_value(name, change.record.get(name)) for name in self.schema]
@@ -172,7 +172,7 @@ class MetaAudienceDestination:
     # ---- answers: classified here and nowhere else ----------------------------------------------
 
     def _invalid_entries(
-        self, method: str, answer: Any, rows: list[list[Any]], sent: Sequence[Change]
+        self, method: str, answer: Any, identity: int, rows: list[list[Any]], sent: Sequence[Change]
     ) -> dict[str, str]:
         """Match Meta's invalid entry samples to the rows holding their values; refuse the request
         when Meta counts more invalid entries than its samples name, so the delivery splits it."""
@@ -186,14 +186,19 @@ class MetaAudienceDestination:
             )
         if invalid == 0:
             return {}
-        holders: dict[str, list[int]] = {}
+        # a sample names its entry by a value of it: the member's identity where it is one (unique
+        # in a request), else any value the row holds (a first name may be many rows')
+        by_identity: dict[str, list[int]] = {}
+        by_value: dict[str, list[int]] = {}
         for i, row in enumerate(rows):
+            by_identity.setdefault(str(row[identity]).lower(), []).append(i)
             for value in row:
                 if isinstance(value, str) and value:
-                    holders.setdefault(value.lower(), []).append(i)
+                    by_value.setdefault(value.lower(), []).append(i)
         found: dict[str, str] = {}
         for entry, why in samples.items():
-            for i in holders.get(str(entry).strip().lower(), []):
+            named = str(entry).strip().lower()
+            for i in by_identity.get(named) or by_value.get(named, []):
                 found[sent[i].key] = _reason(why, sent, self._token)
         unnamed = invalid - len(found)
         if unnamed <= 0:
