@@ -355,15 +355,14 @@ def winners(
     invalid: dict[int, str] = {}
     groups: dict[str, list[int]] = {}
     for key, row in rows.items():
-        ident = (row.email or "").strip().lower()
+        ident = fake.identity(row.email)
         if not ident:
             invalid[key] = "empty email"
             continue
         groups.setdefault(ident, []).append(key)
     valid: dict[int, Row] = {}
     for ident, keys in groups.items():
-        # held_before is keyed by the e-mail as the destination shows it (an audience: its hash)
-        holder = held_before.get(str(fake.stored("email", ident) or "").strip().lower())
+        holder = held_before.get(ident)
         winner = holder if holder in keys else min(keys, key=str)  # keys compare as text in SQL
         valid[winner] = rows[winner]
         invalid.update({k: f"loses {ident} to {winner}" for k in keys if k != winner})
@@ -447,9 +446,12 @@ def _rejections_explained(
     owners = {r["id"] for key in valid for r in by_key.get(key, [])}
     explained = set()
     for key in rejected:
-        email = (valid[key].email or "").strip().lower() if key in valid else None
-        shown = world.fake.stored("email", email) if email else email
-        holders = [r for r in world.records() if r.get("email") == shown and r["id"] not in owners]
+        email = world.fake.identity(valid[key].email) if key in valid else None
+        holders = [
+            r
+            for r in world.records()
+            if world.fake.identity(r.get("email")) == email and r["id"] not in owners
+        ]
         if holders:
             explained.add(key)
     return explained
@@ -462,7 +464,7 @@ def held_emails(world: World) -> dict[str, int]:
         if item["id"] in world.lost:
             continue  # made by a request whose answer was lost: syncback cannot know it holds the email
         if item.get("email") and item.get("customer_id") not in (None, ""):
-            out[str(item["email"]).strip().lower()] = int(item["customer_id"])
+            out[world.fake.identity(item["email"])] = int(item["customer_id"])
     return out if world.fake.identifier is not None else {}
 
 

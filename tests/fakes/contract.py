@@ -65,6 +65,11 @@ class Fake:
         """Return ``value`` of generic ``field`` as the destination stores and shows it."""
         return value
 
+    def identity(self, value: Any) -> str:
+        """Return the generic identifier ``value`` as the destination compares it (an audience
+        compares hashes), so the suites tell which rows collide; "" when it is empty."""
+        return str(value or "").strip().lower()
+
     def reject(self, values: set[str]) -> None:
         """Refuse, record by record, the records holding any of ``values`` in a mapped field
         (compared in lower case); an empty set accepts everything again."""

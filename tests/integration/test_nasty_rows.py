@@ -103,6 +103,7 @@ def test_every_destination_passes_the_nasty_rows(
     assert ("NaN or infinite" in reasons) == floats
     got = held(fake)
     assert set(got) == valid
+    # as the destination stores them: the text itself, or (an audience) its hash
     assert got["3"]["firstname"] == fake.stored("firstname", "Zoë 🚀 ünïcødé 中文 \u200b")
     assert got["4"]["firstname"] == fake.stored("firstname", LONG)
     assert got["8"]["big"] == fake.stored("big", str(2**80))

@@ -33,7 +33,13 @@ from typing import Any
 from syncback.batches import BatchRef, BatchStore, batch_key, change_from_json, change_line, dumps, plan_key
 from syncback.checks import CheckResult, evaluate
 from syncback.destinations.base import Change
-from syncback.destinations.registry import destination_target, identifier_fields, kind_of, removal_of
+from syncback.destinations.registry import (
+    destination_target,
+    hashed_fields,
+    identifier_fields,
+    kind_of,
+    removal_of,
+)
 from syncback.errors import GuardError, ModelError
 from syncback.history import ensure_history, log_invalid
 from syncback.mapping import MappingQuery, describe, model_problems
@@ -224,7 +230,9 @@ class Planner:
         problems = model_problems(self.sync, described)
         if problems:
             raise ModelError("; ".join(str(p) for p in problems))
-        return MappingQuery(self.sync, described, self.warehouse.dialect, self.identifiers)
+        return MappingQuery(
+            self.sync, described, self.warehouse.dialect, self.identifiers, hashed_fields(self.sync)
+        )
 
     def _check_data(self, stop: bool) -> list[CheckResult]:
         """Evaluate the sync's data checks over the model; when ``stop`` (a run, not a dry run), a
