@@ -59,14 +59,6 @@ _REGION = re.compile(r"^[A-Z]{2}$")
 NOT_HELD = ("firstname", "score", "big", "lead_score", "last_seen", "source", "score_text")
 #: the view's constant address parts: a member needs all four for the postal code to carry the key
 GIVEN, FAMILY, REGION = "contract", "view", "US"
-#: whether the engine hashes audience identifiers itself (``Kind.hashed``): else the view's mapping
-#: hashes them with the sha256 transform
-try:
-    from syncback.destinations.google_audience import KIND as _KIND
-
-    ENGINE_HASHES = hasattr(_KIND, "hashed")
-except ImportError:  # pragma: no cover
-    ENGINE_HASHES = False
 
 
 def sha256(text: str) -> str:
@@ -370,17 +362,13 @@ class GoogleAudienceFake(LoopbackServer, Knobs):
 
     def mapping(self, generic: dict[str, Any], key_column: str) -> dict[str, Any]:
         # a member is its identifiers: the e-mail, and an address whose postal code carries the key
-        email = generic["email"]
-        entry = dict(email) if isinstance(email, dict) else {"column": email}
-        if not ENGINE_HASHES:  # until the engine hashes identifiers, the view hashes them itself
-            steps = entry.get("transform") or []
-            entry["transform"] = [*([steps] if isinstance(steps, str) else steps), "trim", "lower", "sha256"]
+        # (the warehouse normalises and hashes email, given_name and family_name: Kind.hashed)
         key = generic.get("customer_id", key_column)
         return {
-            "email": entry,
+            "email": generic["email"],
             "postal_code": {"column": key if isinstance(key, str) else key_column},
-            "given_name": _constant(GIVEN),
-            "family_name": _constant(FAMILY),
+            "given_name": {"value": GIVEN},
+            "family_name": {"value": FAMILY},
             "region_code": {"value": REGION},
         }
 
@@ -409,12 +397,11 @@ class GoogleAudienceFake(LoopbackServer, Knobs):
             return str(value)
         return None  # a member holds nothing else
 
+    def identity(self, value: Any) -> str:
+        return "" if value is None or not str(value).strip() else str(self.stored("email", value))
+
     def writes(self, request: requests.PreparedRequest) -> bool:
         return "/v1/audienceMembers:" in (request.path_url or "")
-
-
-def _constant(text: str) -> dict[str, Any]:
-    return {"value": text} if ENGINE_HASHES else {"value": text, "transform": "sha256"}
 
 
 def _member_key(identifiers: list[dict[str, Any]]) -> str:

@@ -25,6 +25,9 @@ outside the warehouse holds the hash, never the address. Normalisers (``NORMALIS
     phone     digits only, leading zeros dropped; the country code is kept as the model gives it,
               so the model must give it (+44 20 7946 0000 → 442079460000, never 02079460000)
     text      trimmed, lower case (external ids, names, cities)
+    gmail_email  as email, and the dots before the @ of a gmail.com or googlemail.com address
+              removed (Google's rule)
+    e164_phone   "+" and the digits (Google's E.164 form; the model gives the country code)
 
 JSON forms: integers beyond 2^53 and decimals a double would change are sent as exact strings;
 NaN and infinity make the row invalid; timestamps without a zone are taken as UTC.
@@ -147,7 +150,22 @@ NORMALISERS: dict[str, Callable[[str, Dialect], str]] = {
     "email": lambda sql, d: f"lower({d.remove_all(sql, '[[:space:]]+')})",
     "phone": lambda sql, d: f"ltrim({d.remove_all(sql, '[^0-9]+')}, '0')",
     "text": lambda sql, d: f"lower({d.trim(sql)})",
+    # Google: e-mail as "email", and no dots before the @ of a gmail.com or googlemail.com address
+    "gmail_email": lambda sql, d: _without_gmail_dots(NORMALISERS["email"](sql, d)),
+    # Google: E.164, a "+" and digits only (the country code as the model gives it)
+    "e164_phone": lambda sql, d: (
+        f"(case when {d.remove_all(sql, '[^0-9]+')} = '' then '' else '+' || {d.remove_all(sql, '[^0-9]+')} end)"
+    ),
 }
+
+
+def _without_gmail_dots(email: str) -> str:
+    cases = " ".join(
+        f"when {email} like '%@{domain}' then "
+        f"replace(left({email}, length({email}) - {len(domain) + 1}), '.', '') || '@{domain}'"
+        for domain in ("gmail.com", "googlemail.com")
+    )
+    return f"(case {cases} else {email} end)"
 
 
 def hashed(value: Typed, normaliser: str, d: Dialect) -> Typed:

@@ -249,5 +249,6 @@ KIND = register(
         check_sync=_check_sync,
         # a member is its identifiers: none can be emptied for another row to take
         releases=False,
+        hashed=lambda config: HASHED,
     )
 )
