@@ -27,7 +27,8 @@ outside the warehouse holds the hash, never the address. Normalisers (``NORMALIS
     text      trimmed, lower case (external ids, names, cities)
     gmail_email  as email, and the dots before the @ of a gmail.com or googlemail.com address
               removed (Google's rule)
-    e164_phone   "+" and the digits (Google's E.164 form; the model gives the country code)
+    e164_phone   "+" and the digits as phone gives them (Google's E.164 form: +44 20 7946 0000 and
+              0044 20 7946 0000 → +442079460000; the model gives the country code)
 
 JSON forms: integers beyond 2^53 and decimals a double would change are sent as exact strings;
 NaN and infinity make the row invalid; timestamps without a zone are taken as UTC.
@@ -152,9 +153,9 @@ NORMALISERS: dict[str, Callable[[str, Dialect], str]] = {
     "text": lambda sql, d: f"lower({d.trim(sql)})",
     # Google: e-mail as "email", and no dots before the @ of a gmail.com or googlemail.com address
     "gmail_email": lambda sql, d: _without_gmail_dots(NORMALISERS["email"](sql, d)),
-    # Google: E.164, a "+" and digits only (the country code as the model gives it)
+    # Google: E.164, "+" and the digits, leading zeros dropped as "phone" does (0044… → +44…)
     "e164_phone": lambda sql, d: (
-        f"(case when {d.remove_all(sql, '[^0-9]+')} = '' then '' else '+' || {d.remove_all(sql, '[^0-9]+')} end)"
+        f"(case when {NORMALISERS['phone'](sql, d)} = '' then '' else '+' || {NORMALISERS['phone'](sql, d)} end)"
     ),
 }
 

@@ -200,6 +200,21 @@ def _check_sync(sync: SyncSpec) -> list[tuple[str, str]]:
                 "region_code, postal_code)",
             )
         )
+    for name in ("email", "phone"):
+        entry = sync.mapping.get(name)
+        if (
+            entry is not None
+            and entry.column is not None
+            and entry.column.lower() == sync.primary_key.lower()
+        ):
+            problems.append(
+                (
+                    "primary_key",
+                    f"{sync.primary_key} is mapped to {name}, which the warehouse hashes before it leaves, "
+                    "but the primary key is stored in plain (batches, receipts, dead letters): key the "
+                    "model by another column, such as a customer id",
+                )
+            )
     if not config.customer_match_terms_accepted:
         problems.append(
             (

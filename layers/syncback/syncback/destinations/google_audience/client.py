@@ -14,7 +14,8 @@
   ingested under the new ones; the removals of one write go out before its ingest, so two records
   trading identifiers end with both members in place.
 - Google answers ``{"requestId": ...}``: it goes into each delivered outcome's reason (the receipt)
-  and the log. Data Manager says neither whether a member was already in the list nor who put it
+  and the log. With ``validate_only`` Google checks and applies nothing: members it took are
+  skipped (the snapshot does not advance), those it refused are rejected. Data Manager says neither whether a member was already in the list nor who put it
   there: ``created`` is left unknown, and mirror removes members whoever added them (the spec agreed
   with ``dedicated_audience``).
 - Errors are google.rpc.Status, ``{"error": {"code", "message", "status", "details"}}``. A request
@@ -158,9 +159,7 @@ class GoogleAudienceDestination:
                 settled[change.key] = (
                     Outcome(change.key, "rejected", reason=refused[i])
                     if i in refused
-                    else Outcome(
-                        change.key, "delivered", member_id, reason=f"Data Manager request {request_id}"
-                    )
+                    else self._taken(change, request_id, member_id, None)
                 )
         return [settled[c.key] for c in changes]
 
@@ -182,15 +181,21 @@ class GoogleAudienceDestination:
                 settled[change.key] = (
                     Outcome(change.key, "rejected", reason=refused[i])
                     if i in refused
-                    else Outcome(
-                        change.key,
-                        "delivered",
-                        change.destination_id,
-                        reason=f"Data Manager request {request_id}",
-                        created=False,
-                    )
+                    else self._taken(change, request_id, change.destination_id, False)
                 )
         return [settled[c.key] for c in changes]
+
+    def _taken(
+        self, change: Change, request_id: str | None, member_id: str | None, created: bool | None
+    ) -> Outcome:
+        """Return the outcome of a member Google took: delivered, or, with validate_only, skipped
+        (Google checked it and applied nothing: the snapshot must not say the list holds it)."""
+        if self.config.validate_only:
+            why = f"validate_only: Data Manager request {request_id} checked it and applied nothing"
+            return Outcome(change.key, "skipped", reason=why)
+        return Outcome(
+            change.key, "delivered", member_id, reason=f"Data Manager request {request_id}", created=created
+        )
 
     def _consent(self, change: Change) -> dict[str, Any]:
         fixed = self.config.consent
