@@ -43,6 +43,7 @@ import time
 import uuid
 from collections import deque
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import requests
 
@@ -405,7 +406,19 @@ class GoogleAudienceFake(LoopbackServer, Knobs):
 
 
 def _member_key(identifiers: list[dict[str, Any]]) -> str:
-    return json.dumps(identifiers, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    """Return a member's key: its identifiers, in the compact form syncback records as the member's
+    destination id (Google has no member id), so that the suites find the member the snapshot names."""
+    parts = []
+    for identifier in identifiers:
+        if "emailAddress" in identifier:
+            parts.append(f"e={identifier['emailAddress']}")
+        elif "phoneNumber" in identifier:
+            parts.append(f"p={identifier['phoneNumber']}")
+        else:
+            address = identifier["address"]
+            values = [address[k] for k in ("givenName", "familyName", "regionCode", "postalCode")]
+            parts.append("a=" + ",".join(quote(str(v), safe="") for v in values))
+    return "|".join(parts)
 
 
 def _hash_problem(field: str, value: Any, kind: str) -> dict[str, str] | None:

@@ -20,7 +20,11 @@ from syncback.batches import LocalBatchStore
 from syncback.cli import main
 from syncback.destinations.base import Change
 from syncback.destinations.google_audience import GoogleAudienceDestinationConfig, check_token
-from syncback.destinations.google_audience.client import GoogleAudienceDestination, member_key
+from syncback.destinations.google_audience.client import (
+    GoogleAudienceDestination,
+    member_key,
+    parse_member_key,
+)
 from syncback.errors import (
     ConfigError,
     DestinationAuthError,
@@ -426,7 +430,7 @@ def test_members_trading_identifiers_in_one_write_both_end_in_the_list(google: G
     # Then both old members are removed first, in one request, and both are added again
     assert [op for op, _ in google.received] == ["ingest", "remove", "ingest"]
     assert [o.destination_id for o in outcomes] == [member_key(b), member_key(a)]
-    assert set(google.members()) == {member_key(a), member_key(b)}
+    assert set(google.members()) == {"e=" + sha("a@x.io"), "e=" + sha("b@x.io")}
 
 
 def test_removal_sends_the_identifiers_the_member_was_added_with(google: GoogleAudienceFake) -> None:
@@ -435,10 +439,30 @@ def test_removal_sends_the_identifiers_the_member_was_added_with(google: GoogleA
     outcomes = client(google).write(changes)
     assert [o.status for o in outcomes] == ["delivered", "skipped"] and google.members() == {}
     (removal,) = sent(google, "remove")
+    assert added.destination_id == f"e={sha('c1@example.com')}|p={sha('+18005550100')}"
     assert removal["audienceMembers"] == [
-        {"userData": {"userIdentifiers": json.loads(str(added.destination_id))}}
+        {
+            "userData": {
+                "userIdentifiers": [
+                    {"emailAddress": sha("c1@example.com")},
+                    {"phoneNumber": sha("+18005550100")},
+                ]
+            }
+        }
     ]
     assert "termsOfService" not in removal and google.counts["removed"] == 1
+
+
+def test_a_destination_id_round_trips_whatever_the_postal_code_holds() -> None:
+    address = {
+        "givenName": sha("ann"),
+        "familyName": sha("lee"),
+        "regionCode": "GB",
+        "postalCode": "SW1A 1AA|,=%",
+    }
+    identifiers = [{"emailAddress": sha("a@x.io")}, {"phoneNumber": sha("+1")}, {"address": address}]
+    assert parse_member_key(member_key(identifiers)) == identifiers
+    assert parse_member_key("not an id") is None and parse_member_key(None) is None
 
 
 def test_clears_and_releases_are_skipped_without_a_request(google: GoogleAudienceFake) -> None:

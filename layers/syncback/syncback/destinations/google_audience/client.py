@@ -9,7 +9,8 @@
 - Every request names one destination (``operatingAccount``, ``loginAccount`` for a manager
   account, ``productDestinationId`` = the user list), ``encoding: HEX``, ``validateOnly``; an ingest
   also says the Customer Match terms are accepted (``termsOfService``).
-- The destination id of a member is the identifiers it was sent with (JSON): removal sends them back.
+- The destination id of a member is the identifiers it was sent with (``e=<hash>|p=<hash>|a=...``):
+  removal sends them back.
   A record whose identifiers changed since (a new e-mail) is removed under the old ones first, then
   ingested under the new ones; the removals of one write go out before its ingest, so two records
   trading identifiers end with both members in place.
@@ -35,6 +36,7 @@ import logging
 import re
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote, unquote
 
 import requests
 
@@ -372,25 +374,42 @@ def user_identifiers(record: dict[str, Any]) -> tuple[list[dict[str, Any]], str 
 
 
 def member_key(identifiers: list[dict[str, Any]]) -> str:
-    """Return the destination id of a member: its identifiers as compact JSON (hashes, region, postal code)."""
-    return json.dumps(identifiers, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    """Return the destination id of a member: its identifiers, compact (``e=<hash>|p=<hash>|a=<given
+    hash>,<family hash>,<region>,<postal code>``, region and postal code percent-encoded)."""
+    parts = []
+    for identifier in identifiers:
+        if "emailAddress" in identifier:
+            parts.append(f"e={identifier['emailAddress']}")
+        elif "phoneNumber" in identifier:
+            parts.append(f"p={identifier['phoneNumber']}")
+        else:
+            address = identifier["address"]
+            values = [
+                address["givenName"],
+                address["familyName"],
+                address["regionCode"],
+                address["postalCode"],
+            ]
+            parts.append("a=" + ",".join(quote(str(v), safe="") for v in values))
+    return "|".join(parts)
 
 
 def parse_member_key(destination_id: str | None) -> list[dict[str, Any]] | None:
-    """Return the identifiers a destination id holds, or None when it holds none."""
-    if not destination_id:
-        return None
-    try:
-        identifiers = json.loads(destination_id)
-    except ValueError:
-        return None
-    if (
-        not isinstance(identifiers, list)
-        or not identifiers
-        or not all(isinstance(i, dict) for i in identifiers)
-    ):
-        return None
-    return identifiers
+    """Return the identifiers a destination id holds, or None when it holds none it can name."""
+    identifiers: list[dict[str, Any]] = []
+    for part in (destination_id or "").split("|"):
+        kind, _, value = part.partition("=")
+        values = [unquote(v) for v in value.split(",")]
+        if kind == "e" and _HEX64.match(value):
+            identifiers.append({"emailAddress": value})
+        elif kind == "p" and _HEX64.match(value):
+            identifiers.append({"phoneNumber": value})
+        elif kind == "a" and len(values) == 4 and all(values):
+            names = ("givenName", "familyName", "regionCode", "postalCode")
+            identifiers.append({"address": dict(zip(names, values, strict=True))})
+        else:
+            return None
+    return identifiers or None
 
 
 def _error(response: requests.Response) -> dict[str, Any]:
