@@ -404,6 +404,19 @@ def test_a_value_that_is_not_a_hash_is_never_sent(google: GoogleAudienceFake) ->
     assert [len(b["audienceMembers"]) for b in sent(google)] == [1]
 
 
+def test_consent_that_is_not_a_boolean_is_never_guessed(google: GoogleAudienceFake) -> None:
+    changes = [
+        *upserts(1, ad_user_data="yes"),
+        *upserts(2, ad_user_data=False),
+        *upserts(3, ad_user_data=None),
+    ]
+    outcomes = client(google).write(changes)
+    assert [o.status for o in outcomes] == ["rejected", "delivered", "delivered"]
+    assert "ad_user_data is not true, false or null" in str(outcomes[0].reason)
+    consents = [m["consent"]["adUserData"] for m in sent(google)[0]["audienceMembers"]]
+    assert consents == ["CONSENT_DENIED", "CONSENT_GRANTED"]  # the row's false; the spec's granted for null
+
+
 def test_an_address_is_sent_only_whole(google: GoogleAudienceFake) -> None:
     partial = {"given_name": sha("ann"), "family_name": None, "region_code": "US", "postal_code": "94043"}
     (outcome,) = client(google).write(upserts(1, **partial))

@@ -43,6 +43,7 @@ import requests
 from syncback.destinations.base import Change, Outcome
 from syncback.destinations.google_audience import (
     ADDRESS,
+    CONSENT_FIELDS,
     HASHED,
     MAX_MEMBERS,
     SCOPE,
@@ -138,6 +139,16 @@ class GoogleAudienceDestination:
                 )
                 continue
             identifiers, why = user_identifiers(change.record)
+            unclear = [
+                n
+                for n in CONSENT_FIELDS
+                if change.record.get(n) is not None and not isinstance(change.record[n], bool)
+            ]
+            if unclear and why is None:
+                why = (
+                    f"{', '.join(unclear)} is not true, false or null: consent is never guessed; map it "
+                    "from a boolean column, or with transform: boolean"
+                )
             if why is not None:
                 settled[change.key] = Outcome(change.key, "rejected", reason=why)
                 continue
