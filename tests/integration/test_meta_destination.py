@@ -440,10 +440,17 @@ def test_a_row_without_its_identity_key_is_rejected_unsent_and_blanks_fill_unkno
     assert sent(meta) == [{"schema": ["EMAIL", "FN"], "data": [[email_hash("b@x.io"), ""]]}]
 
 
-def test_clears_and_releases_are_skipped_without_a_request(meta: MetaAudienceFake) -> None:
+def test_a_clear_is_skipped_without_a_request(meta: MetaAudienceFake) -> None:
     outcomes = client(meta).write([Change("1", "clear", None, {"FN": None}, "h")])
-    outcomes += client(meta).write([Change("2", "release", None, {}, "h")])
-    assert [o.status for o in outcomes] == ["skipped", "skipped"] and meta.counts["requests"] == 0
+    assert [o.status for o in outcomes] == ["skipped"] and meta.counts["requests"] == 0
+
+
+def test_a_release_removes_the_member_by_its_old_hash(meta: MetaAudienceFake) -> None:
+    # phase 1 of a move: the old hash goes; the new row is added in phase 2
+    client(meta).write(adds(1))
+    (outcome,) = client(meta).write([Change("1", "release", None, {"EMAIL": None}, email_hash("u1@x.io"))])
+    assert outcome.status == "delivered" and meta.members == {}
+    assert sent(meta, "DELETE") == [{"schema": ["EMAIL"], "data": [[email_hash("u1@x.io")]]}]
 
 
 # ---- validate ----------------------------------------------------------------------------------------

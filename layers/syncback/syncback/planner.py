@@ -509,7 +509,12 @@ class Planner:
             # a record whose identifier another row takes gives it up first (phase 1), however its
             # own move goes: a move the destination refuses must not keep the other row from it
             phase, release = f"case when {wait} or {moves} then 2 else 1 end", moves
-            if not kind_of(self.sync).releases:
+            if kind_of(self.sync).moves_by_release:
+                # every move releases its old identifier first: nothing written in phase 1 can then
+                # take an identifier that a removal or release of phase 1 takes away
+                moved = "coalesce(p.s_dest is not null and p.sb_live and p.s_ident <> p.sb_ident, false)"
+                phase, release = f"case when {wait} or {moved} then 2 else 1 end", moved
+            elif not kind_of(self.sync).releases:
                 # the identifier cannot be emptied (it is the record: an audience member is its
                 # e-mail address): a record moves itself first, in phase 1 (refused while its new
                 # identifier is still held), and only a row without a record of its own, which is

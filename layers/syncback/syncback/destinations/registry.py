@@ -67,6 +67,11 @@ class Kind:
     #: same run; False where the identifier is the record (an audience member is its address): then
     #: a record moves first and a row taking its identifier waits (see the planner)
     releases: bool = True
+    #: whether a record whose identifier changes gives the old one up in phase 1 (a release) and is
+    #: written in phase 2, whoever takes its old identifier: where one write cannot both take the old
+    #: identifier away and give the new one (an audience member is its hashes: the old is removed,
+    #: the new added, and only the phases order those two against other rows' removals and adds)
+    moves_by_release: bool = False
     #: checks the spec across fields (mode, mapping); returns problems as (field, message)
     check_sync: Callable[[SyncSpec], list[tuple[str, str]]] = field(default=lambda sync: [])
     #: the mapped fields the warehouse normalises and hashes (SHA-256, lower-case hex) before they

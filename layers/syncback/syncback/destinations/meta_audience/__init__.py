@@ -186,8 +186,10 @@ KIND = register(
         account=_account,
         check_secret=check_token,
         check_sync=_check_sync,
-        # a member is its hashes: it cannot give its e-mail up to another row, it moves itself
-        releases=False,
+        # a member is its hashes: a member whose identity changes is removed by its old hash in
+        # phase 1 (a release) and added by its new row in phase 2, so that no add of either phase
+        # meets a removal of the same hash in the other order
+        moves_by_release=True,
         hashed=lambda config: KEYS,
     )
 )

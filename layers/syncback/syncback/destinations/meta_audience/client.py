@@ -4,8 +4,9 @@ path removes, with ``{"payload": {"schema": [...], "data": [[...], ...]}}``, at 
 - ``schema`` is the mapping's keys, in name order; each row holds their values as the warehouse
   hashed them, an unknown key left blank ("" as Meta asks), ``LOOKALIKE_VALUE`` as a number.
 - A write adds the member (adding one Meta holds changes nothing). A member whose identity moved
-  (a customer's new e-mail: the snapshot's id is the old hash) is first removed by its old hash,
-  then added by its new row; mirror removes by the identity hash alone.
+  (a customer's new e-mail: the snapshot's id is the old hash) is released first, in the plan's
+  phase 1: removed by its old hash; its new row is added in phase 2. Mirror removes by the identity
+  hash alone.
 - Meta answers in aggregate: ``{"audience_id", "session_id", "num_received",
   "num_invalid_entries", "invalid_entry_samples": {entry: reason}}``. A sample is matched back to
   the rows holding its value (a hash) and those are rejected with Meta's reason; the rest are
@@ -85,9 +86,9 @@ class MetaAudienceDestination:
         if len(changes) > self.max_batch_size:
             raise ValueError(f"Meta takes at most {self.max_batch_size} rows a request, got {len(changes)}")
         action = changes[0].action
-        if action == "archive":
+        if action in ("archive", "release"):  # a release gives the old hash up: the member goes
             return self._remove(changes)
-        if action != "upsert":  # clear and release: removal is delete, and members never release
+        if action != "upsert":  # clear: removal is delete
             return [
                 Outcome(c.key, "skipped", reason=f"a Meta audience member is not {action}ed") for c in changes
             ]
@@ -108,11 +109,7 @@ class MetaAudienceDestination:
                 )
             else:
                 sendable.append(change)
-        # a member whose identity changed is taken out by its old hash before its new row goes in
-        moved = [c for c in sendable if c.destination_id and c.destination_id != self._identity(c)]
-        if moved:
-            rows = [[c.destination_id or ""] for c in moved]
-            self._users("DELETE", [self.identity_key], rows, moved)
+        # a member whose identity changed gave its old hash up in phase 1 (a release): only add
         if sendable:
             rows = [self._row(c) for c in sendable]
             rejected = self._users("POST", self.schema, rows, sendable)
