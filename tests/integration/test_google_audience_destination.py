@@ -478,6 +478,31 @@ def test_a_destination_id_round_trips_whatever_the_postal_code_holds() -> None:
     assert parse_member_key("not an id") is None and parse_member_key(None) is None
 
 
+def test_a_removal_google_refuses_is_rejected_and_the_rest_removed(google: GoogleAudienceFake) -> None:
+    added = client(google).write(upserts(1, 2, 3))
+    google.fail_next(400, violation(1, "INVALID_SHA256_FORMAT"))
+    outcomes = client(google).write(
+        [Change(o.key, "archive", destination_id=o.destination_id) for o in added]
+    )
+    assert [o.status for o in outcomes] == ["delivered", "rejected", "delivered"]
+    assert outcomes[1].reason == "Data Manager INVALID_SHA256_FORMAT: Format is invalid."
+    assert {m["identifiers"][0]["emailAddress"] for m in google.members().values()} == {sha("c2@example.com")}
+
+
+def test_a_move_whose_removal_is_refused_is_rejected_and_not_added(google: GoogleAudienceFake) -> None:
+    (one, two) = client(google).write(upserts(1, 2))
+    moves = [
+        Change("1", "upsert", "h", {"email": sha("new1@example.com")}, one.destination_id),
+        Change("2", "upsert", "h", {"email": sha("new2@example.com")}, two.destination_id),
+    ]
+    google.fail_next(400, violation(0))
+    outcomes = client(google).write(moves)
+    # Then 1 keeps its old member (its removal was refused, so it is not added under the new e-mail)
+    assert [o.status for o in outcomes] == ["rejected", "delivered"]
+    emails = {m["identifiers"][0]["emailAddress"] for m in google.members().values()}
+    assert emails == {sha("c1@example.com"), sha("new2@example.com")}
+
+
 def test_clears_and_releases_are_skipped_without_a_request(google: GoogleAudienceFake) -> None:
     outcomes = client(google).write(
         [Change("1", "clear", None, {}, "x"), Change("2", "release", None, {}, "y")]
@@ -583,12 +608,26 @@ def test_an_account_the_token_cannot_reach_is_permission_denied_naming_the_accou
             "destination.customer_match_terms_accepted",
         ),
         ({"base_url": "{url}/nope"}, None, "destination.base_url"),
+        (
+            {},
+            {"violations": "destinations.destinations[0].login_account.account_id"},
+            "destination.login_account_id",
+        ),
+        (
+            {},
+            {"violations": "destinations.destinations[0].operating_account"},
+            "destination.operating_account_id",
+        ),
     ],
 )
 def test_a_wrong_destination_is_systemic_naming_the_field(
     google: GoogleAudienceFake, extra: dict[str, str], answer: dict[str, Any] | None, field: str
 ) -> None:
-    if answer is not None:
+    if answer is not None and "violations" in answer:
+        refused = violation(0, "INVALID_DESTINATION")
+        refused["error"]["details"][0]["fieldViolations"][0]["field"] = answer["violations"]
+        google.fail_next(400, refused)
+    elif answer is not None:
         google.fail_next(answer["error"]["code"], answer)
     extra = {k: v.format(url=google.url) for k, v in extra.items()}
     with pytest.raises(SystemicError) as caught:
