@@ -559,3 +559,26 @@ def test_a_sample_named_by_a_value_many_rows_share_rejects_only_the_member_it_na
         },
     )
     assert [o.status for o in client(meta).write(changes)] == ["rejected"] * 3
+
+
+def test_one_call_mixing_a_release_an_update_and_a_clear_removes_first_then_adds(
+    meta: MetaAudienceFake,
+) -> None:
+    client(meta).write(adds(1, 2))
+    changes = [
+        Change(
+            "1",
+            "upsert",
+            "h",
+            {"EMAIL": email_hash("u1@x.io"), "FN": text_hash("new")},
+            email_hash("u1@x.io"),
+        ),
+        Change("2", "release", None, {"EMAIL": None}, email_hash("u2@x.io")),
+        Change("3", "clear", None, {"FN": None}, "h"),
+    ]
+    outcomes = client(meta).write(changes)
+    assert [o.status for o in outcomes] == ["delivered", "delivered", "skipped"]
+    assert [m for m, _ in meta.received[-2:]] == ["DELETE", "POST"]
+    assert list(meta.members) == [email_hash("u1@x.io")] and meta.members[email_hash("u1@x.io")][
+        "FN"
+    ] == text_hash("new")

@@ -85,14 +85,21 @@ class MetaAudienceDestination:
             return []
         if len(changes) > self.max_batch_size:
             raise ValueError(f"Meta takes at most {self.max_batch_size} rows a request, got {len(changes)}")
-        action = changes[0].action
-        if action in ("archive", "release"):  # a release gives the old hash up: the member goes
-            return self._remove(changes)
-        if action != "upsert":  # clear: removal is delete
-            return [
-                Outcome(c.key, "skipped", reason=f"a Meta audience member is not {action}ed") for c in changes
-            ]
-        return self._add(changes)
+        # the delivery groups writes by whether they hold an id, so one call may mix upserts,
+        # clears and releases: removals (archive, release: the old hash goes) are sent first
+        outcomes: dict[str, Outcome] = {}
+        removals = [c for c in changes if c.action in ("archive", "release")]
+        upserts = [c for c in changes if c.action == "upsert"]
+        if removals:
+            outcomes.update((o.key, o) for o in self._remove(removals))
+        if upserts:
+            outcomes.update((o.key, o) for o in self._add(upserts))
+        for c in changes:
+            if c.key not in outcomes:  # clear: removal is delete, nothing is emptied
+                outcomes[c.key] = Outcome(
+                    c.key, "skipped", reason=f"a Meta audience member is not {c.action}ed"
+                )
+        return [outcomes[c.key] for c in changes]
 
     def close(self) -> None:
         self._session.close()
