@@ -231,9 +231,11 @@ def test_the_cli_adds_a_high_ltv_audience_hashed_as_google_says_and_mirror_remov
     write_customers(root / "wh.duckdb", rows)
     google.received.clear()
     code, summary = run_json(root, capsys)
-    # Then 3 is removed, and 2 is removed under its old identifiers before it is added under the new
+    # Then 3 is removed, and 2 gives its old identifiers up in phase 1 (a release: removed) and is
+    # added under the new ones in phase 2, after every removal
     assert code == 0 and summary["planned"]["removed"] == 1 and summary["planned"]["changed"] == 1, summary
-    assert [op for op, _ in google.received] == ["remove", "ingest", "remove"]
+    assert [op for op, _ in google.received] == ["remove", "remove", "ingest"]
+    assert [len(body["audienceMembers"]) for _, body in google.received] == [1, 1, 1]
     emails = {m["identifiers"][0]["emailAddress"] for m in google.members().values()}
     assert emails == {
         sha("customer.1@example.com"),
@@ -426,7 +428,41 @@ def test_an_address_is_sent_only_whole(google: GoogleAudienceFake) -> None:
     ]
 
 
-def test_members_trading_identifiers_in_one_write_both_end_in_the_list(google: GoogleAudienceFake) -> None:
+def test_a_new_email_is_released_first_and_then_added_without_a_second_removal(
+    google: GoogleAudienceFake,
+) -> None:
+    a = [{"emailAddress": sha("a@x.io")}]
+    client(google).write([Change("1", "upsert", "h", {"email": sha("a@x.io")}, identity=sha("a@x.io"))])
+    # When the plan releases the old e-mail in phase 1, and writes the new one in phase 2
+    (released,) = client(google).write([Change("1", "release", None, {}, member_key(a))])
+    moved = Change("1", "upsert", "h", {"email": sha("b@x.io")}, member_key(a), identity=sha("b@x.io"))
+    (added,) = client(google).write([moved])
+    # Then the release removed a, and the write only added b
+    assert [op for op, _ in google.received] == ["ingest", "remove", "ingest"]
+    assert (released.status, added.status, added.destination_id) == (
+        "delivered",
+        "delivered",
+        "e=" + sha("b@x.io"),
+    )
+    assert set(google.members()) == {"e=" + sha("b@x.io")}
+
+
+def test_the_same_person_with_a_new_phone_is_removed_and_added_in_one_write(
+    google: GoogleAudienceFake,
+) -> None:
+    first = {"email": sha("a@x.io"), "phone": sha("+1")}
+    (added,) = client(google).write([Change("1", "upsert", "h", first, identity=sha("a@x.io"))])
+    again = Change(
+        "1", "upsert", "h", {**first, "phone": sha("+2")}, added.destination_id, identity=sha("a@x.io")
+    )
+    client(google).write([again])
+    assert [op for op, _ in google.received] == ["ingest", "remove", "ingest"]
+    assert set(google.members()) == {f"e={sha('a@x.io')}|p={sha('+2')}"}
+
+
+def test_members_without_an_identity_trading_identifiers_in_one_write_both_end_in_the_list(
+    google: GoogleAudienceFake,
+) -> None:
     a, b = [{"emailAddress": sha("a@x.io")}], [{"emailAddress": sha("b@x.io")}]
     client(google).write(
         [
@@ -503,7 +539,22 @@ def test_a_move_whose_removal_is_refused_is_rejected_and_not_added(google: Googl
     assert emails == {sha("c1@example.com"), sha("new2@example.com")}
 
 
-def test_clears_and_releases_are_skipped_without_a_request(google: GoogleAudienceFake) -> None:
+def test_one_write_mixing_removals_and_adds_removes_first(google: GoogleAudienceFake) -> None:
+    (gone,) = client(google).write(upserts(1))
+    mixed = [
+        *upserts(2),
+        Change("1", "archive", destination_id=gone.destination_id),
+        Change("3", "clear", None, {}, "x"),
+    ]
+    outcomes = client(google).write(mixed)
+    assert [o.status for o in outcomes] == ["delivered", "delivered", "skipped"]
+    assert [op for op, _ in google.received] == ["ingest", "remove", "ingest"]
+    assert {m["identifiers"][0]["emailAddress"] for m in google.members().values()} == {sha("c2@example.com")}
+
+
+def test_clears_and_releases_of_nothing_recorded_are_skipped_without_a_request(
+    google: GoogleAudienceFake,
+) -> None:
     outcomes = client(google).write(
         [Change("1", "clear", None, {}, "x"), Change("2", "release", None, {}, "y")]
     )

@@ -262,8 +262,10 @@ KIND = register(
         account=_account,
         check_secret=check_token,
         check_sync=_check_sync,
-        # a member is its identifiers: none can be emptied for another row to take
-        releases=False,
+        # a member is its identifiers: one whose identity changes is removed under the old ones in
+        # phase 1 (a release) and ingested under the new in phase 2, so that no ingest of either
+        # phase meets a removal of the same identifiers in the other order
+        moves_by_release=True,
         hashed=lambda config: HASHED,
     )
 )

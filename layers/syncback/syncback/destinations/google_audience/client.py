@@ -11,9 +11,12 @@
   also says the Customer Match terms are accepted (``termsOfService``).
 - The destination id of a member is the identifiers it was sent with (``e=<hash>|p=<hash>|a=...``):
   removal sends them back.
-  A record whose identifiers changed since (a new e-mail) is removed under the old ones first, then
-  ingested under the new ones; the removals of one write go out before its ingest, so two records
-  trading identifiers end with both members in place.
+  A record whose identity changed (a new e-mail; the phone where no e-mail is mapped) gives its old
+  identifiers up in the plan's phase 1 (a release: removed) and is ingested under the new ones in
+  phase 2 (``moves_by_release``), so no ingest of one row meets another row's removal of the same
+  identifiers in the wrong order. The same person with another phone or address (or a sync with no
+  identity, an address alone) is removed under the old identifiers and ingested under the new in
+  one write, removals first.
 - Google answers ``{"requestId": ...}``: it goes into each delivered outcome's reason (the receipt)
   and the log. With ``validate_only`` Google checks and applies nothing: members it took are
   skipped (the snapshot does not advance), those it refused are rejected. Data Manager says neither whether a member was already in the list nor who put it
@@ -117,9 +120,18 @@ class GoogleAudienceDestination:
             raise ValueError(
                 f"Data Manager takes at most {MAX_MEMBERS} members a request, got {len(changes)}"
             )
-        if changes[0].action == "archive":
-            return self._remove_members(changes)
-        return self._ingest_members(changes)
+        # the delivery groups writes by whether they hold an id, so one call may mix actions:
+        # removals (archive; release: a member whose identity changed gives its old identifiers up
+        # in the plan's phase 1) go first, then the ingest
+        outcomes: dict[str, Outcome] = {}
+        removals = [c for c in changes if c.action in ("archive", "release")]
+        upserts = [c for c in changes if c.action == "upsert"]
+        if removals:
+            outcomes.update((o.key, o) for o in self._remove_members(removals))
+        if upserts:
+            outcomes.update((o.key, o) for o in self._ingest_members(upserts))
+        nothing = "an audience member holds only its identifiers; nothing to clear"
+        return [outcomes.get(c.key) or Outcome(c.key, "skipped", reason=nothing) for c in changes]
 
     def close(self) -> None:
         self._session.close()
@@ -131,13 +143,6 @@ class GoogleAudienceDestination:
         members: list[tuple[Change, dict[str, Any], str]] = []  # change, audience member, its identifiers
         moved: list[tuple[Change, list[dict[str, Any]]]] = []  # change, the identifiers it leaves
         for change in changes:
-            if change.action != "upsert":  # clear, release: a member has nothing to empty
-                settled[change.key] = Outcome(
-                    change.key,
-                    "skipped",
-                    reason="an audience member holds only its identifiers; nothing to clear",
-                )
-                continue
             identifiers, why = user_identifiers(change.record)
             unclear = [
                 n
@@ -157,7 +162,13 @@ class GoogleAudienceDestination:
                 (change, {"userData": {"userIdentifiers": identifiers}, **self._consent(change)}, member_id)
             )
             old = parse_member_key(change.destination_id)
-            if old and change.destination_id != member_id:
+            # a new e-mail (the identity) was released in phase 1; the same person with another phone
+            # or address (or a sync without an identity) leaves its old identifiers here, first
+            if (
+                old
+                and change.destination_id != member_id
+                and (change.identity is None or _same_person(old, identifiers))
+            ):
                 moved.append((change, old))
         if moved:
             refused, _ = self._send(
@@ -382,6 +393,15 @@ def user_identifiers(record: dict[str, Any]) -> tuple[list[dict[str, Any]], str 
     if not identifiers:
         return [], "no identifier: email, phone and the address (all four of its fields) are empty"
     return identifiers, None
+
+
+def _same_person(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> bool:
+    """Whether two members share their identity: the e-mail, else the phone (hashed)."""
+
+    def identity(identifiers: list[dict[str, Any]]) -> dict[str, Any] | None:
+        return next((i for i in identifiers if "emailAddress" in i or "phoneNumber" in i), None)
+
+    return identity(old) is not None and identity(old) == identity(new)
 
 
 def member_key(identifiers: list[dict[str, Any]]) -> str:
