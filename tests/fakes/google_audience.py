@@ -21,9 +21,9 @@ imports it).
   may not reach), 429 RESOURCE_EXHAUSTED (``requests_per_window`` in fixed windows: Google's 300 a
   minute per Cloud project, scaled down), 503 UNAVAILABLE.
 - The list holds members as they were sent: an ingest of identifiers already there is the same
-  member (its consent updated); a removal takes away the member sent with exactly those identifiers
-  (Google matches members to accounts and documents no more; syncback removes with the identifiers it
-  added). ``validateOnly`` checks and applies nothing.
+  member (its consent updated); a removal takes away every member sharing any of its identifiers
+  (an e-mail hash, a phone hash or a whole address), as Google removes the person they match
+  (Google documents no finer rule). ``validateOnly`` checks and applies nothing.
 
 Fault knobs: ``reject_values`` (a member whose hashed identifiers hash one of them, normalised as
 Google says, is an invalid member), ``fail_next`` (answer the next requests so), random 429s, 503s
@@ -197,7 +197,11 @@ class GoogleAudienceFake(LoopbackServer, Knobs):
                 for member in members:
                     key = _member_key(member["userData"]["userIdentifiers"])
                     if operation == "remove":
-                        self.counts["removed"] += held.pop(key, None) is not None
+                        # Google removes the person the identifiers match: any member sharing one
+                        gone = _matching(held, member["userData"]["userIdentifiers"])
+                        for match in gone:
+                            del held[match]
+                        self.counts["removed"] += len(gone)
                     else:
                         self.counts["created"] += key not in held
                         held[key] = {
@@ -403,6 +407,16 @@ class GoogleAudienceFake(LoopbackServer, Knobs):
 
     def writes(self, request: requests.PreparedRequest) -> bool:
         return "/v1/audienceMembers:" in (request.path_url or "")
+
+
+def _matching(held: dict[str, dict[str, Any]], identifiers: list[dict[str, Any]]) -> list[str]:
+    """Return the keys of the members sharing any identifier with ``identifiers``."""
+    wanted = {json.dumps(i, sort_keys=True) for i in identifiers}
+    return [
+        key
+        for key, member in held.items()
+        if wanted & {json.dumps(i, sort_keys=True) for i in member["identifiers"]}
+    ]
 
 
 def _member_key(identifiers: list[dict[str, Any]]) -> str:
