@@ -9,6 +9,7 @@ fake: production code never imports it).
   bad hash, or one of ``reject_values`` (hashed as syncback would) is an invalid entry: not applied,
   counted in ``num_invalid_entries``, and, up to ``max_samples`` of them, named in
   ``invalid_entry_samples`` by the row's first non-empty value, with a reason. The other rows apply.
+  ``reject_values`` refuse adds only: a removal's entries are checked for their form alone.
   The answer is ``{"audience_id", "session_id", "num_received", "num_invalid_entries",
   "invalid_entry_samples"}`` with HTTP 200.
 - Meta matches people by their keys; this audience keeps a member by its first of EMAIL, PHONE and
@@ -198,7 +199,7 @@ class MetaAudienceFake(LoopbackServer, Knobs):
         invalid, samples = 0, {}
         for row in data:
             entry = dict(zip(schema, row, strict=True))
-            why = self._invalid(entry)
+            why = self._invalid(entry, adding)
             if why is not None:
                 invalid += 1
                 named = next((str(v) for v in row if v not in ("", None)), "")
@@ -220,13 +221,14 @@ class MetaAudienceFake(LoopbackServer, Knobs):
             },
         )
 
-    def _invalid(self, entry: dict[str, Any]) -> str | None:
+    def _invalid(self, entry: dict[str, Any], adding: bool) -> str | None:
         hashes = [str(v) for k, v in entry.items() if k in HASHED and v not in ("", None)]
         if not any(entry.get(k) not in ("", None) for k in (*MATCH, "MADID")) and not hashes:
             return "No matchable key in the row"
         if any(not _HEX.match(h) for h in hashes):
             return "Invalid hash: keys must be SHA-256 of the normalised value, as lower-case hex"
-        if any(h in self.reject_values for h in hashes):
+        # refusals by content are of uploads: Meta validates a removal's entries by their form only
+        if adding and any(h in self.reject_values for h in hashes):
             return "Entry refused"
         return None
 

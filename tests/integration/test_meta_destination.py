@@ -293,12 +293,20 @@ def test_invalid_entries_meta_does_not_name_are_found_by_splitting(
 
 def test_a_removal_meta_refuses_is_rejected_and_the_rest_removed(meta: MetaAudienceFake) -> None:
     client(meta).write(adds(1, 2))
-    meta.reject({"u1@x.io"})
+    # Meta counts u1's entry invalid, naming it (as it would a malformed hash)
+    meta.fail_next(
+        200,
+        {
+            "num_received": 2,
+            "num_invalid_entries": 1,
+            "invalid_entry_samples": {email_hash("u1@x.io"): "Entry refused"},
+        },
+    )
     removals = [Change(k, "archive", destination_id=email_hash(f"u{k}@x.io")) for k in ("1", "2")]
     removals.append(Change("3", "archive"))
     outcomes = client(meta).write(removals)
     assert [o.status for o in outcomes] == ["rejected", "delivered", "skipped"]
-    assert list(meta.members) == [email_hash("u1@x.io")]
+    assert outcomes[0].reason == "Meta: Entry refused"
 
 
 # ---- Graph errors, classified ---------------------------------------------------------------------------
