@@ -325,7 +325,8 @@ class GoogleAudienceFake(LoopbackServer, Knobs):
                 problems.append(
                     _violation(f"{where}.consent", "INVALID_ENUM_VALUE", "Enum value cannot be used.")
                 )
-        if not problems and self._rejected(identifiers):
+        # the knob refuses by content what is uploaded: a removal is checked for its form only
+        if not problems and operation == "ingest" and self._rejected(identifiers):
             problems.append(
                 _violation(where, "INVALID_AUDIENCE_MEMBER", "This audience member is not valid.")
             )

@@ -465,9 +465,9 @@ def test_a_batch_a_run_never_sent_keeps_what_the_snapshot_knew_but_one_perhaps_s
     converge(hubspot)
 
 
-@pytest.fixture
-def audience(tmp_path: Path) -> Iterator[World]:
-    with World(tmp_path, "meta_audience", "mirror").started() as world:
+@pytest.fixture(params=["meta_audience", "google_audience"])
+def audience(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[World]:
+    with World(tmp_path, request.param, "mirror").started() as world:
         yield world
 
 
