@@ -9,7 +9,9 @@ declares 5 per rolling 5 s) and answers 429 past it. The ceiling is 10,000 membe
 members/s from the first request to the last answer ÷ that ceiling, with the 429s the fake sent
 (none expected: the budget keeps under the limit). With only three windows the figure reads above
 1: the span ends at the last window's answers, before the wait that window would impose. Every
-member's e-mail is normalised and hashed in the warehouse, as in production. The fake runs in a
+member's e-mail is normalised and hashed in the warehouse, as in production. Batches are 10,000
+changes, one request each: at 20,000 the commit of the receipts (about 5 MB each) ran out of
+DuckDB's 256 MB memory limit here. The fake runs in a
 process of its own, so its work does not slow syncback's requests down.
 """
 
