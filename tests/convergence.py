@@ -360,7 +360,7 @@ def winners(
     invalid: dict[int, str] = {}
     groups: dict[str, list[int]] = {}
     for key, row in rows.items():
-        ident = (row.email or "").strip().lower()
+        ident = fake.identity(row.email)
         if not ident:
             invalid[key] = "empty email"
             continue
@@ -451,8 +451,12 @@ def _rejections_explained(
     owners = {r["id"] for key in valid for r in by_key.get(key, [])}
     explained = set()
     for key in rejected:
-        email = (valid[key].email or "").strip().lower() if key in valid else None
-        holders = [r for r in world.records() if r.get("email") == email and r["id"] not in owners]
+        email = world.fake.identity(valid[key].email) if key in valid else None
+        holders = [
+            r
+            for r in world.records()
+            if world.fake.identity(r.get("email")) == email and r["id"] not in owners
+        ]
         if holders:
             explained.add(key)
     return explained
@@ -468,7 +472,7 @@ def held_emails(world: World) -> dict[str, int]:
             # cannot know it holds the email
             continue
         if item.get("email") and item.get("customer_id") not in (None, ""):
-            out[str(item["email"]).strip().lower()] = int(item["customer_id"])
+            out[world.fake.identity(item["email"])] = int(item["customer_id"])
     return out if world.fake.identifier is not None else {}
 
 

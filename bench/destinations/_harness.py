@@ -108,9 +108,12 @@ def first_sync(folder: str, sync: dict[str, Any], rows: int, env: dict[str, str]
     return FirstSync(record, time.perf_counter() - started, clock.last - clock.started)
 
 
-def ratio_rows(what: str, rate: str, of_ceiling: float, rate_limited: int) -> list[list[str]]:
-    """Return a destination's two table rows: its ``rate`` as a share of the limit, and its 429s."""
+def ratio_rows(
+    what: str, rate: str, of_ceiling: float, rate_limited: int, throttles: str = "429s"
+) -> list[list[str]]:
+    """Return a destination's two table rows: its ``rate`` as a share of the limit, and how many
+    ``throttles`` (the vendor's word for a refusal over the limit) it met."""
     return [
         [f"{what}: {rate} ÷ limit", f"{of_ceiling:.3f}", "≥ 0.9", "yes" if of_ceiling >= 0.9 else "**no**"],
-        [f"{what}: 429s", str(rate_limited), "0", "yes" if rate_limited == 0 else "**no**"],
+        [f"{what}: {throttles}", str(rate_limited), "0", "yes" if rate_limited == 0 else "**no**"],
     ]

@@ -36,6 +36,9 @@ class Fake:
     by_hand: ClassVar[bool] = False
     #: whether a person can delete a record the sync wrote (``delete_by_hand``)
     deletes_by_hand: ClassVar[bool] = True
+    #: the generic fields the destination keeps and shows back (None: every field a suite maps); an
+    #: audience keeps only its members' identifiers: the view maps no other, ``stored`` says None
+    holds: ClassVar[frozenset[str] | None] = None
 
     def __enter__(self) -> Fake:
         return self
@@ -61,6 +64,11 @@ class Fake:
     def stored(self, field: str, value: Any) -> Any:
         """Return ``value`` of generic ``field`` as the destination stores and shows it."""
         return value
+
+    def identity(self, value: Any) -> str:
+        """Return the generic identifier ``value`` as the destination compares it (an audience
+        compares hashes), so the suites tell which rows collide; "" when it is empty."""
+        return str(value or "").strip().lower()
 
     def reject(self, values: set[str]) -> None:
         """Refuse, record by record, the records holding any of ``values`` in a mapped field

@@ -40,14 +40,18 @@ CHECKS = [
 ]
 
 
-def column_forms(column: str) -> st.SearchStrategy[Any]:
-    """The forms one mapped field takes: a bare column, or a block with transforms and on_null."""
+def column_forms(column: str, hashed: bool = False) -> st.SearchStrategy[Any]:
+    """The forms one mapped field takes: a bare column, or a block with transforms and on_null
+    (no sha256 where the destination hashes the field itself)."""
+    transforms: list[Any] = ["lower", "string", "iso_date"]
+    if not hashed:
+        transforms.insert(1, ["trim", "lower", "sha256"])
     return st.one_of(
         st.just(column),
         st.fixed_dictionaries(
             {"column": st.just(column)},
             optional={
-                "transform": st.sampled_from(["lower", ["trim", "lower", "sha256"], "string", "iso_date"]),
+                "transform": st.sampled_from(transforms),
                 "on_null": st.sampled_from(["send", "skip"]),
             },
         ),
@@ -64,8 +68,9 @@ def syncs(draw: st.DrawFn) -> dict[str, Any]:
     spec["mode"] = draw(
         st.sampled_from([m for m in kind.modes if kind.removal != "unsupported" or m != "mirror"])
     )
+    hashed = kind.hashed(kind.config.model_validate(destination))
     spec["mapping"] = {
-        field: draw(column_forms(column)) if isinstance(column, str) else column
+        field: draw(column_forms(column, field in hashed)) if isinstance(column, str) else column
         for field, column in mapping.items()
     }
     spec["checks"] = draw(st.lists(st.sampled_from(CHECKS), unique_by=lambda c: str(c), max_size=4))

@@ -16,6 +16,20 @@ Transforms (a name or a list, applied in order; nulls stay null):
     boolean   true/false, yes/no, y/n, t/f, 1/0 (text, any case) and the numbers 1 and 0
     iso_date  dates as YYYY-MM-DD, timestamps as UTC YYYY-MM-DDTHH:MM:SS[.mmm]Z; text parsed as one
 
+Audience identifiers (the fields a destination's ``Kind.hashed`` names) are, after their
+transforms, normalised and hashed here, in the warehouse: SHA-256 as lower-case hex of the
+normalised text, null where nothing is left of it. Every record, identity and reason a plan writes
+outside the warehouse holds the hash, never the address. Normalisers (``NORMALISERS``):
+
+    email     every white-space character removed, lower case
+    phone     digits only, leading zeros dropped; the country code is kept as the model gives it,
+              so the model must give it (+44 20 7946 0000 → 442079460000, never 02079460000)
+    text      trimmed, lower case (external ids, names, cities)
+    gmail_email  as email, and the dots before the @ of a gmail.com or googlemail.com address
+              removed (Google's rule)
+    e164_phone   "+" and the digits as phone gives them (Google's E.164 form: +44 20 7946 0000 and
+              0044 20 7946 0000 → +442079460000; the model gives the country code)
+
 JSON forms: integers beyond 2^53 and decimals a double would change are sent as exact strings;
 NaN and infinity make the row invalid; timestamps without a zone are taken as UTC.
 """
@@ -25,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from syncback.errors import Problem
@@ -131,6 +145,35 @@ TRANSFORMS: dict[str, Callable[[Typed, Dialect], Step]] = {
     "iso_date": _iso_date,
 }
 
+#: text SQL → the SQL of it normalised the way an audience destination compares it, before hashing;
+#: one table for every audience destination (a destination names its normalisers in ``Kind.hashed``)
+NORMALISERS: dict[str, Callable[[str, Dialect], str]] = {
+    "email": lambda sql, d: f"lower({d.remove_all(sql, '[[:space:]]+')})",
+    "phone": lambda sql, d: f"ltrim({d.remove_all(sql, '[^0-9]+')}, '0')",
+    "text": lambda sql, d: f"lower({d.trim(sql)})",
+    # Google: e-mail as "email", and no dots before the @ of a gmail.com or googlemail.com address
+    "gmail_email": lambda sql, d: _without_gmail_dots(NORMALISERS["email"](sql, d)),
+    # Google: E.164, "+" and the digits, leading zeros dropped as "phone" does (0044… → +44…)
+    "e164_phone": lambda sql, d: (
+        f"(case when {NORMALISERS['phone'](sql, d)} = '' then '' else '+' || {NORMALISERS['phone'](sql, d)} end)"
+    ),
+}
+
+
+def _without_gmail_dots(email: str) -> str:
+    cases = " ".join(
+        f"when {email} like '%@{domain}' then "
+        f"replace(left({email}, length({email}) - {len(domain) + 1}), '.', '') || '@{domain}'"
+        for domain in ("gmail.com", "googlemail.com")
+    )
+    return f"(case {cases} else {email} end)"
+
+
+def hashed(value: Typed, normaliser: str, d: Dialect) -> Typed:
+    """Return the SHA-256 hex of ``value`` normalised by ``normaliser``; null if nothing is left."""
+    normalised = NORMALISERS[normaliser](d.text(value), d)
+    return Typed(d.sha256(f"nullif({normalised}, '')"), Kind.TEXT)
+
 
 # ---- the model's columns ------------------------------------------------------------------------
 
@@ -209,10 +252,17 @@ class MappingQuery:
     ``identifiers`` are the fields that name a record in the destination: each must be non-empty,
     and ``sb_ident`` holds them normalised the way the destination compares them (trimmed, lower
     case), joined, so that two rows the destination would take for one record collide in SQL.
+    ``hashed`` ({field: normaliser}) are the fields normalised and hashed after their transforms:
+    the record and ``sb_ident`` hold their hashes, so two rows whose addresses normalise equal collide.
     """
 
     def __init__(
-        self, sync: SyncSpec, described: Sequence[Column], dialect: Dialect, identifiers: Sequence[str]
+        self,
+        sync: SyncSpec,
+        described: Sequence[Column],
+        dialect: Dialect,
+        identifiers: Sequence[str],
+        hashed: Mapping[str, str] | None = None,
     ) -> None:
         self.dialect = dialect
         key = resolve(sync.primary_key, described)
@@ -221,6 +271,10 @@ class MappingQuery:
         self.key = Typed(dialect.quote(key.name), key.kind, key.sqltype)
         self.fields = [self._field(name, entry, described) for name, entry in sorted(sync.mapping.items())]
         self.identifiers = sorted(identifiers)
+        self.hashed = dict(hashed or {})
+        unknown = sorted(set(self.hashed.values()) - set(NORMALISERS))
+        if unknown:
+            raise ValueError(f"no normaliser {unknown[0]!r} (there are: {', '.join(sorted(NORMALISERS))})")
         # each model column read once, under an alias of ours: a model column may be called anything
         self.columns = {
             sql: f"c{j}"
@@ -269,6 +323,10 @@ class MappingQuery:
             sql = f"select {', '.join(outputs)} from ({sql}) as l{depth}"
             values = [Typed(f"v{i}", v.kind, v.sqltype) for i, v in enumerate(values)]
             reasons = [None if r is None else f"r{i}" for i, r in enumerate(reasons)]
+        values = [
+            hashed(v, self.hashed[f.name], d) if f.name in self.hashed else v
+            for f, v in zip(self.fields, values, strict=True)
+        ]
         columns = ", ".join(f"{v.sql} as v{i}" for i, v in enumerate(values))
         sql = (
             f"select sb_key, {columns}, {self._invalid(values, reasons)} as sb_invalid, "

@@ -33,7 +33,13 @@ from typing import Any
 from syncback.batches import BatchRef, BatchStore, batch_key, change_from_json, change_line, dumps, plan_key
 from syncback.checks import CheckResult, evaluate
 from syncback.destinations.base import Change
-from syncback.destinations.registry import destination_target, identifier_fields, kind_of, removal_of
+from syncback.destinations.registry import (
+    destination_target,
+    hashed_fields,
+    identifier_fields,
+    kind_of,
+    removal_of,
+)
 from syncback.errors import GuardError, ModelError
 from syncback.history import ensure_history, log_invalid
 from syncback.mapping import MappingQuery, describe, model_problems
@@ -227,7 +233,9 @@ class Planner:
         problems = model_problems(self.sync, described)
         if problems:
             raise ModelError("; ".join(str(p) for p in problems))
-        return MappingQuery(self.sync, described, self.warehouse.dialect, self.identifiers)
+        return MappingQuery(
+            self.sync, described, self.warehouse.dialect, self.identifiers, hashed_fields(self.sync)
+        )
 
     def _check_data(self, stop: bool) -> list[CheckResult]:
         """Evaluate the sync's data checks over the model; when ``stop`` (a run, not a dry run), a
@@ -506,7 +514,12 @@ class Planner:
             # a record whose identifier another row takes gives it up first (phase 1), however its
             # own move goes: a move the destination refuses must not keep the other row from it
             phase, release = f"case when {wait} or {moves} then 2 else 1 end", moves
-            if not kind_of(self.sync).releases:
+            if kind_of(self.sync).moves_by_release:
+                # every move releases its old identifier first: nothing written in phase 1 can then
+                # take an identifier that a removal or release of phase 1 takes away
+                moved = "coalesce(p.s_dest is not null and p.sb_live and p.s_ident <> p.sb_ident, false)"
+                phase, release = f"case when {wait} or {moved} then 2 else 1 end", moved
+            elif not kind_of(self.sync).releases:
                 # the identifier cannot be emptied (it is the record: an audience member is its
                 # e-mail address). A record this sync created moves itself, in phase 1 (refused
                 # while its new identifier is still held). One it did not create keeps its address
@@ -517,10 +530,10 @@ class Planner:
                 # the record that holds it. A row without a record of its own (or whose record
                 # was released: it kept no identifier), written by identifier, waits for phase 2
                 # if another record of this sync holds the identifier, so that it never writes
-                # into one about to move away
-                # A record moving to the identifier of a record whose row left (archived in phase
-                # 1) moves in phase 2; if another row takes its own identifier, it is not moved
-                # (that row is written into it) and is written by its new identifier instead.
+                # into one about to move away. A record moving to the identifier of a record whose
+                # row left (archived in phase 1) moves in phase 2; if another row takes its own
+                # identifier, it is not moved (that row is written into it) and is written by its
+                # new identifier instead
                 moving = "p.s_dest is not null and p.sb_live and p.s_ident <> p.sb_ident"
                 release = f"coalesce({moving} and not coalesce(p.s_created, false), false)"
                 trade = (

@@ -11,7 +11,7 @@ packages to load.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -28,9 +28,9 @@ if TYPE_CHECKING:  # the spec imports this module: types only
 #: of where the sync put it (the client says how: delete or archive a record, remove a member from
 #: a list or an audience); clear: the records stay, and the fields the sync maps (all but the
 #: identifier) are emptied; delete: every record whose row left is deleted, whoever created it (for
-#: a destination that cannot say which records a write created, where the spec asks for it: the one
-#: exception to "mirror archives only what this sync created"); unsupported: nothing can be removed
-#: there, and mirror is refused
+#: a destination that cannot say which records a write created: Braze where the spec asks for it,
+#: an audience whose answers are counts; the one exception to "mirror archives only what this sync
+#: created"); unsupported: nothing can be removed there, and mirror is refused
 Removal = Literal["archive", "clear", "delete", "unsupported"]
 Mode = Literal["upsert", "update", "insert", "mirror"]
 
@@ -67,8 +67,17 @@ class Kind:
     #: same run; False where the identifier is the record (an audience member is its address): then
     #: a record moves first and a row taking its identifier waits (see the planner)
     releases: bool = True
+    #: whether a record whose identifier changes gives the old one up in phase 1 (a release) and is
+    #: written in phase 2, whoever takes its old identifier: where one write cannot both take the old
+    #: identifier away and give the new one (an audience member is its hashes: the old is removed,
+    #: the new added, and only the phases order those two against other rows' removals and adds)
+    moves_by_release: bool = False
     #: checks the spec across fields (mode, mapping); returns problems as (field, message)
     check_sync: Callable[[SyncSpec], list[tuple[str, str]]] = field(default=lambda sync: [])
+    #: the mapped fields the warehouse normalises and hashes (SHA-256, lower-case hex) before they
+    #: leave it, each with the name of its normaliser in ``mapping.NORMALISERS`` (an audience's
+    #: e-mail → "email"): batches, receipts, dead letters, the snapshot and logs hold only the hash
+    hashed: Callable[[Any], Mapping[str, str]] = lambda config: {}
 
 
 REGISTRY: dict[str, Kind] = {}
@@ -130,6 +139,11 @@ def identifier_fields(sync: SyncSpec) -> list[str]:
     return kind_of(sync).identifiers(sync.destination, sync)
 
 
+def hashed_fields(sync: SyncSpec) -> dict[str, str]:
+    """Return {mapped field: normaliser} of the fields the warehouse hashes before they leave it."""
+    return {name: how for name, how in kind_of(sync).hashed(sync.destination).items() if name in sync.mapping}
+
+
 def destination_target(sync: SyncSpec) -> str:
     """Return a digest of where the sync writes: a sync pointed at another object or URL starts afresh."""
     where = [sync.destination.type, *kind_of(sync).place(sync.destination)]
@@ -182,4 +196,34 @@ def sync_problems(sync: SyncSpec) -> list[tuple[str, str]]:
         takes = ", ".join(kind.modes[:-1]) + f" or {kind.modes[-1]}" if len(kind.modes) > 1 else kind.modes[0]
         why = f" ({kind.modes_note})" if kind.modes_note else ""
         problems.append(("mode", f"a {kind.name} destination takes {takes}, not {sync.mode}{why}"))
-    return problems + kind.check_sync(sync)
+    return problems + _hashing_problems(sync) + kind.check_sync(sync)
+
+
+def _hashing_problems(sync: SyncSpec) -> list[tuple[str, str]]:
+    """Return problems that would let a hashed identifier leave the warehouse in plain, or hash it twice."""
+    problems = []
+    for name, normaliser in sorted(hashed_fields(sync).items()):
+        entry = sync.mapping[name]
+        # a key is stored in plain by every sync: refused only where it is a person's address
+        if (
+            normaliser in ("email", "phone")
+            and entry.column is not None
+            and entry.column.lower() == sync.primary_key.lower()
+        ):
+            problems.append(
+                (
+                    "primary_key",
+                    f"{sync.primary_key} is mapped to {name}, which the warehouse hashes before it "
+                    "leaves, but the primary key is stored in plain (batches, receipts, dead letters): "
+                    "key the model by another column, such as a customer id",
+                )
+            )
+        if "sha256" in entry.transforms:
+            problems.append(
+                (
+                    f"mapping.{name}",
+                    f"a {sync.destination.type} destination normalises and hashes {name} itself; "
+                    "remove the sha256 transform (it would be hashed twice)",
+                )
+            )
+    return problems

@@ -140,6 +140,10 @@ class Dialect:
         """Return a text without the white space around it (spaces, tabs, line breaks)."""
         raise NotImplementedError
 
+    def remove_all(self, sql: str, pattern: str) -> str:
+        """Return a text without any match of the regular expression ``pattern``."""
+        raise NotImplementedError
+
     # ---- shared: built on the spellings above --------------------------------------------------
 
     def iso(self, value: Typed) -> str:
@@ -298,6 +302,9 @@ class DuckDBDialect(Dialect):
     def trim(self, sql: str) -> str:
         return f"regexp_replace({sql}, {_SPACE}, '', 'g')"
 
+    def remove_all(self, sql: str, pattern: str) -> str:
+        return f"regexp_replace({sql}, {literal(pattern)}, '', 'g')"
+
 
 class SnowflakeDialect(Dialect):
     name = "snowflake"
@@ -365,3 +372,7 @@ class SnowflakeDialect(Dialect):
 
     def trim(self, sql: str) -> str:
         return f"regexp_replace({sql}, {_SPACE}, '')"
+
+    def remove_all(self, sql: str, pattern: str) -> str:
+        # Snowflake's regexp_replace replaces every match unless told otherwise
+        return f"regexp_replace({sql}, {literal(pattern)}, '')"
