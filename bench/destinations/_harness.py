@@ -45,14 +45,14 @@ class Clock(Progress):
 
 
 class OwnProcess:
-    """The fake ``script --serve`` starts, in a process of its own: its URL, then its counts."""
+    """The fake ``script --serve *args`` starts, in a process of its own: its URL, then its counts."""
 
-    def __init__(self, script: str) -> None:
-        self.script = script
+    def __init__(self, script: str, *args: str) -> None:
+        self.command = [sys.executable, script, "--serve", *args]
 
     def __enter__(self) -> OwnProcess:
         self.process = subprocess.Popen(
-            [sys.executable, self.script, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         assert self.process.stdout is not None
         self.url = self.process.stdout.readline().strip()
