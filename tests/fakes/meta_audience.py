@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import re
+import string
 import threading
 import time
 import uuid
@@ -89,6 +90,14 @@ def text_hash(value: Any) -> str:
     return sha256(str(value).strip().lower())
 
 
+def name_hash(value: Any) -> str:
+    """Return the hash syncback sends of a first or last name: punctuation removed, trimmed, lower case."""
+    return sha256(str(value).translate(_NO_PUNCTUATION).strip().lower())
+
+
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)  # POSIX [[:punct:]]: ASCII only
+
+
 @cache
 def _extern_ids() -> dict[str, int]:
     # the suites key rows by small integers; a test view recovers them as a dictionary attack would
@@ -139,7 +148,9 @@ class MetaAudienceFake(LoopbackServer, Knobs):
 
     def reject(self, values: set[str]) -> None:
         # Meta sees hashes only: refuse the rows holding the hash of a value, hashed either way
-        self.reject_values = {h for v in values if v.strip() for h in (email_hash(v), text_hash(v))}
+        self.reject_values = {
+            h for v in values if v.strip() for h in (email_hash(v), text_hash(v), name_hash(v))
+        }
 
     # ---- one request ---------------------------------------------------------------------------
 
@@ -292,7 +303,13 @@ class MetaAudienceFake(LoopbackServer, Knobs):
         text = str(value)
         if _HEX.match(text):  # already as the audience holds it
             return text
-        hashed = email_hash(text) if field == "email" else text_hash(text)
+        hashed = (
+            email_hash(text)
+            if field == "email"
+            else name_hash(text)
+            if GENERIC[field] in ("FN", "LN")
+            else text_hash(text)
+        )
         return None if hashed in (email_hash(""), text_hash("")) else hashed
 
     def identity(self, value: Any) -> str:

@@ -99,6 +99,10 @@ def test_two_addresses_that_normalise_equal_have_one_identity() -> None:
         ("text", "  Émile \t", "émile"),
         ("text", "CUST-0042 ", "cust-0042"),
         ("email", " A.B+x@Example.ORG", "a.b+x@example.org"),
+        ("name", " O'Brien-Smith, Jr. ", "obriensmith jr"),
+        ("name", "Zoë", "zoë"),
+        ("city", "St. Louis", "stlouis"),
+        ("city", " Saint-Étienne ", "saintétienne"),
     ],
 )
 def test_each_normaliser_then_sha256(normaliser: str, value: str, normalised: str) -> None:
@@ -135,5 +139,8 @@ def test_a_null_stays_null() -> None:
 
 
 def test_an_unknown_normaliser_is_refused_naming_those_there_are() -> None:
-    with pytest.raises(ValueError, match="no normaliser 'gmail'.*email, phone, text"):
+    with pytest.raises(
+        ValueError,
+        match=r"no normaliser 'gmail' \(there are: city, e164_phone, email, gmail_email, name, phone, text\)",
+    ):
         mapped(["x"], {"f": "gmail"})

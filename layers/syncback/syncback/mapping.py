@@ -24,7 +24,9 @@ outside the warehouse holds the hash, never the address. Normalisers (``NORMALIS
     email     every white-space character removed, lower case
     phone     digits only, leading zeros dropped; the country code is kept as the model gives it,
               so the model must give it (+44 20 7946 0000 → 442079460000, never 02079460000)
-    text      trimmed, lower case (external ids, names, cities)
+    text      trimmed, lower case (external ids)
+    name      punctuation removed, trimmed, lower case (Meta's first and last names; é is kept)
+    city      punctuation and white space removed, lower case (Meta's city: "St. Louis" → stlouis)
     gmail_email  as email, and the dots before the @ of a gmail.com or googlemail.com address
               removed (Google's rule)
     e164_phone   "+" and the digits as phone gives them (Google's E.164 form: +44 20 7946 0000 and
@@ -151,6 +153,10 @@ NORMALISERS: dict[str, Callable[[str, Dialect], str]] = {
     "email": lambda sql, d: f"lower({d.remove_all(sql, '[[:space:]]+')})",
     "phone": lambda sql, d: f"ltrim({d.remove_all(sql, '[^0-9]+')}, '0')",
     "text": lambda sql, d: f"lower({d.trim(sql)})",
+    # Meta: first and last names lower case without punctuation (letters beyond ASCII kept)
+    "name": lambda sql, d: f"lower({d.trim(d.remove_all(sql, '[[:punct:]]+'))})",
+    # Meta: a city lower case without punctuation or white space
+    "city": lambda sql, d: f"lower({d.remove_all(sql, '[[:punct:][:space:]]+')})",
     # Google: e-mail as "email", and no dots before the @ of a gmail.com or googlemail.com address
     "gmail_email": lambda sql, d: _without_gmail_dots(NORMALISERS["email"](sql, d)),
     # Google: E.164, "+" and the digits, leading zeros dropped as "phone" does (0044… → +44…)

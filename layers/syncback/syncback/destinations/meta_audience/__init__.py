@@ -34,16 +34,17 @@ if TYPE_CHECKING:
 MAX_ROWS = 10_000
 #: the keys a member may carry, each with the normaliser the warehouse applies before hashing
 #: (Meta's "Hashing and Normalizing Data": lower case, trimmed; e-mail without white space; phone
-#: as digits with the country code). MADID is left out: Meta takes it unhashed, and syncback keeps
+#: as digits with the country code; names without punctuation; a city without punctuation or
+#: white space). MADID is left out: Meta takes it unhashed, and syncback keeps
 #: no audience identifier in plain outside the warehouse
 KEYS: dict[str, str] = {
     "EMAIL": "email",
     "PHONE": "phone",
     "EXTERN_ID": "text",
-    "FN": "text",
-    "LN": "text",
+    "FN": "name",
+    "LN": "name",
     "FI": "text",
-    "CT": "text",
+    "CT": "city",
     "ST": "text",
     "ZIP": "text",
     "COUNTRY": "text",
