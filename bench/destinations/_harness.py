@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,3 +118,42 @@ def ratio_rows(
         [f"{what}: {rate} ÷ limit", f"{of_ceiling:.3f}", "≥ 0.9", "yes" if of_ceiling >= 0.9 else "**no**"],
         [f"{what}: {throttles}", str(rate_limited), "0", "yes" if rate_limited == 0 else "**no**"],
     ]
+
+
+def at_the_limit(
+    concurrency: int, run: FirstSync, counts: dict[str, Any], records: int, ceiling: float
+) -> dict[str, Any]:
+    """Return one run at a destination's limit as the report takes it: its records/s ÷ ``ceiling``,
+    the requests and 429s the fake counted; every record delivered, or the bench fails."""
+    assert run.record.delivered == records == counts["users"], (run.record, counts)
+    return {
+        "concurrency": concurrency,
+        "wall_s": run.wall_s,
+        "of_ceiling": records / run.delivering_s / ceiling,
+        "requests": counts["requests"],
+        "rate_limited": counts["429"],
+    }
+
+
+def report(
+    runs: list[dict[str, Any]],
+    what: Callable[[int], str],
+    rate: str,
+    records: str,
+    why: str,
+    throttles: str = "429s",
+) -> None:
+    """Print a destination bench's rows (``what(concurrency)``: rate ÷ limit, throttles) and note."""
+    rows = [
+        row
+        for r in runs
+        for row in ratio_rows(what(r["concurrency"]), rate, r["of_ceiling"], r["rate_limited"], throttles)
+    ]
+    note = (
+        f"{records}; requests the fake saw: "
+        + ", ".join(f"{r['concurrency']} deliverer(s) {r['requests']:,}" for r in runs)
+        + "; whole runs "
+        + ", ".join(f"{r['wall_s']:.1f} s" for r in runs)
+        + f". {why}"
+    )
+    print(json.dumps({"rows": rows, "note": note}))

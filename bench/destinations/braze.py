@@ -12,11 +12,10 @@ its work does not slow syncback's requests down.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
-from _harness import FirstSync, OwnProcess, first_sync, ratio_rows, serve
+from _harness import FirstSync, OwnProcess, at_the_limit, first_sync, report, serve
 
 from tests.fakes.braze import KEY, BrazeFake
 
@@ -24,7 +23,7 @@ REQUESTS, WINDOW_S, USERS, PER_REQUEST = 60, 1.0, 60_000, 75
 CEILING = REQUESTS * PER_REQUEST / WINDOW_S
 
 
-def at_the_limit(concurrency: int) -> dict[str, Any]:
+def limit_run(concurrency: int) -> dict[str, Any]:
     with OwnProcess(__file__) as fake:
         sync = {
             "name": "users",
@@ -46,31 +45,18 @@ def at_the_limit(concurrency: int) -> dict[str, Any]:
         }
         run: FirstSync = first_sync(f"braze-{concurrency}", sync, USERS, {"BENCH_BRAZE_KEY": KEY})
         counts = fake.counts()
-    assert run.record.delivered == USERS == counts["users"], (run.record, counts)
-    return {
-        "concurrency": concurrency,
-        "wall_s": run.wall_s,
-        "of_ceiling": USERS / run.delivering_s / CEILING,
-        "requests": counts["requests"],
-        "rate_limited": counts["429"],
-    }
+    return at_the_limit(concurrency, run, counts, USERS, CEILING)
 
 
 def main() -> None:
-    runs = [at_the_limit(c) for c in (1, 4)]
-    rows = []
-    for run in runs:
-        what = f"Braze at its limit ({REQUESTS} requests/s scaled, 75 users a request), {run['concurrency']} deliverer(s)"
-        rows += ratio_rows(what, "users/s (75 users a request)", run["of_ceiling"], run["rate_limited"])
-    note = (
-        f"{USERS:,} users in {USERS // PER_REQUEST:,} requests; requests the fake saw: "
-        + ", ".join(f"{r['concurrency']} deliverer(s) {r['requests']:,}" for r in runs)
-        + "; whole runs "
-        + ", ".join(f"{r['wall_s']:.1f} s" for r in runs)
-        + ". The limit is Braze's 3,000 requests per 3 s scaled to 60 per 1 s; one deliverer is bound "
-        "by the time a request takes (1 ÷ its latency), not by the limit."
+    report(
+        [limit_run(c) for c in (1, 4)],
+        lambda c: f"Braze at its limit ({REQUESTS} requests/s scaled, 75 users a request), {c} deliverer(s)",
+        "users/s (75 users a request)",
+        f"{USERS:,} users in {USERS // PER_REQUEST:,} requests",
+        "The limit is Braze's 3,000 requests per 3 s scaled to 60 per 1 s; one deliverer is bound "
+        "by the time a request takes (1 ÷ its latency), not by the limit.",
     )
-    print(json.dumps({"rows": rows, "note": note}))
 
 
 if __name__ == "__main__":

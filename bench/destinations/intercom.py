@@ -10,11 +10,10 @@ The fake runs in a process of its own, so its work does not slow syncback's requ
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
-from _harness import FirstSync, OwnProcess, first_sync, ratio_rows, serve
+from _harness import FirstSync, OwnProcess, at_the_limit, first_sync, report, serve
 
 from tests.fakes.intercom import TOKEN, IntercomFake
 
@@ -22,7 +21,7 @@ REQUESTS, WINDOW_S, USERS, PER_REQUEST = 80, 2.0, 600, 1
 CEILING = REQUESTS * PER_REQUEST / WINDOW_S
 
 
-def at_the_limit(concurrency: int) -> dict[str, Any]:
+def limit_run(concurrency: int) -> dict[str, Any]:
     with OwnProcess(__file__) as fake:
         sync = {
             "name": "users",
@@ -43,31 +42,20 @@ def at_the_limit(concurrency: int) -> dict[str, Any]:
         }
         run: FirstSync = first_sync(f"intercom-{concurrency}", sync, USERS, {"BENCH_INTERCOM_TOKEN": TOKEN})
         counts = fake.counts()
-    assert run.record.delivered == USERS == counts["users"], (run.record, counts)
-    return {
-        "concurrency": concurrency,
-        "wall_s": run.wall_s,
-        "of_ceiling": USERS / run.delivering_s / CEILING,
-        "requests": counts["requests"],
-        "rate_limited": counts["429"],
-    }
+    return at_the_limit(concurrency, run, counts, USERS, CEILING)
 
 
 def main() -> None:
-    runs = [at_the_limit(c) for c in (4, 16)]
-    rows = []
-    for run in runs:
-        what = f"Intercom at its limit ({REQUESTS} requests/{WINDOW_S:g} s scaled, 1 contact a request), {run['concurrency']} deliverer(s)"
-        rows += ratio_rows(what, "contacts/s", run["of_ceiling"], run["rate_limited"])
-    note = (
-        f"{USERS:,} contacts in {USERS // PER_REQUEST:,} requests; requests the fake saw: "
-        + ", ".join(f"{r['concurrency']} deliverer(s) {r['requests']:,}" for r in runs)
-        + "; whole runs "
-        + ", ".join(f"{r['wall_s']:.1f} s" for r in runs)
-        + ". The limit is Intercom's 1,666 requests per 10 s scaled to 80 per 2 s; with one request a "
-        "contact, throughput below the limit is concurrency ÷ latency."
+    report(
+        [limit_run(c) for c in (4, 16)],
+        lambda c: (
+            f"Intercom at its limit ({REQUESTS} requests/{WINDOW_S:g} s scaled, 1 contact a request), {c} deliverer(s)"
+        ),
+        "contacts/s",
+        f"{USERS:,} contacts in {USERS // PER_REQUEST:,} requests",
+        "The limit is Intercom's 1,666 requests per 10 s scaled to 80 per 2 s; with one request a "
+        "contact, throughput below the limit is concurrency ÷ latency.",
     )
-    print(json.dumps({"rows": rows, "note": note}))
 
 
 if __name__ == "__main__":

@@ -18,11 +18,10 @@ own, so its work does not slow syncback's requests down.
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
-from _harness import FirstSync, OwnProcess, first_sync, ratio_rows, serve
+from _harness import FirstSync, OwnProcess, at_the_limit, first_sync, report, serve
 
 from tests.fakes.meta_audience import AUDIENCE, TOKEN, MetaAudienceFake
 
@@ -30,7 +29,7 @@ REQUESTS, WINDOW_S, USERS, PER_REQUEST = 5, 5.0, 150_000, 10_000
 CEILING = REQUESTS * PER_REQUEST / WINDOW_S
 
 
-def at_the_limit(concurrency: int) -> dict[str, Any]:
+def limit_run(concurrency: int) -> dict[str, Any]:
     with OwnProcess(__file__) as fake:
         sync = {
             "name": "users",
@@ -47,36 +46,22 @@ def at_the_limit(concurrency: int) -> dict[str, Any]:
         }
         run: FirstSync = first_sync(f"meta-audience-{concurrency}", sync, USERS, {"BENCH_META_TOKEN": TOKEN})
         counts = fake.counts()
-    assert run.record.delivered == USERS == counts["users"], (run.record, counts)
-    return {
-        "concurrency": concurrency,
-        "wall_s": run.wall_s,
-        "of_ceiling": USERS / run.delivering_s / CEILING,
-        "requests": counts["requests"],
-        "rate_limited": counts["429"],
-    }
+    return at_the_limit(concurrency, run, counts, USERS, CEILING)
 
 
 def main() -> None:
-    runs = [at_the_limit(c) for c in (1, 4)]
-    rows = []
-    for run in runs:
-        what = (
-            f"Meta Custom Audiences at its limit ({REQUESTS} requests per {WINDOW_S:g} s scaled, 10,000 members a request), "
-            f"{run['concurrency']} deliverer(s)"
-        )
-        rows += ratio_rows(
-            what, "members/s (10,000 members a request)", run["of_ceiling"], run["rate_limited"], "throttles"
-        )
-    note = (
-        f"{USERS:,} members in {USERS // PER_REQUEST:,} requests; requests the fake saw: "
-        + ", ".join(f"{r['concurrency']} deliverer(s) {r['requests']:,}" for r in runs)
-        + "; whole runs "
-        + ", ".join(f"{r['wall_s']:.1f} s" for r in runs)
-        + ". Meta's custom_audience limit (calls per ad account an hour) scaled to 5 per 5 s, each "
-        "request at the documented 10,000 rows; members' keys hashed in the warehouse."
+    report(
+        [limit_run(c) for c in (1, 4)],
+        lambda c: (
+            f"Meta Custom Audiences at its limit ({REQUESTS} requests per {WINDOW_S:g} s scaled, "
+            f"10,000 members a request), {c} deliverer(s)"
+        ),
+        "members/s (10,000 members a request)",
+        f"{USERS:,} members in {USERS // PER_REQUEST:,} requests",
+        "Meta's custom_audience limit (calls per ad account an hour) scaled to 5 per 5 s, each "
+        "request at the documented 10,000 rows; members' keys hashed in the warehouse.",
+        "throttles",
     )
-    print(json.dumps({"rows": rows, "note": note}))
 
 
 if __name__ == "__main__":
