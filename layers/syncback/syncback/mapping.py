@@ -357,16 +357,18 @@ class MappingQuery:
         ]
         return self.dialect.json_object(members)
 
-    def row_hash(self, target: str) -> str:
+    def row_hash(self, target: str, compact: bool = False) -> str:
         """Return SQL of the row's hash, over the ``v0``… columns: equal hashes, equal records.
 
         The hash covers the target and the record's shape (field names, kinds, whether a null is
         sent), so a record written elsewhere or encoded differently is never taken as unchanged.
+        ``compact``: in the form ``Dialect.compact_hash`` gives a kept hash, to compare with it.
         """
         fields = [[f.name, v.kind.value, f.keep_null] for f, v in zip(self.fields, self.values, strict=True)]
         shape = json.dumps([ENCODING, target, fields])
         digest = hashlib.md5(shape.encode()).hexdigest()[:16]
-        return self.dialect.row_hash(target, digest, [self._canonical(v) for v in self.values], self.record())
+        hashed = self.dialect.compact_row_hash if compact else self.dialect.row_hash
+        return hashed(target, digest, [self._canonical(v) for v in self.values], self.record())
 
     def _canonical(self, value: Typed) -> str:
         """Return a value in one type per kind, so that a column whose type widens (an integer

@@ -273,17 +273,18 @@ class Planner:
         pk = self.sync.primary_key
         legacy = None if full_resync else self._legacy_hash(query)
 
-        def eligible(incumbent: str, row: str) -> str:
+        def eligible(incumbent: str, row: str, n: str = "sb_n") -> str:
             # who may hold an identifier: rows with a key of their own, valid or holding it already
             return (
-                f"({row}sb_key is not null and {row}sb_n = 1 and coalesce({row}sb_ident, '') <> '' "
+                f"({row}sb_key is not null and {n} = 1 and coalesce({row}sb_ident, '') <> '' "
                 f"and ({row}sb_invalid is null or {incumbent}))"
             )
 
-        incumbent = "coalesce(s.identity = y.sb_ident and not s.removed, false)"
+        ident = "s.identity" if self.identifiers else "cast(null as varchar)"
+        incumbent = f"coalesce({ident} = y.sb_ident and not s.removed, false)"
         if self.identifiers:
             window = (
-                f"partition by {eligible(incumbent, 'y.')}, y.sb_ident "
+                f"partition by {eligible(incumbent, 'y.', 'coalesce(d.sb_n, 1)')}, y.sb_ident "
                 f"order by case when {incumbent} then 0 else 1 end, y.sb_key"
             )
             ranks = (
@@ -304,21 +305,28 @@ class Planner:
             f"when {eligible('sb_incumbent', '')} and sb_rank > 1 then {loser} || sb_winner || {loser_tail} end"
         )
         mapped = query.select(self.model_sql)
-        # keys that more than one row has (few or none): counted apart, so that the join that marks
-        # them holds only those, not a count for every row of the model
+        # keys that more than one row has (few or none): counted apart and looked up after the join,
+        # so the join carries no count for every row of the model
         repeated = f"select sb_key, count(*) as sb_n from ({mapped}) as k group by sb_key having count(*) > 1"
         # every model row beside its snapshot row, and every snapshot row of the target the model
-        # no longer has (``sb_gone``): one full join decides added, changed, unchanged and removed
+        # no longer has (``sb_gone``): one full join decides added, changed, unchanged and removed.
+        # Joining ten million rows is the plan's main cost, and every column the join carries spills
+        # with it: it carries what the comparison reads, hashes compact (a number on DuckDB; after an
+        # upgrade, the text older releases kept), and the rest is looked up for the rows kept
+        ident_column = "m.sb_ident" if self.identifiers else "cast(null as varchar) as sb_ident"
+        carried = "m.*" if legacy else f"m.sb_key, m.sb_invalid, {ident_column}"
+        compact = legacy is None
+        dialect = self.warehouse.dialect
+        kept = dialect.compact_hash("row_hash") if compact else "row_hash"
         checked = (
-            f"select y.*, {incumbent} as sb_incumbent, y.sb_present is null and s.key is not null "
-            f"and not s.removed and {same_target('s', self.target)} as sb_gone, s.key as s_key, "
-            "s.key is not null and not s.removed as sb_live, s.row_hash as s_hash, "
-            "s.destination_id as s_dest, s.identity as s_ident, s.created as s_created, "
-            f"{ranks} from (select {'m.*' if legacy else 'm.sb_key, m.sb_invalid, m.sb_ident'}, "
-            "true as sb_present, coalesce(d.sb_n, 1) as sb_n, "
-            f"{query.row_hash(self.target)} as sb_hash from ({mapped}) as m "
-            f"left join ({repeated}) as d on d.sb_key is not distinct from m.sb_key) as y "
-            f"full join {self.tables.snapshot} s on s.key = y.sb_key and {same_target('s', self.target)}"
+            f"select y.*, coalesce(d.sb_n, 1) as sb_n, {incumbent} as sb_incumbent, "
+            "y.sb_present is null and s.key is not null and not s.removed as sb_gone, s.key as s_key, "
+            f"s.key is not null and not s.removed as sb_live, s.row_hash as s_hash, {ranks} "
+            f"from (select {carried}, true as sb_present, {query.row_hash(self.target, compact)} as sb_hash "
+            f"from ({mapped}) as m) as y "
+            f"full join (select key, {kept} as row_hash, removed{', identity' if self.identifiers else ''} "
+            f"from {self.tables.snapshot} s where {same_target('s', self.target)}) as s on s.key = y.sb_key "
+            f"left join ({repeated}) as d on d.sb_key is not distinct from y.sb_key"
         )
         same = "s_hash = sb_hash"
         if legacy is not None:  # the values ride along, and a row's text is made only if needed
@@ -338,9 +346,13 @@ class Planner:
         if legacy is None:
             rehash = "cast(null as varchar)"
         return (
-            f"select coalesce(sb_key, s_key) as sb_key, {write} as sb_write, sb_ident, sb_hash, s_dest, s_ident, "
-            f"sb_reason, coalesce(sb_live, false) as sb_live, sb_gone, s_created, {rehash} as sb_rehash "
-            f"from ({judged}) as j where sb_gone or not sb_unchanged or {rehash} is not null"
+            f"select coalesce(j.sb_key, j.s_key) as sb_key, {write} as sb_write, j.sb_ident, "
+            f"{dialect.kept_hash('j.sb_hash') if compact else 'j.sb_hash'} as sb_hash, "
+            "s.destination_id as s_dest, s.identity as s_ident, j.sb_reason, "
+            "coalesce(j.sb_live, false) as sb_live, j.sb_gone, s.created as s_created, "
+            f"{rehash} as sb_rehash from (select * from ({judged}) as k "
+            f"where sb_gone or not sb_unchanged or {rehash} is not null) as j "
+            f"left join {self.tables.snapshot} s on s.key = j.s_key"
         )
 
     def _legacy_hash(self, query: MappingQuery) -> str | None:
