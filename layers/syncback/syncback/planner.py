@@ -213,8 +213,8 @@ class Planner:
             if store is not None:
                 log_invalid(self.warehouse, self.tables, table, run_id, dt.datetime.now(dt.UTC))
             self._check_guards(result)
-            source = self._writes_source(table, writes, query, result)
-            self._write_batches(table, source, result, store, sample_changes)
+            source, ordered = self._writes_source(table, writes, query, result)
+            self._write_batches(table, source, ordered, result, store, sample_changes)
             if store is not None:
                 self._rehash(table)
         finally:
@@ -462,14 +462,16 @@ class Planner:
 
     # ---- the changes ------------------------------------------------------------------------------
 
-    def _changes(self, table: str, writes: str, result: PlanResult) -> Iterator[tuple[int, bool, list[str]]]:
+    def _changes(
+        self, table: str, writes: str, ordered: bool, result: PlanResult
+    ) -> Iterator[tuple[int, bool, list[str]]]:
         """Yield (phase, counted, changes as JSON text) for every change, phase by phase, in chunks;
         ``counted``: the chunk's changes count towards ``max_changes_per_run`` (releases do not).
 
         The writes, which are most changes, come out of the warehouse as finished JSON text: Python
         only joins them into batch files, so a plan's time is the warehouse's.
         """
-        yield from self._writes(writes, 1)
+        yield from self._writes(writes, 1, ordered)
         for chunk in self.warehouse.stream(
             f"select sb_key, s_dest from {writes} where sb_release order by sb_key"
         ):
@@ -482,22 +484,26 @@ class Planner:
             )
         if not result.full_resync:
             yield from self._removals(table)
-        yield from self._writes(writes, 2)
+        yield from self._writes(writes, 2, ordered)
 
-    def _writes_source(self, table: str, writes: str, query: MappingQuery, result: PlanResult) -> str:
-        """Return what to read the rows to write from, made the way that costs least for this plan:
-        the scratch table ``writes``, or, for a first sync, the query itself (read once, in order)."""
+    def _writes_source(
+        self, table: str, writes: str, query: MappingQuery, result: PlanResult
+    ) -> tuple[str, bool]:
+        """Return what to read the rows to write from, made the way that costs least for this plan,
+        and whether to read them in key order: the scratch table ``writes``, in order, or, for a
+        first sync, the query itself, read once as it comes (sorting ten million finished lines
+        would cost a third of the plan, and which rows share a batch does not matter)."""
         fresh = result.snapshot_size == 0 and not self.warehouse.fetch_all(
             f"select 1 from {table} where sb_write and (s_dest is not null or s_ident is not null) limit 1"
         )
         if fresh:
-            return f"({self._fresh_writes_sql(table, query)}) as w"
+            return f"({self._fresh_writes_sql(table, query)}) as w", False
         # a few rows to write: the model's other rows are dropped as they are read; most of them:
         # filtering by key would cost more than it saves
         counts = result.counts
         few = 2 * (counts.added + counts.changed) < counts.changes + counts.unchanged
         self.warehouse.create_scratch_as(writes, self._writes_sql(table, query, few))
-        return writes
+        return writes, True
 
     def _writes_sql(self, table: str, query: MappingQuery, few: bool = True) -> str:
         """Return the query of the rows to write, each with its phase, whether it releases first, and
@@ -602,8 +608,9 @@ class Planner:
             f"coalesce({j(dest)}, 'null') || ',' || {query.record()} || ',' || coalesce({j(ident)}, 'null') || ']'"
         )
 
-    def _writes(self, writes: str, phase: int) -> Iterator[tuple[int, bool, list[str]]]:
-        sql = f"select sb_line from {writes} where sb_phase = {phase} order by sb_key"
+    def _writes(self, writes: str, phase: int, ordered: bool) -> Iterator[tuple[int, bool, list[str]]]:
+        order = " order by sb_key" if ordered else ""
+        sql = f"select sb_line from {writes} where sb_phase = {phase}{order}"
         for chunk in self.warehouse.stream(sql, self.sync.batch_size):
             yield phase, True, [line for (line,) in chunk]
 
@@ -647,7 +654,13 @@ class Planner:
         return Change(key, "forget", destination_id=destination_id)
 
     def _write_batches(
-        self, table: str, writes: str, result: PlanResult, store: BatchStore | None, sample_changes: int
+        self,
+        table: str,
+        writes: str,
+        ordered: bool,
+        result: PlanResult,
+        store: BatchStore | None,
+        sample_changes: int,
     ) -> None:
         pending: list[str] = []
         current = 1
@@ -668,7 +681,7 @@ class Planner:
 
         cap = self.sync.max_changes_per_run
         emitted = 0
-        for phase, counted, lines in self._changes(table, writes, result):
+        for phase, counted, lines in self._changes(table, writes, ordered, result):
             room = None if cap is None else max(cap - emitted, 0)
             # the rest, in the same order, is what the next run plans first
             stop = room is not None and (room == 0 or (counted and len(lines) > room))
