@@ -15,7 +15,7 @@ import duckdb
 import fakesnow
 import pytest
 
-from syncback.batches import LocalBatchStore
+from syncback.batches import LocalBatchStore, change_to_json
 from syncback.cli import main
 from syncback.commit import commit_run
 from syncback.destinations.base import Change
@@ -26,6 +26,7 @@ from syncback.secrets import SecretResolver
 from syncback.snapshot import SnapshotTables, outcome_stage, stage_rows
 from syncback.spec import load_project
 from syncback.state import LocalStateStore, RunRecord
+from syncback.warehouses.duckdb import DuckDBWarehouse
 from syncback.warehouses.snowflake import SnowflakeWarehouse
 from tests.conftest import BASE_SYNC, contacts_rows, write_contacts, write_project
 from tests.integration.test_snowflake_warehouse import PASSWORD_ENV, snowflake_config
@@ -223,3 +224,69 @@ def test_the_logs_are_written_in_snowflake_sql() -> None:
             ]
         finally:
             warehouse.close()
+
+
+def test_a_run_stopped_early_stages_its_unsent_batches_within_duckdbs_memory_limit(tmp_path: Path) -> None:
+    # Given a run that stopped before sending any of its 60 batches of 10,000 changes (150 MB of
+    # batch files) under DuckDB's default limit of 256 MB: found with 10M rows, where reading every
+    # file in one join held them all in memory and the commit failed
+    record = {
+        "email": "customer1@example.com",
+        "firstname": "Frances",
+        "last_seen": "2026-01-02T05:05:29Z",
+        "lastname": "Ødegaard",
+        "lead_score": 37,
+        "lifecyclestage": "marketingqualifiedlead",
+        "ltv": 79.19,
+        "plan": "enterprise",
+        "source": "warehouse",
+    }
+    batches = []
+    for index in range(60):
+        path = tmp_path / f"{index:05}.json"
+        changes = [
+            change_to_json(Change(f"{index}-{n}", "upsert", "11459865808064266517", record, None, None))
+            for n in range(10_000)
+        ]
+        path.write_text(json.dumps({"changes": changes}))
+        batches.append((path, 1 + index % 2, 7, index))
+    warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb", memory_limit="256MB")
+    try:
+        stage = outcome_stage(warehouse, SnapshotTables("syncback", "people"))
+        # When the commit stages them
+        warehouse.stage_unsent_files(stage, batches, "not sent")
+        # Then every change is staged undelivered, each with its own batch's numbers
+        assert warehouse.fetch_all(
+            f"select batch, seq, version, count(*), min(status), min(reason) from {stage} group by all order by batch"
+        ) == [(index, 1 + index % 2, 7, 10_000, "undelivered", "not sent") for index in range(60)]
+    finally:
+        warehouse.close()
+
+
+def test_a_duckdb_connection_hands_back_its_cache_and_keeps_its_limit(tmp_path: Path) -> None:
+    # Given a connection that just read a table of 1,500,000 rows (as a plan reads a model): DuckDB
+    # keeps what it read cached, and a local run would deliver with that memory held
+    warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb", memory_limit="200MB")
+    try:
+        warehouse.execute(
+            "create table t as select range as id, md5(range::varchar) || md5((range + 1)::varchar) as v "
+            "from range(1500000)"
+        )
+        warehouse.execute("checkpoint")
+        warehouse.fetch_all("select count(distinct v) from t")
+        held = resident_mb()
+        # When it releases its memory
+        warehouse.release_memory()
+        # Then the process holds at least 30 MB less (about 55 MB here), and the limit is the spec's again
+        assert held - resident_mb() >= 30
+        assert warehouse.fetch_all("select current_setting('memory_limit')")[0][0] in (
+            "200.0 MiB",
+            "190.7 MiB",
+        )
+    finally:
+        warehouse.close()
+
+
+def resident_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))) / 1024

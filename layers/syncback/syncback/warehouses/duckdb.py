@@ -32,6 +32,7 @@ class DuckDBWarehouse:
         self.path = str(path)
         self._con = self._connect(lock_wait_s)
         # memory stays flat in the model's size: beyond the limit DuckDB spills to <file>.tmp/
+        self.memory_limit = memory_limit
         self._run(f"set memory_limit = '{memory_limit}'", ())
         self._run("set preserve_insertion_order = false", ())
         # what a timestamp with time zone reads as must not depend on the machine: UTC, always
@@ -112,19 +113,24 @@ class DuckDBWarehouse:
         paths = [str(path) for path, *_ in files]
         largest = max(path.stat().st_size for path, *_ in files)
         item = array[0]  # o (outcomes), c (changes)
+        # each file's numbers are looked up by its name, one file at a time: a join would let DuckDB
+        # hold every file's items in its hash table, and a large run's would not fit in memory
+        at = "[list_position(?, filename)]"
         self._run(
-            f"insert into {table} select {row}, f.seq, f.version, f.batch from (select filename, "
-            f"unnest({array}) as {item} from read_json(?, columns={{'{array}': 'JSON[]'}}, filename=true, "
-            "maximum_object_size=?)) r join (select unnest(?) as path, unnest(?) as seq, unnest(?) as version, "
-            "unnest(?) as batch) f on f.path = r.filename",
+            f"insert into {table} select {row}, seq, version, batch from (select unnest({array}) as {item}, "
+            f"cast(? as integer[]){at} as seq, cast(? as bigint[]){at} as version, "
+            f"cast(? as integer[]){at} as batch from read_json(?, columns={{'{array}': 'JSON[]'}}, "
+            "filename=true, maximum_object_size=?))",
             [
                 *params,
+                [seq for _, seq, _, _ in files],
+                paths,
+                [version for _, _, version, _ in files],
+                paths,
+                [batch for _, _, _, batch in files],
+                paths,
                 paths,
                 largest + 1,
-                paths,
-                [seq for _, seq, _, _ in files],
-                [version for _, _, version, _ in files],
-                [batch for _, _, _, batch in files],
             ],
         )
 
@@ -161,6 +167,12 @@ class DuckDBWarehouse:
             )
         finally:
             os.unlink(path)
+
+    def release_memory(self) -> None:
+        # DuckDB keeps the blocks it read cached up to its limit; a lower limit evicts them, and
+        # their memory goes back to the system
+        self._run("set memory_limit = '16MB'", ())
+        self._run(f"set memory_limit = '{self.memory_limit}'", ())
 
     def close(self) -> None:
         self._con.close()
