@@ -364,3 +364,41 @@ def test_two_rows_with_one_destination_identifier_send_only_the_first(make_proje
         invalid["key"] == "6"
         and "the same value (as the destination compares it) as the row with key 2" in invalid["reason"]
     )
+
+
+@pytest.mark.parametrize("rewrite_from_rows", [1, None])
+def test_a_commit_that_writes_the_snapshot_anew_leaves_what_a_delete_would(
+    make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch, rewrite_from_rows: int | None
+) -> None:
+    # Given a commit that writes the snapshot anew from its first outcome (as DuckDB does from a
+    # million, where ten million deletes did not fit in memory), or one that never does
+    monkeypatch.setattr(DuckDBDialect, "rewrite_from_rows", rewrite_from_rows)
+    project = make_project(rows=contacts_rows(120))
+    destination = RecordingDestination()
+    rt = runtime(project, destination)
+    run_sync(rt, "contacts")
+    # When rows change, leave, and one is rejected
+    rows = contacts_rows(120)[:100]
+    rows[3] = (*rows[3][:2], "Changed", *rows[3][3:])
+    rows[7] = (*rows[7][:2], "Also changed", *rows[7][3:])
+    write_contacts(project.root / "wh.duckdb", rows)
+    destination.reject_keys = {"8"}
+    record = run_sync(rt, "contacts")
+    # Then both keep the same snapshot: 100 rows live (the rejected one as it was), 20 left
+    con = duckdb.connect(str(project.root / "wh.duckdb"))
+    kept = con.execute(
+        "select removed, count(*), count(row_hash), count(destination_id) from syncback.snapshot__contacts "
+        "group by removed order by removed"
+    ).fetchall()
+    con.close()
+    assert (record.planned["changed"], record.planned["removed"], record.rejected) == (2, 20, 1)
+    assert kept == [(False, 100, 100, 100), (True, 20, 0, 20)]
+    # and a third run sends only the rejected row again
+    destination.reject_keys = set()
+    assert run_sync(rt, "contacts").planned == {
+        "added": 0,
+        "changed": 1,
+        "removed": 0,
+        "unchanged": 99,
+        "invalid": 0,
+    }

@@ -222,6 +222,8 @@ class Planner:
             self.warehouse.execute(f"drop table if exists {table}")
         if store is not None:
             store.put_json(plan_key(self.sync.name, run_id), result.to_json())
+        # a plan of millions of rows leaves the warehouse's cache full: the deliveries need the memory
+        self.warehouse.release_memory()
         return result
 
     # ---- the plan table ---------------------------------------------------------------------

@@ -143,7 +143,7 @@ def apply_outcomes(
 def _merge(
     warehouse: Warehouse, tables: SnapshotTables, stage: str, run_id: str, target: str, now: dt.datetime
 ) -> int:
-    snap, fresh = tables.snapshot, f"{stage}_next"
+    snap, fresh, following = tables.snapshot, f"{stage}_next", f"{stage}_snapshot"
     stamp = now.astimezone(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
     # the record an unanswered write by identifier went to: the one another key holds it on, unless
     # that key gave it up (or had its record archived) in this run, answered or not
@@ -210,16 +210,28 @@ def _merge(
             f"where destination_id in (select destination_id from {fresh} where destination_id is not null) "
             f"and key not in (select key from {fresh})"
         )
-        warehouse.execute(f"delete from {snap} where key in (select key from {fresh})")
-        names = ", ".join(column.split()[0] for column in SNAPSHOT_COLUMNS.split(", "))
-        warehouse.execute(f"insert into {snap} ({names}) select {names} from {fresh}")
         changed = int(warehouse.fetch_all(f"select count(*) from {fresh}")[0][0])
+        names = ", ".join(column.split()[0] for column in SNAPSHOT_COLUMNS.split(", "))
+        rewrite = warehouse.dialect.rewrite_from_rows
+        if rewrite is not None and changed >= rewrite:
+            # the snapshot written anew: its rows the outcomes leave alone, then the outcomes' rows
+            warehouse.create_scratch_as(
+                following,
+                f"select {names} from {snap} s where not exists (select 1 from {fresh} f where f.key = s.key) "
+                f"union all select {names} from {fresh}",
+            )
+            warehouse.execute(f"drop table {snap}")
+            warehouse.execute(f"alter table {following} rename to {snap.split('.')[-1]}")
+        else:
+            warehouse.execute(f"delete from {snap} where key in (select key from {fresh})")
+            warehouse.execute(f"insert into {snap} ({names}) select {names} from {fresh}")
         warehouse.execute("commit")
     except BaseException:
         warehouse.execute("rollback")
         raise
     finally:
         warehouse.execute(f"drop table if exists {fresh}")
+        warehouse.execute(f"drop table if exists {following}")
     return changed
 
 

@@ -66,6 +66,11 @@ class Warehouse(Protocol):
         """Insert many rows into an existing table quickly."""
         ...
 
+    def release_memory(self) -> None:
+        """Hand back what the connection keeps cached between statements, for what the process
+        does next (a local run delivers between its plan and its commit)."""
+        ...
+
     def close(self) -> None:
         """Close the connection."""
         ...

@@ -51,6 +51,9 @@ class Dialect:
     """The SQL both warehouses share; subclasses spell what differs."""
 
     name = "sql"
+    #: rows from which a table loses or changes more by being written anew beside itself and
+    #: swapped in than by a DELETE (None: never; a DELETE is what the warehouse does well)
+    rewrite_from_rows: int | None = None
 
     # ---- names and kinds ---------------------------------------------------------------------
 
@@ -230,6 +233,9 @@ class Dialect:
 
 class DuckDBDialect(Dialect):
     name = "duckdb"
+    # DuckDB holds a transaction's deletes in memory: ten million of them do not fit in 256 MB,
+    # while a table written anew spills as it goes
+    rewrite_from_rows = 1_000_000
 
     _INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT"}
     _INTEGERS |= {"UINTEGER", "UBIGINT", "UHUGEINT", "BIGNUM", "VARINT"}

@@ -221,6 +221,9 @@ class SnowflakeWarehouse:
                 chunk = [tuple(row) for row in rows[start : start + LOAD_CHUNK_ROWS]]
                 self._call(cursor.executemany, sql, chunk)
 
+    def release_memory(self) -> None:
+        pass  # the warehouse's memory is Snowflake's, not this process's
+
     def close(self) -> None:
         import snowflake.connector
 
