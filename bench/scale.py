@@ -77,7 +77,8 @@ def project(name: str, rows: int, url: str, batch: int = BATCH) -> Path:
 
 
 def child(root: str, what: str) -> None:
-    """One run, step by step, timed: print the seconds of each step and this process's VmHWM."""
+    """One run, step by step, timed: print the seconds and the peak RSS of each step, and the
+    process's peak over them all."""
     from syncback.batches import LocalBatchStore
     from syncback.commit import commit_run
     from syncback.delivery import Interrupt
@@ -97,6 +98,7 @@ def child(root: str, what: str) -> None:
         plan = plan_run(rt, "contacts", run_id)
         figures["plan_s"] = time.perf_counter() - started
         figures["changes"] = plan.counts.changes
+        peak_mb("plan", figures)
         if what != "plan":
             interrupt = Interrupt()
             if what == "halfway":  # cut off once half the records are delivered, as a deadline would
@@ -118,16 +120,25 @@ def child(root: str, what: str) -> None:
                 _deliver_all(rt, sync, destination, plan.batches_of(phase), progress, interrupt, sent)
             destination.close()
             figures["deliver_s"] = time.perf_counter() - started
+            peak_mb("deliver", figures)
             started = time.perf_counter()
             record = commit_run(rt, "contacts", run_id, cancelled=interrupt.is_set, sent=sent)
             figures["commit_s"] = time.perf_counter() - started
             figures["delivered"] = record.delivered
             figures["undelivered"] = record.undelivered
+            peak_mb("commit", figures)
+    figures["peak_mb"] = max(figures[name] for name in figures if name.endswith("_peak_mb"))
+    print(json.dumps(figures))
+
+
+def peak_mb(step: str, figures: dict[str, float]) -> None:
+    """Record this process's peak RSS (VmHWM) since the last step as ``<step>_peak_mb``, and start
+    the next step's afresh (writing 5 to clear_refs resets the peak)."""
     status = Path("/proc/self/status").read_text()
-    figures["peak_mb"] = (
+    figures[f"{step}_peak_mb"] = (
         int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
     )
-    print(json.dumps(figures))
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def step(root: Path, what: str) -> dict[str, Any]:
