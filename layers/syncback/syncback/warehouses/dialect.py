@@ -51,8 +51,8 @@ class Dialect:
     """The SQL both warehouses share; subclasses spell what differs."""
 
     name = "sql"
-    #: rows from which a table loses or changes more by being written anew beside itself and
-    #: swapped in than by a DELETE (None: never; a DELETE is what the warehouse does well)
+    #: from how many outcomes a commit writes the snapshot anew beside itself and swaps it in,
+    #: rather than a DELETE and an INSERT (None: never; the warehouse does large DELETEs well)
     rewrite_from_rows: int | None = None
 
     # ---- names and kinds ---------------------------------------------------------------------
