@@ -652,3 +652,62 @@ def test_found_an_audience_member_moving_while_its_old_email_is_refused_leaves_n
     audience.reject({"a@x.io", "c@x.io"})
     audience.run()
     converge(audience)
+
+
+# Found by a 30-sequence soak of the Google audience on 2026-12-01, not yet fixed: the code at the
+# start of that session fails them too. Kept as found (unshrunk), strict: when they pass, the
+# marker must go. Both hand an address over and then resync or re-run: a member is left behind
+# under the old address (the first), or a row's member is missing (the second).
+OPEN_GOOGLE = pytest.mark.xfail(
+    strict=True, reason="open: a Google audience member left or missing after addresses change hands"
+)
+
+
+@OPEN_GOOGLE
+def test_found_google_audience_a_member_is_left_under_an_address_its_row_gave_up() -> None:
+    state = machine("google_audience")
+    state.start(mirror=False, clear=False, rows={4: "", 6: "a@x.io", 1: "a@x.io", 5: "B@X.IO "})
+    state.run_with_rejections(emails={"a@x.io"})
+    state.empty_model_once()
+    state.empty_model_once()
+    state.hand_email_over(data=Draws([4, 6]), fresh="a@x.io", leave=True)
+    state.empty_model_once()
+    state.replay_during_a_run()
+    state.run_with_rejections(emails={"B@X.IO "})
+    state.run_killed(after=0, point="snapshot")
+    state.change_email(data=Draws(1), email="f@x.io")
+    state.run_with_rejections(emails={"b@x.io"})
+    state.change_value(data=Draws(1), flip=True)
+    state.delete_row(data=Draws(5))
+    state.run_killed(after=0, point="commit")
+    state.hand_email_over(data=Draws([1, 6], False), fresh="e@x.io", leave=False)
+    state.put_row(email="a@x.io", key=5, name="Bob", score=2)
+    state.run_killed(after=2, point="commit")
+    state.run_with_rejections(emails={"B@X.IO "})
+    state.clean_run(full=True, zone="America/New_York")
+    state.teardown()
+
+
+@OPEN_GOOGLE
+def test_found_google_audience_a_row_whose_address_changed_hands_twice_has_no_member() -> None:
+    state = machine("google_audience")
+    state.start(mirror=False, clear=False, rows={4: "", 6: "a@x.io", 1: "a@x.io", 5: "B@X.IO "})
+    state.run_with_rejections(emails={"a@x.io"})
+    state.empty_model_once()
+    state.empty_model_once()
+    state.hand_email_over(data=Draws([4, 6]), fresh="a@x.io", leave=True)
+    state.delete_row(data=Draws(1))
+    state.empty_model_once()
+    state.put_row(email="a@x.io", key=3, name="Ann", score=0)
+    state.hand_email_over(data=Draws([5, 3]), fresh="a@x.io", leave=True)
+    state.replay_during_a_run()
+    state.empty_model_once()
+    state.hand_email_over(data=Draws([6, 3], False), fresh="B@X.IO ", leave=False)
+    state.empty_model_once()
+    state.empty_model_once()
+    state.empty_model_once()
+    state.clean_run(full=False, zone="UTC")
+    state.change_email(data=Draws(3), email=" A@x.io")
+    state.replay_during_a_run()
+    state.run_with_rejections(emails={"a@x.io"})
+    state.teardown()
