@@ -43,7 +43,7 @@ from syncback.destinations.registry import (
 from syncback.errors import GuardError, ModelError
 from syncback.history import ensure_history, log_invalid
 from syncback.mapping import MappingQuery, describe, model_problems
-from syncback.snapshot import SNAPSHOT_COLUMNS, SnapshotTables, ensure_snapshot, same_target
+from syncback.snapshot import SNAPSHOT_COLUMNS, SnapshotTables, ensure_snapshot, same_target, swap_in
 from syncback.spec import SyncSpec
 from syncback.warehouses.base import Warehouse
 from syncback.warehouses.dialect import literal
@@ -386,8 +386,7 @@ class Planner:
         )
         self.warehouse.execute("begin")
         try:
-            self.warehouse.execute(f"drop table {snap}")
-            self.warehouse.execute(f"alter table {fresh} rename to {snap.split('.')[-1]}")
+            swap_in(self.warehouse, self.tables, fresh)
             self.warehouse.execute("commit")
         except BaseException:
             self.warehouse.execute("rollback")

@@ -220,8 +220,7 @@ def _merge(
                 f"select {names} from {snap} s where not exists (select 1 from {fresh} f where f.key = s.key) "
                 f"union all select {names} from {fresh}",
             )
-            warehouse.execute(f"drop table {snap}")
-            warehouse.execute(f"alter table {following} rename to {snap.split('.')[-1]}")
+            swap_in(warehouse, tables, following)
         else:
             warehouse.execute(f"delete from {snap} where key in (select key from {fresh})")
             warehouse.execute(f"insert into {snap} ({names}) select {names} from {fresh}")
@@ -233,6 +232,13 @@ def _merge(
         warehouse.execute(f"drop table if exists {fresh}")
         warehouse.execute(f"drop table if exists {following}")
     return changed
+
+
+def swap_in(warehouse: Warehouse, tables: SnapshotTables, written: str) -> None:
+    """Put the table ``written`` (the snapshot written anew) in the snapshot's place, within the
+    caller's transaction."""
+    warehouse.execute(f"drop table {tables.snapshot}")
+    warehouse.execute(f"alter table {written} rename to {tables.snapshot.split('.')[-1]}")
 
 
 def same_target(alias: str, target: str) -> str:
