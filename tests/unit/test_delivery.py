@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from syncback.delivery import Delivery, RateBudget, RetryPolicy
+from syncback.delivery import MAX_HOLDS, Delivery, RateBudget, RetryPolicy
 from syncback.destinations.base import Change
 from syncback.errors import DestinationAuthError, DestinationUnavailable, RateLimited
 from tests.fakes.recording import RecordingDestination
@@ -57,6 +57,29 @@ def test_retry_after_is_honoured() -> None:
     waits: list[float] = []
     Delivery(destination, retry=RetryPolicy(attempts=2), sleep=waits.append).deliver(upserts(1))
     assert waits == [7.5]
+
+
+def test_waiting_for_a_reset_the_destination_announced_spends_no_attempt() -> None:
+    # Given a client that holds its request back five times (the destination said none remain
+    # until its reset, while other senders kept meeting the limit), then one real 429
+    destination = RecordingDestination()
+    held = RateLimited("none remain until the reset", retry_after=0.4, sent=False)
+    destination.failures = [held] * 5 + [RateLimited("429", retry_after=1.0)]
+    waits: list[float] = []
+    # When it is delivered with three attempts
+    outcomes = Delivery(destination, retry=RetryPolicy(attempts=3), sleep=waits.append).deliver(upserts(2))
+    # Then it waited for each reset and was delivered: only the 429 spent an attempt
+    assert [o.status for o in outcomes] == ["delivered", "delivered"]
+    assert waits == [0.4] * 5 + [1.0]
+
+
+def test_a_request_held_back_without_end_fails_as_rate_limited() -> None:
+    destination = RecordingDestination()
+    destination.failures = [RateLimited("none remain", retry_after=0.0, sent=False)] * (MAX_HOLDS + 5)
+    with pytest.raises(RateLimited, match="none remain"):
+        Delivery(destination, retry=NO_WAIT, sleep=lambda s: None).deliver(upserts(1))
+    # every hold it was allowed, then the attempts the policy gives
+    assert len(destination.requests) == MAX_HOLDS + NO_WAIT.attempts
 
 
 def test_a_transient_failure_that_outlasts_the_retries_stops_the_batch() -> None:

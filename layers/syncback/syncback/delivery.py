@@ -162,6 +162,10 @@ class _Interrupted(Exception):
     """Internal: the delivery was interrupted before this request was sent."""
 
 
+#: how often one request may be held back until the destination's reset without spending an
+#: attempt: others keep meeting the limit meanwhile, but not for ever
+MAX_HOLDS = 100
+
 #: a job that ended without its work, or had not finished after ``JOB_TIMEOUT_S``, is submitted
 #: again: this many submissions in all, then the batch fails (transient: retried, dead-lettered)
 JOB_ATTEMPTS, JOB_TIMEOUT_S = 3, 1800.0
@@ -468,8 +472,11 @@ class Delivery:
         return client.write(chunk, scope)
 
     def _with_retries(self, call: Callable[..., T], *args: Any) -> T:
-        """Return ``call(*args)``, retrying transient errors; raise _Interrupted when interrupted first."""
-        for attempt in range(1, self.retry.attempts + 1):
+        """Return ``call(*args)``, retrying transient errors; raise _Interrupted when interrupted first.
+        A request the client held back until the destination's reset (``RateLimited.sent`` False)
+        waits without spending an attempt, up to ``MAX_HOLDS`` times."""
+        attempt, holds = 1, 0
+        while True:
             slot: float | None = None
             try:
                 # waiting for the budget is part of the attempt: a budget that fails is retried too
@@ -479,19 +486,23 @@ class Delivery:
                     raise _Interrupted
                 return call(*args)
             except TransientError as exc:
-                if attempt == self.retry.attempts:
+                held = isinstance(exc, RateLimited) and not exc.sent and holds < MAX_HOLDS
+                if attempt == self.retry.attempts and not held:
                     raise
                 failure = exc
             finally:
                 if self.budget is not None and slot is not None:
                     self.budget.settle(slot)
             wait = self.retry.delay(attempt, failure.retry_after)
+            if held:
+                holds += 1
+            else:
+                attempt += 1
             if isinstance(failure, RateLimited) and self.budget is not None:
                 self.budget.pause(wait)
             self._sleep(wait)
             if self.interrupt.is_set:
                 raise _Interrupted
-        raise AssertionError("unreachable")
 
 
 def _requests(changes: Sequence[Change]) -> list[list[Change]]:

@@ -45,7 +45,13 @@ class TransientError(SyncbackError):
 
 
 class RateLimited(TransientError):
-    """The destination asked us to slow down (429, or HubSpot's 423 lock)."""
+    """The destination asked us to slow down (429, or HubSpot's 423 lock). ``sent`` is False when
+    the client held the request back because the destination had said none remain until its reset:
+    waiting for that reset is no failed attempt."""
+
+    def __init__(self, message: str, retry_after: float | None = None, *, sent: bool = True) -> None:
+        super().__init__(message, retry_after)
+        self.sent = sent
 
 
 class DestinationUnavailable(TransientError):

@@ -136,7 +136,9 @@ class BrazeDestination:
             wait = self._not_before - self._clock()
         if wait > 0:
             # Braze said none remain until its reset: sending now would only earn a 429
-            raise RateLimited(f"Braze {endpoint}: no requests remain until the rate limit resets", wait)
+            raise RateLimited(
+                f"Braze {endpoint}: no requests remain until the rate limit resets", wait, sent=False
+            )
         response = send(
             self._session,
             "POST",

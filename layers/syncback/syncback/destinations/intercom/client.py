@@ -170,7 +170,7 @@ class IntercomDestination:
             wait = self._not_before - self._clock()
         if wait > 0:
             # Intercom said none remain until its reset: sending now would only earn a 429
-            raise RateLimited("Intercom: no requests remain until the rate limit resets", wait)
+            raise RateLimited("Intercom: no requests remain until the rate limit resets", wait, sent=False)
         who = f"Intercom {path.split('/')[0]}"
         response = send(
             self._session,
