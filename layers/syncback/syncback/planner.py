@@ -473,9 +473,7 @@ class Planner:
         only joins them into batch files, so a plan's time is the warehouse's.
         """
         yield from self._writes(writes, 1, ordered)
-        for chunk in self.warehouse.stream(
-            f"select sb_key, s_dest from {writes} where sb_release order by sb_key"
-        ):
+        for chunk in self.warehouse.stream(self._releases_sql(table, writes, result)):
             # give the identifier (or the record) up in phase 1, so the row taking it in phase 2
             # meets no owner
             yield (
@@ -486,6 +484,26 @@ class Planner:
         if not result.full_resync:
             yield from self._removals(table)
         yield from self._writes(writes, 2, ordered)
+
+    def _releases_sql(self, table: str, writes: str, result: PlanResult) -> str:
+        """Return the query of the records to give their identifier up in phase 1: those whose row
+        moves (``sb_release``) and, where every move releases (``moves_by_release``), those whose
+        row is not written this run (invalid: its identifier emptied, or lost to another row) while
+        another row takes their identifier: else the taker's record meets their removal later, when
+        their row moves on (an audience removes every member sharing an identifier)."""
+        sql = f"select sb_key, s_dest from {writes} where sb_release"
+        if (
+            kind_of(self.sync).moves_by_release
+            and self.identifiers
+            and self.sync.mode != "insert"
+            and result.snapshot_size
+        ):
+            sql += (
+                f" union all select p.sb_key, p.s_dest from {table} p where not p.sb_write "
+                "and p.sb_live and not p.sb_gone and p.s_dest is not null and p.s_ident is not null "
+                f"and p.s_ident in (select w.sb_ident from {table} w where w.sb_write and w.sb_key <> p.sb_key)"
+            )
+        return sql + " order by sb_key"
 
     def _writes_source(
         self, table: str, writes: str, query: MappingQuery, result: PlanResult
@@ -535,8 +553,12 @@ class Planner:
             phase, release = f"case when {wait} or {moves} then 2 else 1 end", moves
             if kind_of(self.sync).moves_by_release:
                 # every move releases its old identifier first: nothing written in phase 1 can then
-                # take an identifier that a removal or release of phase 1 takes away
-                moved = "coalesce(p.s_dest is not null and p.sb_live and p.s_ident <> p.sb_ident, false)"
+                # take an identifier that a removal or release of phase 1 takes away. A row back in
+                # the model whose member stayed when it left (upsert) moves too, unless another
+                # record holds its old identifier now or another row takes it
+                back = f"not p.sb_live and o.identity is null and not {wanted}"
+                moved = f"coalesce(p.s_dest is not null and p.s_ident <> p.sb_ident and (p.sb_live or {back}), false)"
+                joins += f"left join (select distinct identity from {snap} s where {live}) o on o.identity = p.s_ident "
                 phase, release = f"case when {wait} or {moved} then 2 else 1 end", moved
             elif not kind_of(self.sync).releases:
                 # the identifier cannot be emptied (it is the record: an audience member is its
