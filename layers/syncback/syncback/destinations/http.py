@@ -7,6 +7,8 @@ import datetime as dt
 import email.utils
 import hashlib
 import json
+import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -15,7 +17,7 @@ from urllib.parse import urlsplit
 import requests
 
 from syncback.destinations.base import Change
-from syncback.errors import DestinationUnavailable, SystemicError
+from syncback.errors import DestinationUnavailable, RateLimited, SystemicError
 
 # shorter values are left alone: redacting "1" or "no" would garble every message
 _MIN_REDACTED = 3
@@ -74,6 +76,67 @@ def retry_after(response: requests.Response, clock: Callable[[], float] = time.t
     if when.tzinfo is None:  # "-0000": HTTP dates are always GMT
         when = when.replace(tzinfo=dt.UTC)
     return max(0.0, when.timestamp() - clock())
+
+
+class AnnouncedReset:
+    """Where a destination answers ``X-RateLimit-Reset`` (epoch seconds) and ``X-RateLimit-Remaining``
+    (Braze, Intercom): after a 429, or an answer with none remaining, no request is sent before the
+    reset; sending would only earn a 429. The deliverers of a sync share the client, so this too."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._not_before = 0.0
+        self._lock = threading.Lock()
+
+    def hold(self, what: str) -> None:
+        """Raise ``RateLimited`` (not sent: it spends no attempt) while the reset is ahead."""
+        with self._lock:
+            wait = self._not_before - self._clock()
+        if wait > 0:
+            raise RateLimited(f"{what}: no requests remain until the rate limit resets", wait, sent=False)
+
+    def note(self, response: requests.Response) -> None:
+        """Remember the reset of an answer that says none remain (or a 429)."""
+        reset = self.reset(response)
+        remaining = response.headers.get("X-RateLimit-Remaining", "").strip()
+        if reset is not None and (response.status_code == 429 or remaining == "0"):
+            with self._lock:
+                self._not_before = max(self._not_before, reset)
+
+    def wait(self, response: requests.Response) -> float | None:
+        """Return the seconds until an answer's reset, or None when it names none."""
+        reset = self.reset(response)
+        return None if reset is None else max(0.0, reset - self._clock())
+
+    @staticmethod
+    def reset(response: requests.Response) -> float | None:
+        try:
+            value = float(response.headers.get("X-RateLimit-Reset", ""))
+        except ValueError:
+            return None
+        return value if math.isfinite(value) and value > 0 else None
+
+
+def strict_json(value: Any) -> bytes:
+    """Return ``value`` as compact UTF-8 JSON; raise ValueError for what JSON cannot carry (NaN,
+    infinity, a lone surrogate, a type it has no form for: the mapping should let none through)."""
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except TypeError as exc:
+        raise ValueError(type(exc).__name__) from exc
+    return text.encode("utf-8")  # a lone surrogate fails here, as a ValueError
+
+
+def not_json_reason(change: Change, otherwise: str = "a field") -> str:
+    """Return why a change's record cannot be sent as JSON, naming its fields at fault."""
+    bad = []
+    for name, value in change.record.items():
+        try:
+            strict_json(value)
+        except ValueError:
+            bad.append(name)
+    fields = ", ".join(bad) or otherwise
+    return f"not valid JSON: {fields} holds NaN, infinity, a lone surrogate or a type JSON cannot carry"
 
 
 def json_body(response: requests.Response) -> Any:

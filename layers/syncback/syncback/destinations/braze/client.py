@@ -17,9 +17,6 @@ request (``batch_size``), each naming its user by ``external_id``; removal by ``
 
 from __future__ import annotations
 
-import json
-import math
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,7 +25,7 @@ import requests
 
 from syncback.destinations.base import Change, Outcome
 from syncback.destinations.braze import BrazeDestinationConfig
-from syncback.destinations.http import json_body, redact, send
+from syncback.destinations.http import AnnouncedReset, json_body, not_json_reason, redact, send, strict_json
 from syncback.errors import (
     DestinationAuthError,
     DestinationUnavailable,
@@ -60,10 +57,7 @@ class BrazeDestination:
         self._session.headers.update(
             {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         )
-        self._clock = clock
-        # epoch seconds before which Braze said no request remains (the deliverers share this client)
-        self._not_before = 0.0
-        self._lock = threading.Lock()
+        self._reset = AnnouncedReset(clock)
 
     def write(self, changes: Sequence[Change], scope: str = "") -> list[Outcome]:
         if not changes:
@@ -95,9 +89,9 @@ class BrazeDestination:
                 settled[i] = _without_external_id(change)
                 continue
             try:
-                objects.append((i, external_id, _dumps(item)))
+                objects.append((i, external_id, strict_json(item)))
             except ValueError:
-                settled[i] = Outcome(change.key, "rejected", reason=_not_json_reason(change))
+                settled[i] = Outcome(change.key, "rejected", reason=not_json_reason(change))
         if objects:
             body = b'{"attributes":[' + b",".join(text for _, _, text in objects) + b"]}"
             sent = [changes[i] for i, _, _ in objects]
@@ -122,7 +116,7 @@ class BrazeDestination:
         }
         for start in range(0, len(known), MAX_DELETE):
             part = known[start : start + MAX_DELETE]
-            body = _dumps({"external_ids": [c.destination_id for c in part]})
+            body = strict_json({"external_ids": [c.destination_id for c in part]})
             self._post("users/delete", body, part)
             # an external_id Braze does not know is not an error: the user is gone either way
             outcomes.update(
@@ -132,13 +126,7 @@ class BrazeDestination:
 
     def _post(self, endpoint: str, body: bytes, sent: Sequence[Change]) -> requests.Response:
         """Return the 2xx answer to one request; raise the error any other answer means."""
-        with self._lock:
-            wait = self._not_before - self._clock()
-        if wait > 0:
-            # Braze said none remain until its reset: sending now would only earn a 429
-            raise RateLimited(
-                f"Braze {endpoint}: no requests remain until the rate limit resets", wait, sent=False
-            )
+        self._reset.hold(f"Braze {endpoint}")
         response = send(
             self._session,
             "POST",
@@ -148,19 +136,11 @@ class BrazeDestination:
             self.config.timeout_s,
             data=body,
         )
-        self._note_rate_limit(response)
+        self._reset.note(response)
         self._raise_for_request(endpoint, response, sent)
         return response
 
     # ---- responses: classified here and nowhere else -------------------------------------------
-
-    def _note_rate_limit(self, response: requests.Response) -> None:
-        """Hold the next request until the reset when Braze says none remain (or answered 429)."""
-        reset = _reset(response)
-        remaining = response.headers.get("X-RateLimit-Remaining", "").strip()
-        if reset is not None and (response.status_code == 429 or remaining == "0"):
-            with self._lock:
-                self._not_before = max(self._not_before, reset)
 
     def _raise_for_request(self, endpoint: str, response: requests.Response, sent: Sequence[Change]) -> None:
         status = response.status_code
@@ -179,9 +159,7 @@ class BrazeDestination:
                 "(and users.delete for removal: delete), or check that the workspace may use the API"
             )
         if status == 429:
-            reset = _reset(response)
-            wait = None if reset is None else max(0.0, reset - self._clock())
-            raise RateLimited(f"{said}: rate limit reached", wait)
+            raise RateLimited(f"{said}: rate limit reached", self._reset.wait(response))
         if status >= 500:
             # Braze: "retry the request with exponential backoff"
             raise DestinationUnavailable(f"{said}: {message}")
@@ -246,15 +224,6 @@ def _without_external_id(change: Change) -> Outcome:
     return Outcome(change.key, "rejected", reason="no external_id: Braze finds users by it")
 
 
-def _reset(response: requests.Response) -> float | None:
-    """Return the ``X-RateLimit-Reset`` of an answer: UTC epoch seconds, or None."""
-    try:
-        value = float(response.headers.get("X-RateLimit-Reset", ""))
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value > 0 else None
-
-
 def _message(response: requests.Response, sent: Sequence[Change], key: str) -> str:
     body = json_body(response)
     if not isinstance(body, dict):
@@ -268,21 +237,3 @@ def _message(response: requests.Response, sent: Sequence[Change], key: str) -> s
 def _reason(error: Any, sent: Sequence[Change], key: str) -> str:
     what = (error.get("type") or error.get("message") or error) if isinstance(error, dict) else error
     return redact(f"Braze: {what}", sent, [key])[:REASON_CHARS]
-
-
-def _dumps(value: Any) -> bytes:
-    try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except TypeError as exc:  # a value JSON has no form for (the mapping should not let one through)
-        raise ValueError(type(exc).__name__) from exc
-    return text.encode("utf-8")  # a lone surrogate fails here, as a ValueError
-
-
-def _not_json_reason(change: Change) -> str:
-    bad = []
-    for name, value in change.record.items():
-        try:
-            _dumps(value)
-        except ValueError:
-            bad.append(name)
-    return f"not valid JSON: {', '.join(bad) or 'a field'} holds NaN, infinity or a lone surrogate"

@@ -19,10 +19,7 @@ run concurrently across the batches delivered side by side (``concurrency``).
 
 from __future__ import annotations
 
-import json
-import math
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,7 +27,7 @@ from typing import Any
 import requests
 
 from syncback.destinations.base import Change, Outcome
-from syncback.destinations.http import json_body, redact, send
+from syncback.destinations.http import AnnouncedReset, json_body, not_json_reason, redact, send, strict_json
 from syncback.destinations.intercom import CUSTOM, IntercomDestinationConfig
 from syncback.errors import (
     DestinationAuthError,
@@ -67,10 +64,7 @@ class IntercomDestination:
                 "Content-Type": "application/json",
             }
         )
-        self._clock = clock
-        # epoch seconds before which Intercom said no request remains (the deliverers share this client)
-        self._not_before = 0.0
-        self._lock = threading.Lock()
+        self._reset = AnnouncedReset(clock)
 
     def write(self, changes: Sequence[Change], scope: str = "") -> list[Outcome]:
         return [self._one(change) for change in changes]
@@ -88,9 +82,9 @@ class IntercomDestination:
                 return Outcome(change.key, "skipped", reason="no Intercom id was recorded for this contact")
             return self._update(change, change.destination_id, _contact(change.record, keep_nulls=True))
         try:
-            _dumps(_contact(change.record, keep_nulls=True))
+            strict_json(_contact(change.record, keep_nulls=True))
         except ValueError:
-            return Outcome(change.key, "rejected", reason=_not_json_reason(change))
+            return Outcome(change.key, "rejected", reason=not_json_reason(change))
         if change.destination_id:
             return self._update(change, change.destination_id, _contact(change.record, keep_nulls=True))
         return self._create(change)
@@ -166,11 +160,7 @@ class IntercomDestination:
     ) -> requests.Response:
         """Return Intercom's answer when it concerns the record (2xx, 400, 404, 409, 422); raise
         the error any other answer means."""
-        with self._lock:
-            wait = self._not_before - self._clock()
-        if wait > 0:
-            # Intercom said none remain until its reset: sending now would only earn a 429
-            raise RateLimited("Intercom: no requests remain until the rate limit resets", wait, sent=False)
+        self._reset.hold("Intercom")
         who = f"Intercom {path.split('/')[0]}"
         response = send(
             self._session,
@@ -179,19 +169,11 @@ class IntercomDestination:
             who,
             "destination.base_url" if self.config.base_url else "destination.region",
             self.config.timeout_s,
-            data=None if body is None else _dumps(body),
+            data=None if body is None else strict_json(body),
         )
-        self._note_rate_limit(response)
+        self._reset.note(response)
         self._raise_for_request(who, method, path, response, change)
         return response
-
-    def _note_rate_limit(self, response: requests.Response) -> None:
-        """Hold the next request until the reset when Intercom says none remain (or answered 429)."""
-        reset = _reset(response)
-        remaining = response.headers.get("X-RateLimit-Remaining", "").strip()
-        if reset is not None and (response.status_code == 429 or remaining == "0"):
-            with self._lock:
-                self._not_before = max(self._not_before, reset)
 
     def _raise_for_request(
         self, who: str, method: str, path: str, response: requests.Response, change: Change
@@ -212,9 +194,7 @@ class IntercomDestination:
                 "(Developer Hub > your app > Authentication), then install it again"
             )
         if status == 429:
-            reset = _reset(response)
-            wait = None if reset is None else max(0.0, reset - self._clock())
-            raise RateLimited(f"{said}: rate limit reached", wait)
+            raise RateLimited(f"{said}: rate limit reached", self._reset.wait(response))
         if status >= 500:
             raise DestinationUnavailable(f"{said}: {message}")
         if status == 404 and _not_found(response) and (method != "POST" or path != "contacts"):
@@ -267,33 +247,6 @@ def _contact_id(response: requests.Response) -> str | None:
     return str(found) if found else None
 
 
-def _reset(response: requests.Response) -> float | None:
-    """Return the ``X-RateLimit-Reset`` of an answer: epoch seconds, or None."""
-    try:
-        value = float(response.headers.get("X-RateLimit-Reset", ""))
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value > 0 else None
-
-
 def _message(response: requests.Response, sent: Sequence[Change], token: str) -> str:
     parts = [f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in _errors(response)[:3]]
     return redact("; ".join(p for p in parts if p), sent, [token])[:300]
-
-
-def _dumps(value: Any) -> bytes:
-    try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except TypeError as exc:  # a value JSON has no form for (the mapping should not let one through)
-        raise ValueError(type(exc).__name__) from exc
-    return text.encode("utf-8")  # a lone surrogate fails here, as a ValueError
-
-
-def _not_json_reason(change: Change) -> str:
-    bad = []
-    for name, value in change.record.items():
-        try:
-            _dumps(value)
-        except ValueError:
-            bad.append(name)
-    return f"not valid JSON: {', '.join(bad) or 'a field'} holds NaN, infinity or a lone surrogate"

@@ -22,7 +22,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +30,15 @@ from typing import Any
 import requests
 
 from syncback.destinations.base import Change, Outcome
-from syncback.destinations.http import json_body, redact, retry_after, send, url_label
+from syncback.destinations.http import (
+    json_body,
+    not_json_reason,
+    redact,
+    retry_after,
+    send,
+    strict_json,
+    url_label,
+)
 from syncback.destinations.webhook import WebhookDestinationConfig
 from syncback.errors import (
     DestinationAuthError,
@@ -130,7 +137,7 @@ class WebhookDestination:
         except ValueError:
             # the mapping keeps NaN and the like out; if one slips through, only its record fails
             settled |= {
-                i: Outcome(c.key, "rejected", reason=_not_json_reason(c))
+                i: Outcome(c.key, "rejected", reason=not_json_reason(c, "the key or destination id"))
                 for i, c in enumerate(changes)
                 if i not in settled and not _serialises(c)
             }
@@ -149,7 +156,7 @@ class WebhookDestination:
     # ---- requests ----------------------------------------------------------------------
 
     def _body(self, changes: Sequence[Change]) -> bytes:
-        return _dumps({"sync": self.sync, "records": [_record(c) for c in changes]})
+        return strict_json({"sync": self.sync, "records": [_record(c) for c in changes]})
 
     def _post(self, body: bytes, msg_id: str) -> requests.Response:
         # the id goes on every request, signed or not: receivers use it to drop repeats
@@ -216,32 +223,12 @@ def _record(change: Change) -> dict[str, Any]:
     return record
 
 
-def _dumps(value: Any) -> bytes:
-    # a lone surrogate fails at encode() with UnicodeEncodeError, a ValueError like NaN's
-    try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except TypeError as exc:  # a value json has no form for (the mapping should not let one through)
-        raise ValueError(type(exc).__name__) from exc
-    return text.encode("utf-8")
-
-
 def _serialises(change: Change) -> bool:
     try:
-        _dumps(_record(change))
+        strict_json(_record(change))
     except ValueError:
         return False
     return True
-
-
-def _not_json_reason(change: Change) -> str:
-    bad = []
-    for name, value in change.record.items():
-        try:
-            _dumps(value)
-        except ValueError:
-            bad.append(name)
-    fields = ", ".join(bad) or "the key or destination id"
-    return f"not valid JSON: {fields} holds NaN, infinity, a lone surrogate or a type JSON cannot carry"
 
 
 def _delivered_or_rejected(response: requests.Response, changes: Sequence[Change]) -> list[Outcome]:
