@@ -3,7 +3,8 @@
 
 Every syncback step runs in a child process of its own, so each peak RSS (VmHWM) is that step's
 process alone; the receiver runs in another process and reads each request's body, answering 200.
-Prints JSON; ``bench/run.py`` makes the table. ``SCALE_ROWS`` sets the big model (default 10M).
+Prints JSON; ``bench/run.py`` makes the table. ``SCALE_ROWS`` sets the big model (default 10M),
+``SCALE_MEMORY_LIMIT`` DuckDB's ``memory_limit`` (default: the spec's).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from common import WORK, change, seed
 
 ROWS = int(os.environ.get("SCALE_ROWS", "10000000"))
 SMALL = ROWS // 10
+#: DuckDB's memory_limit for the runs (unset: the spec's default), to see what it trades
+LIMIT = os.environ.get("SCALE_MEMORY_LIMIT", "")
 BATCH = 10_000
 SECRET = "whsec_YmVuY2gtc2NhbGUtc2VjcmV0LTMyLWJ5dGVzLWxvbmc="
 
@@ -61,7 +64,9 @@ def project(name: str, rows: int, url: str, batch: int = BATCH) -> Path:
     (root / "syncs").mkdir(parents=True)
     seed(root / "warehouse.duckdb", rows)
     (root / "syncback.yaml").write_text(
-        "warehouses:\n  local: {type: duckdb, path: warehouse.duckdb}\nstate: {warehouse: local, schema: syncback}\n"
+        "warehouses:\n  local: {type: duckdb, path: warehouse.duckdb"
+        + (f", memory_limit: {LIMIT}" if LIMIT else "")
+        + "}\nstate: {warehouse: local, schema: syncback}\n"
     )
     (root / "syncs" / "contacts.yaml").write_text(
         "name: contacts\nwarehouse: local\ntable: analytics.contacts\nprimary_key: customer_id\nmode: upsert\n"
