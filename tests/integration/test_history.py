@@ -263,6 +263,29 @@ def test_a_run_stopped_early_stages_its_unsent_batches_within_duckdbs_memory_lim
         warehouse.close()
 
 
+def test_receipts_are_staged_at_the_least_memory_limit_the_spec_allows(tmp_path: Path) -> None:
+    # Given five receipts of 10,000 outcomes and DuckDB at 128 MB: with a thread per core, each
+    # thread's JSON reader took 32 MiB and every commit failed out of memory, whatever its size
+    receipts = []
+    for index in range(5):
+        path = tmp_path / f"{index:05}.json"
+        outcomes = [
+            [f"{index}-{n}", "delivered", f"id-{index}-{n}", None, True, "upsert", "1", None]
+            for n in range(10_000)
+        ]
+        path.write_text(json.dumps({"outcomes": outcomes}))
+        receipts.append((path, 1, 7, index))
+    warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb", memory_limit="128MB")
+    try:
+        stage = outcome_stage(warehouse, SnapshotTables("syncback", "people"))
+        # When the commit stages them: Then all are staged, DuckDB working on one thread
+        warehouse.stage_outcome_files(stage, receipts)
+        assert warehouse.fetch_all(f"select count(*), count(distinct batch) from {stage}") == [(50_000, 5)]
+        assert warehouse.fetch_all("select current_setting('threads')") == [(1,)]
+    finally:
+        warehouse.close()
+
+
 def test_a_duckdb_connection_hands_back_its_cache_and_keeps_its_limit(tmp_path: Path) -> None:
     # Given a connection that just read a table of 1,500,000 rows (as a plan reads a model): DuckDB
     # keeps what it read cached, and a local run would deliver with that memory held

@@ -9,6 +9,7 @@ import yaml
 
 from syncback.errors import ConfigError
 from syncback.spec import check_schedule, json_schemas, load_project
+from syncback.warehouses.duckdb import threads_for
 from tests.conftest import BASE_SYNC, ProjectFactory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,6 +108,27 @@ def test_snowflake_needs_exactly_one_auth_method(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="exactly one of private_key"):
         load_project(tmp_path)
+
+
+def test_a_duckdb_memory_limit_too_small_for_its_readers_is_refused_naming_the_least(tmp_path: Path) -> None:
+    (tmp_path / "syncback.yaml").write_text(
+        "warehouses:\n  local: {type: duckdb, memory_limit: 64MB}\nstate: {warehouse: local}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_project(tmp_path)
+    (problem,) = caught.value.problems
+    assert (problem.file, problem.field) == ("syncback.yaml", "warehouses.local.memory_limit")
+    assert "give at least 128MB" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("limit", "cores", "threads"),
+    [("256MB", 2, 2), ("256MB", 8, 2), ("128MB", 8, 1), ("1GB", 4, 4), ("1.5 GB", 16, 15), ("200MB", 1, 1)],
+)
+def test_duckdb_gets_a_thread_per_96mb_of_its_limit_up_to_one_per_core(
+    limit: str, cores: int, threads: int
+) -> None:
+    assert threads_for(limit, cores) == threads
 
 
 @pytest.mark.parametrize(

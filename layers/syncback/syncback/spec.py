@@ -32,6 +32,18 @@ _CRON = re.compile(r"^cron\(([^()]+)\)$")
 
 # ---- project config ---------------------------------------------------------------------------
 
+#: the least ``memory_limit`` a DuckDB warehouse may have: one thread's readers fit in it
+MIN_DUCKDB_MB = 128
+_UNITS = {"KB": 1 / 1000, "MB": 1, "GB": 1000, "TB": 1000_000}
+
+
+def megabytes(memory_limit: str) -> float:
+    """Return a memory size such as ``256MB`` or ``1.5 GB`` in megabytes."""
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]B)", memory_limit.strip().upper())
+    if found is None:
+        raise ValueError(f"not a memory size: {memory_limit!r} (give a number and KB, MB, GB or TB)")
+    return float(found.group(1)) * _UNITS[found.group(2)]
+
 
 class DuckDBWarehouseConfig(Strict):
     """The embedded default: a DuckDB file, relative to the project folder."""
@@ -46,8 +58,21 @@ class DuckDBWarehouseConfig(Strict):
     memory_limit: str = Field(
         "256MB",
         pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB)$",
-        description="how much memory DuckDB may use; beyond it, it spills to <file>.tmp/ (a plan of any size fits)",
+        description=(
+            "how much memory DuckDB may use; beyond it, it spills to <file>.tmp/ (a plan of any size "
+            f"fits). At least {MIN_DUCKDB_MB}MB; DuckDB uses a thread per 96MB of it, up to one per core"
+        ),
     )
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _enough_memory(cls, value: str) -> str:
+        if megabytes(value) < MIN_DUCKDB_MB:
+            raise ValueError(
+                f"{value} is too little: reading a run's receipts alone needs about 96MB; "
+                f"give at least {MIN_DUCKDB_MB}MB (the default is 256MB)"
+            )
+        return value
 
 
 class _SnowflakeLogin(Strict):

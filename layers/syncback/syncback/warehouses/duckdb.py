@@ -14,11 +14,21 @@ from typing import Any
 import duckdb
 
 from syncback.errors import ModelError, WarehouseUnavailable
+from syncback.spec import megabytes
 from syncback.warehouses.dialect import Dialect, DuckDBDialect
 
 #: how long a run waits for a DuckDB file another process holds (one writer process at a time)
 LOCK_WAIT_S = 30.0
+#: memory a DuckDB thread needs beyond the rest: a JSON reader's buffer alone is 32 MiB, and with a
+#: thread per core a low limit failed every commit (its receipts are read by one statement)
+MB_PER_THREAD = 96
 _HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
+
+
+def threads_for(memory_limit: str, cores: int | None = None) -> int:
+    """Return how many threads DuckDB may use within ``memory_limit``: one per ``MB_PER_THREAD``,
+    at least one, at most one per core."""
+    return max(1, min(cores or os.cpu_count() or 1, int(megabytes(memory_limit) // MB_PER_THREAD)))
 
 
 class DuckDBWarehouse:
@@ -34,6 +44,7 @@ class DuckDBWarehouse:
         # memory stays flat in the model's size: beyond the limit DuckDB spills to <file>.tmp/
         self.memory_limit = memory_limit
         self._run(f"set memory_limit = '{memory_limit}'", ())
+        self._run(f"set threads = {threads_for(memory_limit)}", ())
         self._run("set preserve_insertion_order = false", ())
         # what a timestamp with time zone reads as must not depend on the machine: UTC, always
         self._run("set TimeZone = 'UTC'", ())
