@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import duckdb
 import pytest
 import yaml
 
+from syncback.cli import main
 from syncback.spec import Project, load_project
 from tests.fakes.contract import Fake, fakes
 
@@ -85,7 +87,31 @@ def write_project(
     return root
 
 
+def contacts_sync(destination: dict[str, Any], mapping: dict[str, Any], /, **sync: Any) -> dict[str, Any]:
+    """The sync most destination tests run: ``analytics.contacts`` by ``customer_id`` in mirror mode
+    (deleting up to 40% of the snapshot) into ``destination`` with ``mapping``; ``sync`` overrides."""
+    return {
+        "name": "contacts",
+        "warehouse": "local",
+        "table": "analytics.contacts",
+        "primary_key": "customer_id",
+        "mode": "mirror",
+        "guards": {"max_delete_pct": 40},
+        "destination": destination,
+        "mapping": mapping,
+        **sync,
+    }
+
+
 ProjectFactory = Callable[..., Project]
+
+
+def run_json(
+    root: Path, capsys: pytest.CaptureFixture[str], *extra: str, sync: str = "contacts"
+) -> tuple[int, dict[str, Any]]:
+    """Run one sync through the CLI with ``--json``; return its exit code and the summary it printed."""
+    code = main(["--project", str(root), "run", sync, "--json", *extra])
+    return code, json.loads(capsys.readouterr().out)
 
 
 @pytest.fixture

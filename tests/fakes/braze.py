@@ -23,7 +23,6 @@ done). ``FAKE`` and ``FAKES`` are its views for the contract suites.
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from collections import deque
@@ -32,7 +31,7 @@ from typing import Any
 import requests
 
 from tests.fakes.contract import Knobs, RandomFaults
-from tests.fakes.loopback import Answer, LoopbackServer
+from tests.fakes.loopback import Answer, FixedWindow, LoopbackServer
 
 KEY = "contract-braze-rest-key"
 MAX_OBJECTS, MAX_DELETE = 75, 50
@@ -53,8 +52,7 @@ class BrazeFake(LoopbackServer, Knobs):
         max_objects: int = MAX_OBJECTS,
         permissions: tuple[str, ...] = PERMISSIONS,
     ) -> None:
-        self.requests_per_window = requests_per_window
-        self.window_s = window_s
+        self.window = FixedWindow(requests_per_window, window_s, shown=250_000)
         self.max_objects = max_objects
         self.permissions = permissions
         #: users by external_id: their attributes (a removed attribute is absent)
@@ -66,7 +64,6 @@ class BrazeFake(LoopbackServer, Knobs):
         self.late_s = 2.5
         self.counts = {"requests": 0, "created": 0, "429": 0, "track": 0, "delete": 0, "deleted": 0}
         self._next: deque[Answer] = deque()
-        self._window = (0.0, 0)  # the current window's start, and the requests counted in it
         self._names: dict[str, None] = {}  # every attribute name ever set, in order
         self._hand = 0
         self._lock = threading.Lock()
@@ -184,19 +181,10 @@ class BrazeFake(LoopbackServer, Knobs):
 
     # ---- around the work -----------------------------------------------------------------------
 
-    def _current_window(self) -> tuple[float, int]:
-        now = time.time()
-        start = math.floor(now / self.window_s) * self.window_s
-        if self._window[0] != start:
-            self._window = (start, 0)
-        return self._window
-
     def _rate_limited(self) -> Answer | None:
-        start, used = self._current_window()
-        if self.requests_per_window is not None and used >= self.requests_per_window:
+        if not self.window.take():
             self.counts["429"] += 1
             return self._json(429, {"message": "Too Many Requests"})
-        self._window = (start, used + 1)
         return None
 
     def _json(
@@ -206,16 +194,8 @@ class BrazeFake(LoopbackServer, Knobs):
         headers: dict[str, str] | None = None,
         remaining: int | None = None,
     ) -> Answer:
-        start, used = self._current_window()
-        limit = self.requests_per_window or 250_000
-        left = max(0, limit - used) if remaining is None else remaining
-        out = {
-            "content-type": "application/json",
-            "x-ratelimit-limit": str(limit),
-            "x-ratelimit-remaining": str(left),
-            "x-ratelimit-reset": str(math.ceil(start + self.window_s)),
-            **(headers or {}),
-        }
+        rate = {name.lower(): value for name, value in self.window.headers(remaining).items()}
+        out = {"content-type": "application/json", **rate, **(headers or {})}
         return status, out, json.dumps(body).encode()
 
     # ---- the contract suites' view -------------------------------------------------------------

@@ -24,7 +24,6 @@ late (after the work was done). ``FAKE`` and ``FAKES`` are its views for the con
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 import uuid
@@ -34,7 +33,7 @@ from typing import Any
 import requests
 
 from tests.fakes.contract import Knobs, RandomFaults
-from tests.fakes.loopback import Answer, LoopbackServer
+from tests.fakes.loopback import Answer, FixedWindow, LoopbackServer
 
 TOKEN = "contract-intercom-token"
 STANDARD = ("external_id", "email", "phone", "name", "avatar", "signed_up_at", "last_seen_at", "owner_id")
@@ -50,8 +49,7 @@ class IntercomFake(LoopbackServer, Knobs):
     identify_by = "external_id"
 
     def __init__(self, requests_per_window: int | None = None, window_s: float = 1.0) -> None:
-        self.requests_per_window = requests_per_window
-        self.window_s = window_s
+        self.window = FixedWindow(requests_per_window, window_s, shown=1_666)
         #: contacts by id: role, the standard fields, custom_attributes, archived
         self.contacts: dict[str, dict[str, Any]] = {}
         #: every method, path and parsed body that reached an endpoint (after the token and the limit)
@@ -73,7 +71,6 @@ class IntercomFake(LoopbackServer, Knobs):
             "deleted": 0,
         }
         self._next: deque[Answer] = deque()
-        self._window = (0.0, 0)
         # the workspace's custom attributes, in order: every contact shows each (null where unset)
         self._names: dict[str, None] = {}
         self._lock = threading.Lock()
@@ -272,19 +269,10 @@ class IntercomFake(LoopbackServer, Knobs):
 
     # ---- around the work -----------------------------------------------------------------------
 
-    def _current_window(self) -> tuple[float, int]:
-        now = time.time()
-        start = math.floor(now / self.window_s) * self.window_s
-        if self._window[0] != start:
-            self._window = (start, 0)
-        return self._window
-
     def _rate_limited(self) -> Answer | None:
-        start, used = self._current_window()
-        if self.requests_per_window is not None and used >= self.requests_per_window:
+        if not self.window.take():
             self.counts["429"] += 1
             return self._error(429, "rate_limit_exceeded", "Exceeded rate limit")
-        self._window = (start, used + 1)
         return None
 
     def _error(self, status: int, code: str, message: str, remaining: int | None = None) -> Answer:
@@ -302,14 +290,9 @@ class IntercomFake(LoopbackServer, Knobs):
         headers: dict[str, str] | None = None,
         remaining: int | None = None,
     ) -> Answer:
-        start, used = self._current_window()
-        limit = self.requests_per_window or 1_666
-        left = max(0, limit - used) if remaining is None else remaining
         out = {
             "Content-Type": "application/json; charset=utf-8",
-            "X-RateLimit-Limit": str(limit),
-            "X-RateLimit-Remaining": str(left),
-            "X-RateLimit-Reset": str(math.ceil(start + self.window_s)),
+            **self.window.headers(remaining),
             **(headers or {}),
         }
         return status, out, json.dumps(body).encode()

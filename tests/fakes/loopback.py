@@ -2,12 +2,49 @@
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 
 #: status, headers, body
 Answer = tuple[int, dict[str, str], bytes]
+
+
+class FixedWindow:
+    """A rate limit counted in fixed windows of ``window_s`` seconds and told in
+    ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset`` (epoch seconds, rounded up), as Braze and
+    Intercom answer. ``limit`` None refuses nothing, and the headers show ``shown``. Callers hold
+    their fake's lock."""
+
+    def __init__(self, limit: int | None, window_s: float, shown: int) -> None:
+        self.limit, self.window_s, self.shown = limit, window_s, shown
+        self._window = (0.0, 0)  # the current window's start, and the requests counted in it
+
+    def take(self) -> bool:
+        """Count a request; return False (count nothing) when the window is used up."""
+        start, used = self._current()
+        if self.limit is not None and used >= self.limit:
+            return False
+        self._window = (start, used + 1)
+        return True
+
+    def headers(self, remaining: int | None = None) -> dict[str, str]:
+        start, used = self._current()
+        limit = self.limit or self.shown
+        left = max(0, limit - used) if remaining is None else remaining
+        return {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(left),
+            "X-RateLimit-Reset": str(math.ceil(start + self.window_s)),
+        }
+
+    def _current(self) -> tuple[float, int]:
+        start = math.floor(time.time() / self.window_s) * self.window_s
+        if self._window[0] != start:
+            self._window = (start, 0)
+        return self._window
 
 
 class LoopbackServer:

@@ -25,7 +25,7 @@ from syncback.errors import (
     SystemicError,
 )
 from syncback.spec import load_project
-from tests.conftest import contacts_rows, write_contacts, write_project
+from tests.conftest import contacts_rows, contacts_sync, run_json, write_contacts, write_project
 from tests.fakes.braze import KEY, BrazeFake
 from tests.integration.sfn_harness import build_stack, mocked_aws, snapshot
 
@@ -56,23 +56,7 @@ def destination(fake: BrazeFake, **extra: Any) -> dict[str, Any]:
 
 
 def project(root: Path, fake: BrazeFake, rows: int = 200, **sync: Any) -> Path:
-    spec = {
-        "name": "contacts",
-        "warehouse": "local",
-        "table": "analytics.contacts",
-        "primary_key": "customer_id",
-        "mode": "mirror",
-        "guards": {"max_delete_pct": 40},
-        "destination": destination(fake),
-        "mapping": MAPPING,
-        **sync,
-    }
-    return write_project(root, spec, contacts_rows(rows))
-
-
-def run_json(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
-    code = main(["--project", str(root), "run", "contacts", "--json"])
-    return code, json.loads(capsys.readouterr().out)
+    return write_project(root, contacts_sync(destination(fake), MAPPING, **sync), contacts_rows(rows))
 
 
 def client(fake: BrazeFake, clock: Any = time.time, **extra: Any) -> BrazeDestination:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pytest
 
 from syncback.cli import main
 from syncback.sandbox.hubspot import Faults, HubSpotSandbox
-from tests.conftest import BASE_SYNC, contacts_rows, write_contacts, write_project
+from tests.conftest import BASE_SYNC, contacts_rows, run_json, write_contacts, write_project
 
 
 @pytest.fixture
@@ -26,11 +25,6 @@ def project(tmp_path: Path, sandbox: HubSpotSandbox, monkeypatch: pytest.MonkeyP
     spec = {**BASE_SYNC, "destination": destination, "mode": "mirror", "guards": {"max_delete_pct": 20}}
     write_project(tmp_path, spec, contacts_rows(250))
     return tmp_path
-
-
-def run_json(project: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, dict[str, object]]:
-    code = main(["--project", str(project), "run", "contacts", "--json", *extra])
-    return code, json.loads(capsys.readouterr().out)
 
 
 def test_rejected_records_exit_1_wait_in_the_dlq_and_go_through_once_fixed(

@@ -20,10 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-from syncback.cli import main
 from syncback.sandbox.hubspot import Faults, HubSpotSandbox
 from syncback.state import LocalStateStore
-from tests.conftest import BASE_SYNC, contacts_rows, write_project
+from tests.conftest import BASE_SYNC, contacts_rows, run_json, write_project
 from tests.fakes.webhook_receiver import WebhookReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,11 +41,6 @@ def hubspot_project(root: Path, sandbox: HubSpotSandbox, rows: int, **destinatio
         "batch_size": 100,
     }
     return write_project(root, spec, contacts_rows(rows))
-
-
-def run_json(project: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
-    code = main(["--project", str(project), "run", "contacts", "--json"])
-    return code, json.loads(capsys.readouterr().out)
 
 
 def history(project: Path) -> list[Any]:

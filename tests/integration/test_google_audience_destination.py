@@ -35,7 +35,7 @@ from syncback.errors import (
     SystemicError,
 )
 from syncback.spec import load_project
-from tests.conftest import write_project
+from tests.conftest import run_json, write_project
 from tests.fakes.google_audience import ACCOUNT, TOKEN, USER_LIST, GoogleAudienceFake
 from tests.integration.sfn_harness import build_stack, mocked_aws
 
@@ -126,11 +126,6 @@ def project(root: Path, fake: GoogleAudienceFake, rows: list[tuple[Any, ...]], *
     return root
 
 
-def run_json(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
-    code = main(["--project", str(root), "run", "high_ltv", "--json"])
-    return code, json.loads(capsys.readouterr().out)
-
-
 def client(fake: GoogleAudienceFake, **extra: Any) -> GoogleAudienceDestination:
     config = GoogleAudienceDestinationConfig.model_validate(destination(fake, **extra))
     return GoogleAudienceDestination(config, TOKEN)
@@ -199,7 +194,7 @@ def test_the_cli_adds_a_high_ltv_audience_hashed_as_google_says_and_mirror_remov
     rows.append((5, "low@example.com", "+1 800 555 0199", "Lo", "W", "US", "10001", 10.0, True))
     root = project(tmp_path, google, rows)
     # When the sync runs: Then the four high-LTV customers are members, in one ingest request
-    code, summary = run_json(root, capsys)
+    code, summary = run_json(root, capsys, sync="high_ltv")
     assert code == 0 and (summary["delivered"], summary["rejected"]) == (4, 0), summary
     (request,) = sent(google)
     assert request["destinations"] == [
@@ -230,7 +225,7 @@ def test_the_cli_adds_a_high_ltv_audience_hashed_as_google_says_and_mirror_remov
     rows[2] = (*rows[2][:7], 50.0, None)
     write_customers(root / "wh.duckdb", rows)
     google.received.clear()
-    code, summary = run_json(root, capsys)
+    code, summary = run_json(root, capsys, sync="high_ltv")
     # Then 3 is removed, and 2 gives its old identifiers up in phase 1 (a release: removed) and is
     # added under the new ones in phase 2, after every removal
     assert code == 0 and summary["planned"]["removed"] == 1 and summary["planned"]["changed"] == 1, summary
@@ -243,7 +238,7 @@ def test_the_cli_adds_a_high_ltv_audience_hashed_as_google_says_and_mirror_remov
         sha("janedoe+ads@googlemail.com"),
     }
     # and a further run has nothing to do
-    code, summary = run_json(root, capsys)
+    code, summary = run_json(root, capsys, sync="high_ltv")
     assert code == 0 and summary["planned"]["unchanged"] == 3
 
 
@@ -327,7 +322,7 @@ def test_invalid_members_are_rejected_by_index_and_the_rest_sent_again(
 ) -> None:
     root = project(tmp_path, google, customers(40), mode="upsert")
     google.reject({"customer.7@example.com", "customer.31@example.com"})
-    code, summary = run_json(root, capsys)
+    code, summary = run_json(root, capsys, sync="high_ltv")
     # Then the request naming them was refused whole (400), the 38 others went in a second request
     assert code == 1 and (summary["delivered"], summary["rejected"]) == (38, 2), summary
     assert google.counts["400"] == 1 and google.counts["ingest"] == 1 and len(google.members()) == 38
@@ -336,7 +331,7 @@ def test_invalid_members_are_rejected_by_index_and_the_rest_sent_again(
     assert "2 dead letter(s)" in listing and "INVALID_AUDIENCE_MEMBER" in listing
     # When Google takes them: Then the next run sends just those two
     google.reject(set())
-    code, summary = run_json(root, capsys)
+    code, summary = run_json(root, capsys, sync="high_ltv")
     assert code == 0 and summary["delivered"] == 2 and summary["planned"]["unchanged"] == 38
 
 
@@ -378,7 +373,7 @@ def test_more_members_than_google_takes_is_refused_and_the_delivery_splits(
         root = project(
             tmp_path, fake, customers(120), mode="upsert", destination=destination(fake, batch_size=120)
         )
-        code, summary = run_json(root, capsys)
+        code, summary = run_json(root, capsys, sync="high_ltv")
     assert code == 0 and summary["delivered"] == 120 and len(fake.members()) == 120, summary
 
 
@@ -565,10 +560,10 @@ def test_validate_only_applies_nothing_and_leaves_the_members_to_send(
     tmp_path: Path, google: GoogleAudienceFake, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = project(tmp_path, google, customers(5), destination=destination(google, validate_only=True))
-    code, summary = run_json(root, capsys)
+    code, summary = run_json(root, capsys, sync="high_ltv")
     assert code == 0 and (summary["delivered"], summary["skipped"]) == (0, 5), summary
     assert sent(google)[0]["validateOnly"] is True and google.members() == {}
-    assert run_json(root, capsys)[1]["planned"]["added"] == 5
+    assert run_json(root, capsys, sync="high_ltv")[1]["planned"]["added"] == 5
 
 
 def test_a_manager_account_is_sent_as_the_login_account(google: GoogleAudienceFake) -> None:
@@ -602,7 +597,7 @@ def test_a_project_limit_below_the_budget_is_waited_out(
             fake, batch_size=10, concurrency=2, rate_limit={"requests": 1000, "per_seconds": 1}
         )
         root = project(tmp_path, fake, customers(60), mode="upsert", destination=spec)
-        code, summary = run_json(root, capsys)
+        code, summary = run_json(root, capsys, sync="high_ltv")
     assert code == 0 and summary["delivered"] == 60 and fake.counts["429"] > 0, (summary, fake.counts)
 
 
@@ -631,7 +626,7 @@ def test_an_expired_token_stops_the_run_with_the_fix_and_without_the_token(
 ) -> None:
     monkeypatch.setenv("GOOGLE_TOKEN", "ya29.expired-token")
     root = project(tmp_path, google, customers(5))
-    code, summary = run_json(root, capsys)
+    code, summary = run_json(root, capsys, sync="high_ltv")
     assert code == 3 and summary["status"] == "failed", summary
     assert "UNAUTHENTICATED" in summary["error"] and "destination.access_token" in summary["error"]
     assert "print-access-token" in summary["error"] and "ya29.expired-token" not in json.dumps(summary)

@@ -24,7 +24,7 @@ from syncback.errors import (
     SystemicError,
 )
 from syncback.spec import load_project
-from tests.conftest import contacts_rows, write_contacts, write_project
+from tests.conftest import contacts_rows, contacts_sync, run_json, write_contacts, write_project
 from tests.fakes.intercom import TOKEN, IntercomFake
 from tests.integration.sfn_harness import build_stack, mocked_aws, snapshot
 
@@ -54,24 +54,8 @@ def destination(fake: IntercomFake, **extra: Any) -> dict[str, Any]:
 
 
 def project(root: Path, fake: IntercomFake, rows: int = 60, **sync: Any) -> Path:
-    spec = {
-        "name": "contacts",
-        "warehouse": "local",
-        "table": "analytics.contacts",
-        "primary_key": "customer_id",
-        "mode": "mirror",
-        "guards": {"max_delete_pct": 40},
-        "batch_size": 20,
-        "destination": destination(fake),
-        "mapping": MAPPING,
-        **sync,
-    }
+    spec = contacts_sync(destination(fake), MAPPING, **{"batch_size": 20, **sync})
     return write_project(root, spec, contacts_rows(rows))
-
-
-def run_json(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
-    code = main(["--project", str(root), "run", "contacts", "--json"])
-    return code, json.loads(capsys.readouterr().out)
 
 
 def client(fake: IntercomFake, clock: Any = time.time, **extra: Any) -> IntercomDestination:

@@ -28,7 +28,7 @@ from syncback.errors import (
 )
 from syncback.spec import load_project
 from syncback.state import RunRecord
-from tests.conftest import contacts_rows, write_contacts, write_project
+from tests.conftest import contacts_rows, run_json, write_contacts, write_project
 from tests.convergence import Row, World, check_converged, held_emails
 from tests.fakes.mailchimp import KEY, LIST, MailchimpFake
 from tests.integration.sfn_harness import build_stack, mocked_aws, snapshot
@@ -75,11 +75,6 @@ def project(root: Path, fake: MailchimpFake, rows: int = 250, **sync: Any) -> Pa
         **sync,
     }
     return write_project(root, spec, contacts_rows(rows))
-
-
-def run_json(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
-    code = main(["--project", str(root), "run", "contacts", "--json"])
-    return code, json.loads(capsys.readouterr().out)
 
 
 def live(fake: MailchimpFake) -> dict[str, dict[str, Any]]:

@@ -32,7 +32,7 @@ from syncback.errors import (
     SystemicError,
 )
 from syncback.spec import load_project
-from tests.conftest import contacts_rows, write_contacts, write_project
+from tests.conftest import contacts_rows, contacts_sync, run_json, write_contacts, write_project
 from tests.fakes.meta_audience import AUDIENCE, TOKEN, MetaAudienceFake, email_hash, text_hash
 from tests.integration.sfn_harness import build_stack, mocked_aws, snapshot
 from tests.unit.test_audience_hashing import emails
@@ -63,25 +63,10 @@ def destination(fake: MetaAudienceFake, **extra: Any) -> dict[str, Any]:
 def project(
     root: Path, fake: MetaAudienceFake, rows: list[tuple[Any, ...]] | None = None, **sync: Any
 ) -> Path:
-    spec = {
-        "name": "contacts",
-        "warehouse": "local",
-        "table": "analytics.contacts",
-        "primary_key": "customer_id",
-        "mode": "mirror",
-        "guards": {"max_delete_pct": 40},
-        "destination": destination(fake, batch_size=80),
-        "mapping": MAPPING,
-        **sync,
-    }
+    spec = contacts_sync(destination(fake, batch_size=80), MAPPING, **sync)
     if spec.get("table") is None:
         spec.pop("table")
     return write_project(root, spec, contacts_rows(200) if rows is None else rows)
-
-
-def run_json(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
-    code = main(["--project", str(root), "run", "contacts", "--json"])
-    return code, json.loads(capsys.readouterr().out)
 
 
 def client(

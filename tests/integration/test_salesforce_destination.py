@@ -14,7 +14,7 @@ import pytest
 from syncback.cli import main
 from syncback.errors import ConfigError
 from syncback.spec import load_project
-from tests.conftest import contacts_rows, write_contacts, write_project
+from tests.conftest import contacts_rows, contacts_sync, run_json, write_contacts, write_project
 from tests.fakes.salesforce import CLIENT_ID, CLIENT_SECRET, PRIVATE_KEY_PEM, USERNAME, SalesforceFake
 from tests.integration.sfn_harness import build_stack, mocked_aws, snapshot
 
@@ -51,23 +51,8 @@ JWT = {"auth": "jwt_bearer", "client_secret": None, "username": USERNAME, "priva
 
 
 def project(root: Path, fake: SalesforceFake, rows: int = 450, **sync: Any) -> Path:
-    spec = {
-        "name": "contacts",
-        "warehouse": "local",
-        "table": "analytics.contacts",
-        "primary_key": "customer_id",
-        "mode": "mirror",
-        "guards": {"max_delete_pct": 20},
-        "destination": destination(fake),
-        "mapping": MAPPING,
-        **sync,
-    }
+    spec = contacts_sync(destination(fake), MAPPING, **{"guards": {"max_delete_pct": 20}, **sync})
     return write_project(root, spec, contacts_rows(rows))
-
-
-def run_json(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
-    code = main(["--project", str(root), "run", "contacts", "--json"])
-    return code, json.loads(capsys.readouterr().out)
 
 
 def contacts(fake: SalesforceFake) -> dict[str, dict[str, Any]]:

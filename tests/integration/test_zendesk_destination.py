@@ -15,7 +15,7 @@ from syncback.destinations.base import Change, JobFailed
 from syncback.destinations.zendesk.client import ZendeskDestination
 from syncback.errors import ConfigError
 from syncback.spec import load_project
-from tests.conftest import contacts_rows, write_contacts, write_project
+from tests.conftest import contacts_rows, contacts_sync, run_json, write_contacts, write_project
 from tests.fakes.zendesk import EMAIL, TOKEN, ZendeskFake
 from tests.integration.sfn_harness import build_stack, mocked_aws, snapshot
 
@@ -47,23 +47,8 @@ def destination(fake: ZendeskFake, **extra: Any) -> dict[str, Any]:
 
 
 def project(root: Path, fake: ZendeskFake, rows: int = 250, **sync: Any) -> Path:
-    spec = {
-        "name": "contacts",
-        "warehouse": "local",
-        "table": "analytics.contacts",
-        "primary_key": "customer_id",
-        "mode": "mirror",
-        "guards": {"max_delete_pct": 20},
-        "destination": destination(fake),
-        "mapping": MAPPING,
-        **sync,
-    }
+    spec = contacts_sync(destination(fake), MAPPING, **{"guards": {"max_delete_pct": 20}, **sync})
     return write_project(root, spec, contacts_rows(rows))
-
-
-def run_json(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, Any]]:
-    code = main(["--project", str(root), "run", "contacts", "--json"])
-    return code, json.loads(capsys.readouterr().out)
 
 
 def active(fake: ZendeskFake) -> dict[str, dict[str, Any]]:
