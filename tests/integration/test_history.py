@@ -23,7 +23,7 @@ from syncback.history import log_invalid, log_outcomes, log_run
 from syncback.runner import Runtime, deliver_batch, new_run_id, plan_run
 from syncback.sandbox.hubspot import Faults, HubSpotSandbox
 from syncback.secrets import SecretResolver
-from syncback.snapshot import SnapshotTables, outcome_stage, stage_rows
+from syncback.snapshot import SnapshotTables, apply_outcomes, ensure_snapshot, outcome_stage, stage_rows
 from syncback.spec import load_project
 from syncback.state import LocalStateStore, RunRecord
 from syncback.warehouses.duckdb import DuckDBWarehouse
@@ -264,13 +264,15 @@ def test_a_run_stopped_early_stages_its_unsent_batches_within_duckdbs_memory_lim
 
 
 def test_receipts_are_staged_at_the_least_memory_limit_the_spec_allows(tmp_path: Path) -> None:
-    # Given five receipts of 10,000 outcomes and DuckDB at 128 MB: with a thread per core, each
-    # thread's JSON reader took 32 MiB and every commit failed out of memory, whatever its size
+    # Given five receipts of 10,000 audience members (3.4 MB each: their ids are their hashed
+    # identifiers) and DuckDB at 128 MB: with a thread per core, each thread's JSON reading took
+    # 32 MiB and more, and every commit failed out of memory, whatever its size
     receipts = []
     for index in range(5):
         path = tmp_path / f"{index:05}.json"
+        member = f"e={index:064d}|p={0:064d}|a={0:064d},{0:064d},US,"
         outcomes = [
-            [f"{index}-{n}", "delivered", f"id-{index}-{n}", None, True, "upsert", "1", None]
+            [f"{index}-{n}", "delivered", f"{member}{n}", None, True, "upsert", "1", None]
             for n in range(10_000)
         ]
         path.write_text(json.dumps({"outcomes": outcomes}))
@@ -282,6 +284,37 @@ def test_receipts_are_staged_at_the_least_memory_limit_the_spec_allows(tmp_path:
         warehouse.stage_outcome_files(stage, receipts)
         assert warehouse.fetch_all(f"select count(*), count(distinct batch) from {stage}") == [(50_000, 5)]
         assert warehouse.fetch_all("select current_setting('threads')") == [(1,)]
+    finally:
+        warehouse.close()
+
+
+def test_a_commit_of_many_outcomes_against_a_large_snapshot_stays_within_duckdbs_memory_limit(
+    tmp_path: Path,
+) -> None:
+    # Given a snapshot of 3,000,000 rows and 999,000 outcomes (just under the rewrite threshold, so
+    # the commit DELETEs and INSERTs) at the default limit: whether a record's holder had created it
+    # was grouped over the whole snapshot, and the commit failed out of memory (found with a 1%
+    # commit against ten million rows)
+    warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb", memory_limit="256MB")
+    tables = SnapshotTables("syncback", "people")
+    try:
+        ensure_snapshot(warehouse, tables)
+        warehouse.execute(
+            f"insert into {tables.snapshot} select range::varchar, md5(range::varchar), 'id-' || range, "
+            "null, true, false, 1, null, 'r1', now()::timestamp from range(3000000)"
+        )
+        warehouse.execute("checkpoint")
+        stage = outcome_stage(warehouse, tables)
+        warehouse.execute(
+            f"insert into {stage} select (range * 3)::varchar, 'delivered', 'id-' || (range * 3), false, "
+            "'upsert', md5((range + 1)::varchar), null, null, 1, 2, 0 from range(999000)"
+        )
+        # When the outcomes are applied: Then each key has its new hash, and kept its record's created
+        assert apply_outcomes(warehouse, tables, stage, "r2", "", dt.datetime.now(dt.UTC)) == 999_000
+        assert warehouse.fetch_all(
+            f"select count(*), count(*) filter (where created), count(*) filter (where run_id = 'r2') "
+            f"from {tables.snapshot}"
+        ) == [(3_000_000, 3_000_000, 999_000)]
     finally:
         warehouse.close()
 

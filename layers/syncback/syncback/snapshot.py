@@ -169,10 +169,18 @@ def _merge(
         f"case when {put} then coalesce(c.destination_id, s.destination_id) "
         "when c.effect in ('release', 'left') then s.destination_id end"
     )
+    # the record ids the outcomes concern: those they name, those their keys hold now, and those
+    # holding the identifiers of unanswered writes (``holders``)
+    named = (
+        f"select destination_id from {stage} where destination_id is not null union all "
+        f"select destination_id from {snap} where destination_id is not null and (key in "
+        f"(select key from {stage}) or identity in (select identity from {stage} where status = 'unanswered'))"
+    )
     warehouse.create_scratch(fresh, SNAPSHOT_COLUMNS)
-    warehouse.execute("begin")
     try:
-        # the newest outcome of each key, where the snapshot does not hold a newer version
+        # what the snapshot becomes is worked out before the transaction (DuckDB holds a
+        # transaction's work in memory, and these read the most): the newest outcome of each key,
+        # where the snapshot does not hold a newer version
         warehouse.execute(
             f"insert into {fresh} select c.key, "
             f"case when {put} then c.row_hash end, "
@@ -186,10 +194,14 @@ def _merge(
             f"{literal(target)}, ?, cast(? as timestamp) "
             f"from (select *, row_number() over (partition by key order by seq desc) as sb_rank from {effects} e "
             "where e.effect is not null) c "
-            f"left join {snap} s on s.key = c.key and {same_target('s', target)} "
-            # whether any holder of the record's id (this key or another) had created it
+            # the snapshot rows of the outcomes' keys only: a join against all of it held too much
+            f"left join (select * from {snap} s where key in (select key from {stage}) "
+            f"and {same_target('s', target)}) s on s.key = c.key "
+            # whether any holder of the record's id (this key or another) had created it: looked up
+            # for the ids the outcomes name, not grouped over the whole snapshot (ten million groups
+            # did not fit in DuckDB's memory when a 1% commit met a 10M snapshot)
             f"left join (select destination_id, max(case when created then 1 else 0 end) as created from {snap} "
-            "where destination_id is not null group by destination_id) h "
+            f"where destination_id in ({named}) group by destination_id) h "
             f"on h.destination_id = coalesce(c.destination_id, s.destination_id) and {put} "
             "where c.sb_rank = 1 and (s.key is null or s.version is null or s.version <= c.version)",
             [run_id, stamp],
@@ -203,31 +215,33 @@ def _merge(
             f"order by removed, version desc, key) as n from {fresh} where destination_id is not null) d "
             "where d.n > 1)"
         )
-        # a key whose record another key now holds loses it (and the identifier it held there),
-        # and is sent again next run
-        warehouse.execute(
-            f"update {snap} set destination_id = null, row_hash = null, identity = null, created = false "
-            f"where destination_id in (select destination_id from {fresh} where destination_id is not null) "
-            f"and key not in (select key from {fresh})"
-        )
         changed = int(warehouse.fetch_all(f"select count(*) from {fresh}")[0][0])
-        names = ", ".join(column.split()[0] for column in SNAPSHOT_COLUMNS.split(", "))
-        rewrite = warehouse.dialect.rewrite_from_rows
-        if rewrite is not None and changed >= rewrite:
-            # the snapshot written anew: its rows the outcomes leave alone, then the outcomes' rows
-            warehouse.create_scratch_as(
-                following,
-                f"select {names} from {snap} s where not exists (select 1 from {fresh} f where f.key = s.key) "
-                f"union all select {names} from {fresh}",
+        warehouse.execute("begin")
+        try:
+            # a key whose record another key now holds loses it (and the identifier it held there),
+            # and is sent again next run
+            warehouse.execute(
+                f"update {snap} set destination_id = null, row_hash = null, identity = null, created = false "
+                f"where destination_id in (select destination_id from {fresh} where destination_id is not null) "
+                f"and key not in (select key from {fresh})"
             )
-            swap_in(warehouse, tables, following)
-        else:
-            warehouse.execute(f"delete from {snap} where key in (select key from {fresh})")
-            warehouse.execute(f"insert into {snap} ({names}) select {names} from {fresh}")
-        warehouse.execute("commit")
-    except BaseException:
-        warehouse.execute("rollback")
-        raise
+            names = ", ".join(column.split()[0] for column in SNAPSHOT_COLUMNS.split(", "))
+            rewrite = warehouse.dialect.rewrite_from_rows
+            if rewrite is not None and changed >= rewrite:
+                # the snapshot written anew: its rows the outcomes leave alone, then the outcomes' rows
+                warehouse.create_scratch_as(
+                    following,
+                    f"select {names} from {snap} s where not exists (select 1 from {fresh} f where f.key = s.key) "
+                    f"union all select {names} from {fresh}",
+                )
+                swap_in(warehouse, tables, following)
+            else:
+                warehouse.execute(f"delete from {snap} where key in (select key from {fresh})")
+                warehouse.execute(f"insert into {snap} ({names}) select {names} from {fresh}")
+            warehouse.execute("commit")
+        except BaseException:
+            warehouse.execute("rollback")
+            raise
     finally:
         warehouse.execute(f"drop table if exists {fresh}")
         warehouse.execute(f"drop table if exists {following}")
