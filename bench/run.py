@@ -62,10 +62,16 @@ def scale_rows(c: dict[str, Any]) -> list[Row]:
         (f"{what}: commit time", f"{first['commit_s']:.1f} s", "≤ 60 s", met(first["commit_s"] <= 60)),
         (f"{what}: deliver time (not a target) ⁵", f"{first['deliver_s']:.0f} s", "—", "—"),
         (
-            f"{big} rows, {c['changed']:,} changed (1%): plan time / peak RSS",
-            f"{c['one_percent']['plan_s']:.1f} s / {c['one_percent']['peak_mb']:.0f} MB",
+            f"{big} rows, {c['changed']:,} changed (1%): plan time / peak RSS (plan, deliver, commit)",
+            f"{c['one_percent']['plan_s']:.1f} s / {c['one_percent']['peak_mb']:.0f} MB ({steps(c['one_percent'])})",
             "≤ 10 s / ≤ 512 MB",
             met(c["one_percent"]["plan_s"] <= 10 and c["one_percent"]["peak_mb"] <= 512),
+        ),
+        (
+            f"{big} rows, 1% changed: commit time (not a target)",
+            f"{c['one_percent']['commit_s']:.1f} s",
+            "—",
+            "—",
         ),
         (
             f"peak RSS, first sync of {small} vs {big} rows",

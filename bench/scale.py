@@ -1,4 +1,4 @@
-"""Scale: a first sync of 10,000,000 rows to a no-op webhook receiver, a 1%-changed plan, memory at
+"""Scale: a first sync of 10,000,000 rows to a no-op webhook receiver, a 1%-changed sync, memory at
 1M against 10M rows, and a run cut off halfway followed by one that continues.
 
 Every syncback step runs in a child process of its own, so each peak RSS (VmHWM) is that step's
@@ -166,7 +166,7 @@ def measure() -> dict[str, Any]:
     result["first"]["received"] = server.records
     changed, _ = change(big / "warehouse.duckdb", every=100, remove=0)
     result["changed"] = changed
-    result["one_percent"] = step(big, "plan")
+    result["one_percent"] = step(big, "sync")
 
     small = project("scale_small", SMALL, url)
     result["small_first"] = step(small, "sync")

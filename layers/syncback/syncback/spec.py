@@ -34,6 +34,8 @@ _CRON = re.compile(r"^cron\(([^()]+)\)$")
 
 #: the least ``memory_limit`` a DuckDB warehouse may have: one thread's readers fit in it
 MIN_DUCKDB_MB = 128
+#: the default: two threads' worth (``MB_PER_THREAD`` in ``warehouses/duckdb.py``)
+DEFAULT_DUCKDB_MEMORY = "256MB"
 _UNITS = {"KB": 1 / 1000, "MB": 1, "GB": 1000, "TB": 1000_000}
 
 
@@ -56,11 +58,11 @@ class DuckDBWarehouseConfig(Strict):
         description="how long a run waits while another process holds the file (one writer at a time)",
     )
     memory_limit: str = Field(
-        "256MB",
+        DEFAULT_DUCKDB_MEMORY,
         pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB)$",
         description=(
             "how much memory DuckDB may use; beyond it, it spills to <file>.tmp/ (a plan of any size "
-            f"fits). At least {MIN_DUCKDB_MB}MB; DuckDB uses a thread per 96MB of it, up to one per core"
+            f"fits). At least {MIN_DUCKDB_MB}MB; DuckDB uses a thread per 128MB of it, up to one per core"
         ),
     )
 
@@ -69,8 +71,8 @@ class DuckDBWarehouseConfig(Strict):
     def _enough_memory(cls, value: str) -> str:
         if megabytes(value) < MIN_DUCKDB_MB:
             raise ValueError(
-                f"{value} is too little: reading a run's receipts alone needs about 96MB; "
-                f"give at least {MIN_DUCKDB_MB}MB (the default is 256MB)"
+                f"{value} is too little: reading a run's receipts alone needs about 100MB; "
+                f"give at least {MIN_DUCKDB_MB}MB (the default is {DEFAULT_DUCKDB_MEMORY})"
             )
         return value
 

@@ -1,5 +1,6 @@
 """What every HTTP destination does the same way: sending (every failure to get an answer classified
-here, and nowhere else), Retry-After, JSON bodies that may not be, and naming a URL safely."""
+here, and nowhere else), Retry-After and announced rate-limit resets, strict JSON out, JSON bodies
+in that may not be, and naming a URL safely."""
 
 from __future__ import annotations
 
@@ -110,6 +111,7 @@ class AnnouncedReset:
 
     @staticmethod
     def reset(response: requests.Response) -> float | None:
+        """Return an answer's ``X-RateLimit-Reset`` (epoch seconds), or None."""
         try:
             value = float(response.headers.get("X-RateLimit-Reset", ""))
         except ValueError:

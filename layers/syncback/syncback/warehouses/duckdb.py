@@ -14,14 +14,15 @@ from typing import Any
 import duckdb
 
 from syncback.errors import ModelError, WarehouseUnavailable
-from syncback.spec import megabytes
+from syncback.spec import DEFAULT_DUCKDB_MEMORY, megabytes
 from syncback.warehouses.dialect import Dialect, DuckDBDialect
 
 #: how long a run waits for a DuckDB file another process holds (one writer process at a time)
 LOCK_WAIT_S = 30.0
-#: memory a DuckDB thread needs beyond the rest: a JSON reader's buffer alone is 32 MiB, and with a
-#: thread per core a low limit failed every commit (its receipts are read by one statement)
-MB_PER_THREAD = 96
+#: memory a DuckDB thread needs: reading receipts, a thread's JSON buffers alone take 32 MiB or more
+#: (receipts of 10,000 audience members, 3.4 MB each, took about 90 MB a thread); with a thread
+#: per core a low limit failed every commit, whatever its size
+MB_PER_THREAD = 128
 _HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
 
 
@@ -37,7 +38,7 @@ class DuckDBWarehouse:
     dialect: Dialect = DuckDBDialect()
 
     def __init__(
-        self, path: Path | str, lock_wait_s: float = LOCK_WAIT_S, memory_limit: str = "256MB"
+        self, path: Path | str, lock_wait_s: float = LOCK_WAIT_S, memory_limit: str = DEFAULT_DUCKDB_MEMORY
     ) -> None:
         self.path = str(path)
         self._con = self._connect(lock_wait_s)
