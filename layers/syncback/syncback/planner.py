@@ -558,7 +558,12 @@ class Planner:
                 # record holds its old identifier now or another row takes it
                 back = f"not p.sb_live and o.identity is null and not {wanted}"
                 moved = f"coalesce(p.s_dest is not null and p.s_ident <> p.sb_ident and (p.sb_live or {back}), false)"
-                joins += f"left join (select distinct identity from {snap} s where {live}) o on o.identity = p.s_ident "
+                # (looked up for the identifiers of rows coming back only: few, where the snapshot has millions)
+                back_idents = f"select s_ident from {table} where sb_write and not sb_live"
+                joins += (
+                    f"left join (select distinct identity from {snap} s where {live} "
+                    f"and identity in ({back_idents})) o on o.identity = p.s_ident "
+                )
                 phase, release = f"case when {wait} or {moved} then 2 else 1 end", moved
             elif not kind_of(self.sync).releases:
                 # the identifier cannot be emptied (it is the record: an audience member is its
