@@ -32,10 +32,14 @@ _CRON = re.compile(r"^cron\(([^()]+)\)$")
 
 # ---- project config ---------------------------------------------------------------------------
 
-#: the least ``memory_limit`` a DuckDB warehouse may have: one thread's readers fit in it
-MIN_DUCKDB_MB = 128
-#: the default: two threads' worth (``MB_PER_THREAD`` in ``warehouses/duckdb.py``)
-DEFAULT_DUCKDB_MEMORY = "256MB"
+#: memory a DuckDB thread needs: reading receipts, a thread's JSON buffers alone take 32 MiB or more
+#: (receipts of 10,000 audience members, 3.4 MB each, took about 90 MB a thread); with a thread
+#: per core a low limit failed every commit, whatever its size
+MB_PER_THREAD = 128
+#: the least ``memory_limit`` a DuckDB warehouse may have: one thread's worth
+MIN_DUCKDB_MB = MB_PER_THREAD
+#: the default: two threads' worth
+DEFAULT_DUCKDB_MEMORY = f"{2 * MB_PER_THREAD}MB"
 _UNITS = {"KB": 1 / 1000, "MB": 1, "GB": 1000, "TB": 1000_000}
 
 
@@ -62,7 +66,7 @@ class DuckDBWarehouseConfig(Strict):
         pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB)$",
         description=(
             "how much memory DuckDB may use; beyond it, it spills to <file>.tmp/ (a plan of any size "
-            f"fits). At least {MIN_DUCKDB_MB}MB; DuckDB uses a thread per 128MB of it, up to one per core"
+            f"fits). At least {MIN_DUCKDB_MB}MB; DuckDB uses a thread per {MB_PER_THREAD}MB of it, up to one per core"
         ),
     )
 

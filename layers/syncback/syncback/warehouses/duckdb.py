@@ -14,15 +14,11 @@ from typing import Any
 import duckdb
 
 from syncback.errors import ModelError, WarehouseUnavailable
-from syncback.spec import DEFAULT_DUCKDB_MEMORY, megabytes
+from syncback.spec import DEFAULT_DUCKDB_MEMORY, MB_PER_THREAD, megabytes
 from syncback.warehouses.dialect import Dialect, DuckDBDialect
 
 #: how long a run waits for a DuckDB file another process holds (one writer process at a time)
 LOCK_WAIT_S = 30.0
-#: memory a DuckDB thread needs: reading receipts, a thread's JSON buffers alone take 32 MiB or more
-#: (receipts of 10,000 audience members, 3.4 MB each, took about 90 MB a thread); with a thread
-#: per core a low limit failed every commit, whatever its size
-MB_PER_THREAD = 128
 _HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
 
 
