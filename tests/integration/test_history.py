@@ -24,7 +24,7 @@ from syncback.runner import Runtime, deliver_batch, new_run_id, plan_run
 from syncback.sandbox.hubspot import Faults, HubSpotSandbox
 from syncback.secrets import SecretResolver
 from syncback.snapshot import SnapshotTables, apply_outcomes, ensure_snapshot, outcome_stage, stage_rows
-from syncback.spec import load_project
+from syncback.spec import MIN_DUCKDB_MB, load_project
 from syncback.state import LocalStateStore, RunRecord
 from syncback.warehouses.duckdb import DuckDBWarehouse
 from syncback.warehouses.snowflake import SnowflakeWarehouse
@@ -315,6 +315,34 @@ def test_a_commit_of_many_outcomes_against_a_large_snapshot_stays_within_duckdbs
             f"select count(*), count(*) filter (where created), count(*) filter (where run_id = 'r2') "
             f"from {tables.snapshot}"
         ) == [(3_000_000, 3_000_000, 999_000)]
+    finally:
+        warehouse.close()
+
+
+def test_a_continuation_commit_at_the_least_memory_limit_does_not_run_out_of_memory(tmp_path: Path) -> None:
+    # Given the snapshot a run cut off halfway left (500,000 webhook records, each with its id) and
+    # the other half's outcomes, at the least limit (one thread): DuckDB ran out of memory writing
+    # the commit's one statement that ranked, joined and looked up at once (found by the bench's
+    # continued run at 192MB)
+    warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb", memory_limit=f"{MIN_DUCKDB_MB}MB")
+    tables = SnapshotTables("syncback", "people")
+    try:
+        ensure_snapshot(warehouse, tables)
+        warehouse.execute(
+            f"insert into {tables.snapshot} select range::varchar, md5(range::varchar), range::varchar, "
+            "null, true, false, 1, 'hook', 'r1', now()::timestamp from range(500000)"
+        )
+        warehouse.execute("checkpoint")
+        stage = outcome_stage(warehouse, tables)
+        warehouse.execute(
+            f"insert into {stage} select (range + 500000)::varchar, 'delivered', (range + 500000)::varchar, "
+            "true, 'upsert', md5(range::varchar), null, null, range // 1000, 2, range // 1000 from range(500000)"
+        )
+        # When they are applied: Then the snapshot holds both halves, the new one from this run
+        assert apply_outcomes(warehouse, tables, stage, "r2", "hook", dt.datetime.now(dt.UTC)) == 500_000
+        assert warehouse.fetch_all(
+            f"select count(*), count(*) filter (where run_id = 'r2' and created) from {tables.snapshot}"
+        ) == [(1_000_000, 500_000)]
     finally:
         warehouse.close()
 

@@ -143,7 +143,7 @@ def apply_outcomes(
 def _merge(
     warehouse: Warehouse, tables: SnapshotTables, stage: str, run_id: str, target: str, now: dt.datetime
 ) -> int:
-    snap, fresh, following = tables.snapshot, f"{stage}_next", f"{stage}_snapshot"
+    snap, newest, fresh, following = tables.snapshot, f"{stage}_newest", f"{stage}_next", f"{stage}_snapshot"
     stamp = now.astimezone(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
     # the record an unanswered write by identifier went to: the one another key holds it on, unless
     # that key gave it up (or had its record archived) in this run, answered or not
@@ -179,8 +179,15 @@ def _merge(
     warehouse.create_scratch(fresh, SNAPSHOT_COLUMNS)
     try:
         # what the snapshot becomes is worked out before the transaction (DuckDB holds a
-        # transaction's work in memory, and these read the most): the newest outcome of each key,
-        # where the snapshot does not hold a newer version
+        # transaction's work in memory, and these read the most), a step a statement (DuckDB ran
+        # out of memory writing one statement's result while it held every step's hash tables):
+        # first the newest outcome of each key
+        warehouse.create_scratch_as(
+            newest,
+            f"select * from {effects} e where e.effect is not null "
+            "qualify row_number() over (partition by key order by seq desc) = 1",
+        )
+        # then what it makes of the key's snapshot row, unless that row holds a newer version
         warehouse.execute(
             f"insert into {fresh} select c.key, "
             f"case when {put} then c.row_hash end, "
@@ -192,8 +199,7 @@ def _merge(
             "c.effect in ('gone', 'left'), "
             "case when c.effect = 'release' then coalesce(s.version, c.version) else c.version end, "
             f"{literal(target)}, ?, cast(? as timestamp) "
-            f"from (select *, row_number() over (partition by key order by seq desc) as sb_rank from {effects} e "
-            "where e.effect is not null) c "
+            f"from {newest} c "
             # the snapshot rows of the outcomes' keys only: a join against all of it held too much
             f"left join (select * from {snap} s where key in (select key from {stage}) "
             f"and {same_target('s', target)}) s on s.key = c.key "
@@ -203,7 +209,7 @@ def _merge(
             f"left join (select destination_id, max(case when created then 1 else 0 end) as created from {snap} "
             f"where destination_id in ({named}) group by destination_id) h "
             f"on h.destination_id = coalesce(c.destination_id, s.destination_id) and {put} "
-            "where c.sb_rank = 1 and (s.key is null or s.version is null or s.version <= c.version)",
+            "where s.key is null or s.version is null or s.version <= c.version",
             [run_id, stamp],
         )
         # two outcomes naming one record: a row in the model keeps it over one that left (a row
@@ -243,8 +249,8 @@ def _merge(
             warehouse.execute("rollback")
             raise
     finally:
-        warehouse.execute(f"drop table if exists {fresh}")
-        warehouse.execute(f"drop table if exists {following}")
+        for table in (newest, fresh, following):
+            warehouse.execute(f"drop table if exists {table}")
     return changed
 
 
