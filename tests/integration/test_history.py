@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from syncback.runner import Runtime, deliver_batch, new_run_id, plan_run
 from syncback.sandbox.hubspot import Faults, HubSpotSandbox
 from syncback.secrets import SecretResolver
 from syncback.snapshot import SnapshotTables, apply_outcomes, ensure_snapshot, outcome_stage, stage_rows
-from syncback.spec import MIN_DUCKDB_MB, load_project
+from syncback.spec import DEFAULT_DUCKDB_MEMORY, MIN_DUCKDB_MB, load_project
 from syncback.state import LocalStateStore, RunRecord
 from syncback.warehouses.duckdb import DuckDBWarehouse
 from syncback.warehouses.snowflake import SnowflakeWarehouse
@@ -228,7 +229,7 @@ def test_the_logs_are_written_in_snowflake_sql() -> None:
 
 def test_a_run_stopped_early_stages_its_unsent_batches_within_duckdbs_memory_limit(tmp_path: Path) -> None:
     # Given a run that stopped before sending any of its 60 batches of 10,000 changes (150 MB of
-    # batch files) under DuckDB's default limit of 256 MB: found with 10M rows, where reading every
+    # batch files) under DuckDB's default limit: found with 10M rows, where reading every
     # file in one join held them all in memory and the commit failed
     record = {
         "email": "customer1@example.com",
@@ -250,7 +251,7 @@ def test_a_run_stopped_early_stages_its_unsent_batches_within_duckdbs_memory_lim
         ]
         path.write_text(json.dumps({"changes": changes}))
         batches.append((path, 1 + index % 2, 7, index))
-    warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb", memory_limit="256MB")
+    warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb", memory_limit=DEFAULT_DUCKDB_MEMORY)
     try:
         stage = outcome_stage(warehouse, SnapshotTables("syncback", "people"))
         # When the commit stages them
@@ -263,10 +264,15 @@ def test_a_run_stopped_early_stages_its_unsent_batches_within_duckdbs_memory_lim
         warehouse.close()
 
 
-def test_receipts_are_staged_at_the_least_memory_limit_the_spec_allows(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("limit", "threads"), [(f"{MIN_DUCKDB_MB}MB", 1), (DEFAULT_DUCKDB_MEMORY, 2)])
+def test_receipts_are_staged_at_the_least_and_the_default_memory_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: str, threads: int
+) -> None:
     # Given five receipts of 10,000 audience members (3.4 MB each: their ids are their hashed
-    # identifiers) and DuckDB at 128 MB: with a thread per core, each thread's JSON reading took
-    # 32 MiB and more, and every commit failed out of memory, whatever its size
+    # identifiers), at the least limit and at the default on two cores: with a thread per core each
+    # thread's JSON reading took 32 MiB and more, and every commit failed out of memory, whatever
+    # its size; at the default, two threads reading these failed too
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     receipts = []
     for index in range(5):
         path = tmp_path / f"{index:05}.json"
@@ -277,13 +283,14 @@ def test_receipts_are_staged_at_the_least_memory_limit_the_spec_allows(tmp_path:
         ]
         path.write_text(json.dumps({"outcomes": outcomes}))
         receipts.append((path, 1, 7, index))
-    warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb", memory_limit="128MB")
+    warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb", memory_limit=limit)
     try:
         stage = outcome_stage(warehouse, SnapshotTables("syncback", "people"))
-        # When the commit stages them: Then all are staged, DuckDB working on one thread
+        # When the commit stages them: Then all are staged (DuckDB reading them on one thread), and
+        # DuckDB has its threads back for what follows
         warehouse.stage_outcome_files(stage, receipts)
         assert warehouse.fetch_all(f"select count(*), count(distinct batch) from {stage}") == [(50_000, 5)]
-        assert warehouse.fetch_all("select current_setting('threads')") == [(1,)]
+        assert warehouse.fetch_all("select current_setting('threads')") == [(threads,)]
     finally:
         warehouse.close()
 

@@ -124,16 +124,16 @@ def test_a_duckdb_memory_limit_too_small_for_its_readers_is_refused_naming_the_l
 @pytest.mark.parametrize(
     ("limit", "cores", "threads"),
     [
-        ("256MB", 2, 2),
+        ("192MB", 2, 2),
+        ("192MB", 8, 2),
         ("256MB", 8, 2),
-        ("192MB", 8, 1),
         ("128MB", 8, 1),
         ("1GB", 4, 4),
-        ("1.5 GB", 16, 11),
+        ("1.5 GB", 32, 15),
         ("300MB", 1, 1),
     ],
 )
-def test_duckdb_gets_a_thread_per_128mb_of_its_limit_up_to_one_per_core(
+def test_duckdb_gets_a_thread_per_96mb_of_its_limit_up_to_one_per_core(
     limit: str, cores: int, threads: int
 ) -> None:
     assert threads_for(limit, cores) == threads

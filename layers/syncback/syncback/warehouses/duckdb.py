@@ -8,13 +8,14 @@ import re
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from syncback.errors import ModelError, WarehouseUnavailable
-from syncback.spec import DEFAULT_DUCKDB_MEMORY, MB_PER_THREAD, megabytes
+from syncback.spec import DEFAULT_DUCKDB_MEMORY, MB_PER_READER, MB_PER_THREAD, megabytes
 from syncback.warehouses.dialect import Dialect, DuckDBDialect
 
 #: how long a run waits for a DuckDB file another process holds (one writer process at a time)
@@ -22,10 +23,10 @@ LOCK_WAIT_S = 30.0
 _HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID (\d+)\)")
 
 
-def threads_for(memory_limit: str, cores: int | None = None) -> int:
-    """Return how many threads DuckDB may use within ``memory_limit``: one per ``MB_PER_THREAD``,
+def threads_for(memory_limit: str, cores: int | None = None, per_thread: int = MB_PER_THREAD) -> int:
+    """Return how many threads DuckDB may use within ``memory_limit``: one per ``per_thread`` MB,
     at least one, at most one per core."""
-    return max(1, min(cores or os.cpu_count() or 1, int(megabytes(memory_limit) // MB_PER_THREAD)))
+    return max(1, min(cores or os.cpu_count() or 1, int(megabytes(memory_limit) // per_thread)))
 
 
 class DuckDBWarehouse:
@@ -39,9 +40,9 @@ class DuckDBWarehouse:
         self.path = str(path)
         self._con = self._connect(lock_wait_s)
         # memory stays flat in the model's size: beyond the limit DuckDB spills to <file>.tmp/
-        self.memory_limit = memory_limit
+        self.memory_limit, self.threads = memory_limit, threads_for(memory_limit)
         self._run(f"set memory_limit = '{memory_limit}'", ())
-        self._run(f"set threads = {threads_for(memory_limit)}", ())
+        self._run(f"set threads = {self.threads}", ())
         self._run("set preserve_insertion_order = false", ())
         # what a timestamp with time zone reads as must not depend on the machine: UTC, always
         self._run("set TimeZone = 'UTC'", ())
@@ -124,23 +125,22 @@ class DuckDBWarehouse:
         # each file's numbers are looked up by its name, one file at a time: a join would let DuckDB
         # hold every file's items in its hash table, and a large run's would not fit in memory
         at = "[list_position(?, filename)]"
-        self._run(
+        sql = (
             f"insert into {table} select {row}, seq, version, batch from (select unnest({array}) as {item}, "
             f"cast(? as integer[]){at} as seq, cast(? as bigint[]){at} as version, "
             f"cast(? as integer[]){at} as batch from read_json(?, columns={{'{array}': 'JSON[]'}}, "
-            "filename=true, maximum_object_size=?))",
-            [
-                *params,
-                [seq for _, seq, _, _ in files],
-                paths,
-                [version for _, _, version, _ in files],
-                paths,
-                [batch for _, _, _, batch in files],
-                paths,
-                paths,
-                largest + 1,
-            ],
+            "filename=true, maximum_object_size=?))"
         )
+        numbers = [
+            [seq for _, seq, _, _ in files],
+            paths,
+            [version for _, _, version, _ in files],
+            paths,
+            [batch for _, _, _, batch in files],
+            paths,
+        ]
+        with self._reading_json():
+            self._run(sql, [*params, *numbers, paths, largest + 1])
 
     def stage_unsent_files(
         self, table: str, batches: Sequence[tuple[Path, int, int, int]], reason: str
@@ -168,13 +168,24 @@ class DuckDBWarehouse:
                     out.write("\n")
             spec = ", ".join(f"'{c}': 'VARCHAR'" for c in columns)
             cols = ", ".join(columns)
-            self._run(
-                f"insert into {table} ({cols}) select {cols} from "
-                f"read_json(?, format='newline_delimited', columns={{{spec}}})",
-                [path],
-            )
+            with self._reading_json():
+                self._run(
+                    f"insert into {table} ({cols}) select {cols} from "
+                    f"read_json(?, format='newline_delimited', columns={{{spec}}})",
+                    [path],
+                )
         finally:
             os.unlink(path)
+
+    @contextmanager
+    def _reading_json(self) -> Iterator[None]:
+        """Run what is within on the threads reading JSON may have: it takes more memory a thread
+        (``MB_PER_READER``) than the other statements."""
+        self._run(f"set threads = {threads_for(self.memory_limit, per_thread=MB_PER_READER)}", ())
+        try:
+            yield
+        finally:
+            self._run(f"set threads = {self.threads}", ())
 
     def release_memory(self) -> None:
         # DuckDB keeps the blocks it read cached up to its limit; a lower limit evicts them, and
