@@ -143,12 +143,8 @@ def apply_outcomes(
 def _merge(
     warehouse: Warehouse, tables: SnapshotTables, stage: str, run_id: str, target: str, now: dt.datetime
 ) -> int:
-    snap, repeated, fresh, following = (
-        tables.snapshot,
-        f"{stage}_repeated",
-        f"{stage}_next",
-        f"{stage}_snapshot",
-    )
+    snap, fresh, following = tables.snapshot, f"{stage}_next", f"{stage}_snapshot"
+    repeated, newest = f"{stage}_repeated", f"{stage}_newest"
     stamp = now.astimezone(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
     # the record an unanswered write by identifier went to: the one another key holds it on, unless
     # that key gave it up (or had its record archived) in this run, answered or not
@@ -184,19 +180,16 @@ def _merge(
     warehouse.create_scratch(fresh, SNAPSHOT_COLUMNS)
     try:
         # what the snapshot becomes is worked out before the transaction (DuckDB holds a
-        # transaction's work in memory, and these read the most): first the newest outcome of each
-        # key with more than one (a move's release and write), ranked in a statement of its own
-        # (ranking in the statement below ran out of memory on one thread, and ranking every key
-        # took a 10M-row commit 13 s more)
+        # transaction's work in memory, and these read the most), a step a statement: one statement
+        # ranking, joining and writing at once ran out of memory at 192MB. First the newest outcome
+        # of each key: only keys with more than one (a move's release and write) are ranked
+        # (ranking every key took a 10M-row commit 13 s more)
+        warehouse.create_scratch_as(repeated, f"select key from {stage} group by key having count(*) > 1")
         warehouse.create_scratch_as(
-            repeated,
-            f"select * from {effects} e where e.effect is not null and key in "
-            f"(select key from {stage} group by key having count(*) > 1) "
+            newest,
+            f"select * from {effects} e where e.effect is not null and key not in (select key from {repeated}) "
+            f"union all select * from {effects} e where e.effect is not null and key in (select key from {repeated}) "
             "qualify row_number() over (partition by key order by seq desc) = 1",
-        )
-        newest = (
-            f"(select * from {effects} e where e.effect is not null and key not in (select key from {repeated}) "
-            f"union all select * from {repeated})"
         )
         # then what it makes of the key's snapshot row, unless that row holds a newer version
         warehouse.execute(
@@ -260,7 +253,7 @@ def _merge(
             warehouse.execute("rollback")
             raise
     finally:
-        for table in (repeated, fresh, following):
+        for table in (repeated, newest, fresh, following):
             warehouse.execute(f"drop table if exists {table}")
     return changed
 
