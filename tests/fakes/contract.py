@@ -39,6 +39,9 @@ class Fake:
     #: the generic fields the destination keeps and shows back (None: every field a suite maps); an
     #: audience keeps only its members' identifiers: the view maps no other, ``stored`` says None
     holds: ClassVar[frozenset[str] | None] = None
+    #: how many rows the fault suite sends through it: fewer where a record is a request of its own
+    #: and an injected 429 holds every deliverer until the next whole second
+    fault_rows: ClassVar[int] = 1_200
 
     def __enter__(self) -> Fake:
         return self

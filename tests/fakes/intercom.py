@@ -47,6 +47,8 @@ class IntercomFake(LoopbackServer, Knobs):
     env = {"CONTRACT_INTERCOM_TOKEN": TOKEN}
     by_hand = True
     identify_by = "external_id"
+    # a request a contact, and a 429's reset is the next whole second: 1,200 rows took two minutes
+    fault_rows = 400
 
     def __init__(self, requests_per_window: int | None = None, window_s: float = 1.0) -> None:
         self.window = FixedWindow(requests_per_window, window_s, shown=1_666)

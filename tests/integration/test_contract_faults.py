@@ -20,7 +20,6 @@ from syncback.state import LocalStateStore, RunRecord
 from tests.conftest import contacts_rows, write_contacts, write_project
 from tests.fakes.contract import Fake
 
-ROWS = 1_200
 PATIENT = RetryPolicy(attempts=10, base_s=0.01, cap_s=0.2)
 GENERIC = {
     "email": "email",
@@ -72,8 +71,8 @@ def assert_holds(fake: Fake, rows: list[tuple[Any, ...]], refused: set[int]) -> 
 
 
 def test_faults_lose_nothing_duplicate_nothing_and_converge(tmp_path: Path, fake: Fake) -> None:
-    rows = contacts_rows(ROWS)
-    refused = random.Random(5).sample(rows, ROWS * 2 // 100)
+    rows = contacts_rows(fake.fault_rows)
+    refused = random.Random(5).sample(rows, fake.fault_rows * 2 // 100)
     refused_keys = {row[0] for row in refused}
     rt = runtime(tmp_path, fake, rows)
     # seed 28: two of the first four requests meet a fault, however few requests a destination needs
@@ -85,7 +84,7 @@ def test_faults_lose_nothing_duplicate_nothing_and_converge(tmp_path: Path, fake
 
     # Then the counts add up, exactly the refused records are dead letters, the rest arrived once
     assert record.status == "partial", record.error
-    assert record.planned["added"] == ROWS == record.delivered + record.rejected + record.skipped
+    assert record.planned["added"] == len(rows) == record.delivered + record.rejected + record.skipped
     assert {int(d.key) for d in rt.state.dead_letters("contacts")} == refused_keys
     assert_holds(fake, rows, refused_keys)
     assert fake.injected() > 0, "the faults were really injected"
@@ -96,7 +95,7 @@ def test_faults_lose_nothing_duplicate_nothing_and_converge(tmp_path: Path, fake
     second = run_sync(rt, "contacts")
     assert second.planned["added"] == len(refused) and second.delivered == len(refused)
     assert rt.state.dead_letters("contacts") == []
-    assert run_sync(rt, "contacts").planned["unchanged"] == ROWS
+    assert run_sync(rt, "contacts").planned["unchanged"] == len(rows)
     assert_holds(fake, rows, set())
 
 
