@@ -15,9 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from syncback.spec import DEFAULT_DUCKDB_MEMORY
+
 BENCH = Path(__file__).resolve().parent
 HUBSPOT_REQUESTS_PER_S = 19  # Professional / Enterprise: 190 requests per rolling 10 s
 Row = tuple[str, str, str, str]
+
+
+#: the memory_limit the scale rows ran at (``bench/scale.py``)
+SCALE_LIMIT = os.environ.get("SCALE_MEMORY_LIMIT") or DEFAULT_DUCKDB_MEMORY
 
 
 def measure(name: str) -> dict[str, Any]:
@@ -221,10 +227,9 @@ def footnotes(o: dict[str, Any], lim: dict[str, Any], s: dict[str, Any], v: dict
    for HubSpot, which would double its times. drt's 409s on the second sync: {v["second"]["drt"]["errors"]:,}.
 5. Each run of the scale rows (plan, deliver, commit) runs in a process of its own; its peak RSS
    is the highest VmHWM of its steps, each reset before the step (`/proc/self/clear_refs`) and
-   shown in brackets in MB. DuckDB may use 256 MB (`memory_limit`), beyond which it spills; a run
-   of 1,000,000 rows need not reach that, one of 10,000,000 does. The receiver, in the bench's
-   process, reads every body and answers 200. Deliver time is the webhook client's (JSON in and
-   out, requests) with 2 threads on this 2-core machine.
+   shown in brackets in MB. DuckDB may use {SCALE_LIMIT} (`memory_limit`), beyond which it spills. The
+   receiver, in the bench's process, reads every body and answers 200. Deliver time is the
+   webhook client's (JSON in and out, requests) with 2 threads on this 2-core machine.
 """
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -302,28 +303,20 @@ def test_a_commit_of_many_outcomes_against_a_large_snapshot_stays_within_duckdbs
     # the commit DELETEs and INSERTs) at the default limit: whether a record's holder had created it
     # was grouped over the whole snapshot, and the commit failed out of memory (found with a 1%
     # commit against ten million rows)
-    warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb", memory_limit="256MB")
-    tables = SnapshotTables("syncback", "people")
-    try:
-        ensure_snapshot(warehouse, tables)
-        warehouse.execute(
-            f"insert into {tables.snapshot} select range::varchar, md5(range::varchar), 'id-' || range, "
-            "null, true, false, 1, null, 'r1', now()::timestamp from range(3000000)"
-        )
-        warehouse.execute("checkpoint")
-        stage = outcome_stage(warehouse, tables)
-        warehouse.execute(
-            f"insert into {stage} select (range * 3)::varchar, 'delivered', 'id-' || (range * 3), false, "
-            "'upsert', md5((range + 1)::varchar), null, null, 1, 2, 0 from range(999000)"
-        )
+    with snapshot_and_outcomes(
+        tmp_path,
+        DEFAULT_DUCKDB_MEMORY,
+        "select range::varchar, md5(range::varchar), 'id-' || range, null, true, false, 1, null, 'r1', "
+        "now()::timestamp from range(3000000)",
+        "select (range * 3)::varchar, 'delivered', 'id-' || (range * 3), false, 'upsert', "
+        "md5((range + 1)::varchar), null, null, 1, 2, 0 from range(999000)",
+    ) as (warehouse, tables, stage):
         # When the outcomes are applied: Then each key has its new hash, and kept its record's created
         assert apply_outcomes(warehouse, tables, stage, "r2", "", dt.datetime.now(dt.UTC)) == 999_000
         assert warehouse.fetch_all(
             f"select count(*), count(*) filter (where created), count(*) filter (where run_id = 'r2') "
             f"from {tables.snapshot}"
         ) == [(3_000_000, 3_000_000, 999_000)]
-    finally:
-        warehouse.close()
 
 
 @pytest.mark.parametrize("limit", [f"{MIN_DUCKDB_MB}MB", "160MB", DEFAULT_DUCKDB_MEMORY])
@@ -335,25 +328,37 @@ def test_a_continuation_commit_at_a_low_memory_limit_does_not_run_out_of_memory(
     # writing the commit's one statement that ranked, joined and looked up at once, then (the
     # ranking taken out) at 160MB one that still joined the outcomes' lookups (found by the bench's
     # continued run at 192MB)
-    warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb", memory_limit=limit)
-    tables = SnapshotTables("syncback", "people")
-    try:
-        ensure_snapshot(warehouse, tables)
-        warehouse.execute(
-            f"insert into {tables.snapshot} select range::varchar, md5(range::varchar), range::varchar, "
-            "null, true, false, 1, 'hook', 'r1', now()::timestamp from range(500000)"
-        )
-        warehouse.execute("checkpoint")
-        stage = outcome_stage(warehouse, tables)
-        warehouse.execute(
-            f"insert into {stage} select (range + 500000)::varchar, 'delivered', (range + 500000)::varchar, "
-            "true, 'upsert', md5(range::varchar), null, null, range // 1000, 2, range // 1000 from range(500000)"
-        )
+    with snapshot_and_outcomes(
+        tmp_path,
+        limit,
+        "select range::varchar, md5(range::varchar), range::varchar, null, true, false, 1, 'hook', 'r1', "
+        "now()::timestamp from range(500000)",
+        "select (range + 500000)::varchar, 'delivered', (range + 500000)::varchar, true, 'upsert', "
+        "md5(range::varchar), null, null, range // 1000, 2, range // 1000 from range(500000)",
+    ) as (warehouse, tables, stage):
         # When they are applied: Then the snapshot holds both halves, the new one from this run
         assert apply_outcomes(warehouse, tables, stage, "r2", "hook", dt.datetime.now(dt.UTC)) == 500_000
         assert warehouse.fetch_all(
             f"select count(*), count(*) filter (where run_id = 'r2' and created) from {tables.snapshot}"
         ) == [(1_000_000, 500_000)]
+
+
+@contextmanager
+def snapshot_and_outcomes(
+    tmp_path: Path, limit: str, snapshot_rows: str, outcomes: str
+) -> Iterator[tuple[DuckDBWarehouse, SnapshotTables, str]]:
+    """Yield a DuckDB warehouse at ``limit`` whose snapshot holds ``snapshot_rows`` (a SELECT, in
+    ``SNAPSHOT_COLUMNS`` order, checkpointed as a run leaves it), its tables and a stage holding
+    ``outcomes`` (a SELECT, in ``OUTCOME_COLUMNS`` order)."""
+    warehouse = DuckDBWarehouse(tmp_path / "wh.duckdb", memory_limit=limit)
+    tables = SnapshotTables("syncback", "people")
+    try:
+        ensure_snapshot(warehouse, tables)
+        warehouse.execute(f"insert into {tables.snapshot} {snapshot_rows}")
+        warehouse.execute("checkpoint")
+        stage = outcome_stage(warehouse, tables)
+        warehouse.execute(f"insert into {stage} {outcomes}")
+        yield warehouse, tables, stage
     finally:
         warehouse.close()
 

@@ -125,22 +125,24 @@ class DuckDBWarehouse:
         # each file's numbers are looked up by its name, one file at a time: a join would let DuckDB
         # hold every file's items in its hash table, and a large run's would not fit in memory
         at = "[list_position(?, filename)]"
-        sql = (
-            f"insert into {table} select {row}, seq, version, batch from (select unnest({array}) as {item}, "
-            f"cast(? as integer[]){at} as seq, cast(? as bigint[]){at} as version, "
-            f"cast(? as integer[]){at} as batch from read_json(?, columns={{'{array}': 'JSON[]'}}, "
-            "filename=true, maximum_object_size=?))"
-        )
-        numbers = [
-            [seq for _, seq, _, _ in files],
-            paths,
-            [version for _, _, version, _ in files],
-            paths,
-            [batch for _, _, _, batch in files],
-            paths,
-        ]
         with self._reading_json():
-            self._run(sql, [*params, *numbers, paths, largest + 1])
+            self._run(
+                f"insert into {table} select {row}, seq, version, batch from (select unnest({array}) as {item}, "
+                f"cast(? as integer[]){at} as seq, cast(? as bigint[]){at} as version, "
+                f"cast(? as integer[]){at} as batch from read_json(?, columns={{'{array}': 'JSON[]'}}, "
+                "filename=true, maximum_object_size=?))",
+                [
+                    *params,
+                    [seq for _, seq, _, _ in files],
+                    paths,
+                    [version for _, _, version, _ in files],
+                    paths,
+                    [batch for _, _, _, batch in files],
+                    paths,
+                    paths,
+                    largest + 1,
+                ],
+            )
 
     def stage_unsent_files(
         self, table: str, batches: Sequence[tuple[Path, int, int, int]], reason: str
